@@ -1,0 +1,145 @@
+"""Where every metric goes: W&B (offline unless the user configured it) plus a JSONL file that tests and
+plots read back, and PNG plots of the curves people look at.
+
+wandb 0.31 offline runs keep metrics only inside a binary ``.wandb`` file, so the JSONL copy is the record we
+assert on. Metric names are namespaced as in ARCHITECTURE.md (``quality/``, ``cost/``, ``rank/``, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+
+def wandb_mode() -> str:
+    """``$WANDB_MODE`` if set; ``online`` when the user has W&B credentials; ``offline`` otherwise."""
+    if mode := os.environ.get("WANDB_MODE"):
+        return mode
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path.home() / ".netrc"
+    if netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return "online"
+    return "offline"
+
+
+class Tracker:
+    """Log metrics to ``<run_dir>/metrics.jsonl`` and, unless disabled, to W&B.
+
+    Args:
+        run_dir: directory of this run (created).
+        config: run configuration stored with the W&B run and in ``config.json``.
+        project: W&B project.
+        name: W&B run name (default: the run directory's name).
+        use_wandb: False keeps only the JSONL (W&B import and start-up cost nothing then).
+        resume: append to an existing JSONL (a resumed run) instead of starting it anew.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        config: Mapping[str, Any] | None = None,
+        *,
+        project: str = "rankrl",
+        name: str | None = None,
+        use_wandb: bool = True,
+        resume: bool = False,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / "metrics.jsonl"
+        if not resume:
+            self.path.write_text("")
+        if config is not None:
+            (self.run_dir / "config.json").write_text(json.dumps(dict(config), indent=1, default=str))
+        self._file = self.path.open("a")
+        self.wandb_run = None
+        if use_wandb:
+            import wandb
+
+            self.wandb_run = wandb.init(
+                project=os.environ.get("WANDB_PROJECT", project),
+                name=name or self.run_dir.name,
+                dir=os.environ.get("WANDB_DIR", str(self.run_dir)),
+                config=dict(config or {}),
+                mode=wandb_mode(),
+                reinit="finish_previous",
+            )
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Record ``metrics`` at ``step`` (numbers only in the JSONL; W&B also takes tables and images)."""
+        row = {"step": int(step)}
+        for k, v in metrics.items():
+            if getattr(v, "ndim", None) == 0:  # numpy / torch scalars
+                v = v.item()
+            if isinstance(v, numbers.Real) and not isinstance(v, bool):
+                row[k] = v
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log(dict(metrics), step=int(step))
+
+    def summary(self, metrics: Mapping[str, Any]) -> None:
+        """Final numbers: ``summary.json`` and the W&B run summary."""
+        (self.run_dir / "summary.json").write_text(json.dumps(dict(metrics), indent=1, default=str))
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update(dict(metrics))
+
+    def image(self, key: str, path: str | os.PathLike, step: int) -> None:
+        """Attach a PNG (already written to disk) to the W&B run."""
+        if self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.log({key: wandb.Image(str(path))}, step=int(step))
+
+    def finish(self) -> None:
+        self._file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of a ``metrics.jsonl`` (a run directory works too)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "metrics.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(
+    rows: Iterable[Mapping[str, Any]], keys: Iterable[str], out: str | os.PathLike, title: str = ""
+) -> Path:
+    """One subplot per metric key against ``step``; written atomically as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, keys = list(rows), [k for k in keys]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", ms=3)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
