@@ -3,10 +3,12 @@
 1,000 prompts with success rates p ~ Beta(0.5, 0.5) (U-shaped: many nearly-always-solved and
 nearly-never-solved prompts, as in Li et al. 2025, Knapsack RL), bounds n_min = 2 (the official ``min_n``)
 and n_max = 64, budgets 4,000 / 8,000 / 16,000 (4 / 8 / 16 rollouts per prompt if split uniformly). Each
-``allocate`` call is timed with ``time.perf_counter`` after one warm-up call; the median and p95 of 20 runs are
-reported against the 50 ms goal, together with the expected effective-rollout ratio and expected non-zero
-groups of the knapsack allocation vs the uniform split. One extra row times the exact DP path taken when
-prompts may get zero rollouts (n_min = 0), with fewer runs because it is slower by design.
+``allocate`` call is timed with ``time.perf_counter`` after one warm-up call; the median and p95 of 20 runs
+are reported against the 50 ms goal, together with the expected effective-rollout ratio and expected
+non-zero groups of the knapsack allocation vs the uniform split.
+
+Two extra rows at budget 8,000 cover n_min = 0, where value(N) is not concave at N = 0..2: the normal
+branch-and-bound path, and the exact DP fallback forced (``_MAX_NODES = 0``, the worst case, fewer runs).
 
 Run: ``.venv/bin/python benchmarks/knapsack_speed.py`` (writes ``benchmarks/results/knapsack_speed.json``).
 """
@@ -26,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from rankrl.policies import knapsack  # noqa: E402
 from rankrl.policies.knapsack import (  # noqa: E402
     allocate,
     allocate_uniform,
@@ -71,6 +74,7 @@ def run_case(p: np.ndarray, budget: int, n_min: int, n_max: int, runs: int) -> d
         "value_uniform": total_value(p, unif),
         "rollouts_per_prompt_max": int(knap.max()),
         "prompts_at_n_min": int((knap == n_min).sum()),
+        "path": "greedy" if n_min > 0 else "branch-and-bound",
     }
 
 
@@ -83,12 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     p = np.random.default_rng(args.seed).beta(0.5, 0.5, args.prompts)
-    rows = [run_case(p, budget, 2, 64, args.runs) for budget in (4 * args.prompts, 8 * args.prompts, 16 * args.prompts)]
-    rows.append(run_case(p, 8 * args.prompts, 0, 64, max(3, args.runs // 4)))  # exact DP path (n_min = 0)
+    budgets = (4 * args.prompts, 8 * args.prompts, 16 * args.prompts)
+    rows = [run_case(p, budget, 2, 64, args.runs) for budget in budgets]
+    rows.append(run_case(p, budgets[1], 0, 64, args.runs))
+    nodes, knapsack._MAX_NODES = knapsack._MAX_NODES, 0  # force the DP fallback: its worst-case cost
+    try:
+        rows.append(run_case(p, budgets[1], 0, 64, max(3, args.runs // 4)) | {"path": "dp-fallback (forced)"})
+    finally:
+        knapsack._MAX_NODES = nodes
 
     header = (
         f"{'prompts':>7} {'budget':>7} {'n_min..n_max':>12} {'median ms':>9} {'p95 ms':>8} {'< 50 ms':>7} "
-        f"{'eff. ratio knap/unif':>20} {'nonzero groups knap/unif':>24}"
+        f"{'eff. ratio knap/unif':>20} {'nonzero groups knap/unif':>24}  path"
     )
     print(header)
     print("-" * len(header))
@@ -97,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['prompts']:>7} {r['budget']:>7} {str(r['n_min']) + '..' + str(r['n_max']):>12} "
             f"{r['median_ms']:>9.2f} {r['p95_ms']:>8.2f} {'yes' if r['meets_goal'] else 'no':>7} "
             f"{r['effective_ratio_knapsack']:>9.3f} / {r['effective_ratio_uniform']:<8.3f} "
-            f"{r['nonzero_groups_knapsack']:>11.1f} / {r['nonzero_groups_uniform']:<10.1f}"
+            f"{r['nonzero_groups_knapsack']:>11.1f} / {r['nonzero_groups_uniform']:<10.1f} {r['path']}"
         )
 
     result = {

@@ -259,7 +259,7 @@ class RankedLoRA:
         from safetensors.torch import save_file
 
         config = self.lora_config()
-        check_pattern_keys(self.peft_model.base_model.model, config)
+        check_pattern_keys(self.peft_model.base_model.model, config, exact=True)
         out = Path(out_dir)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -291,16 +291,18 @@ def _zero_state(optimizer: Any, p: torch.Tensor, index: tuple) -> None:
             value[index] = 0
 
 
-def check_pattern_keys(model: nn.Module, config: Any) -> None:
-    """Fail loudly unless every ``target_modules``/``rank_pattern``/``alpha_pattern`` key of ``config`` matches
-    exactly one module of ``model`` under PEFT's own rule (``(.*\\.)?key$``) — PEFT silently falls back to the
-    default rank for a key that matches nothing (peft#3582)."""
-    names = [n for n, _ in model.named_modules() if n]
+def check_pattern_keys(model: nn.Module, config: Any, *, exact: bool = False) -> None:
+    """Fail loudly unless every ``target_modules``/``rank_pattern``/``alpha_pattern`` key of ``config`` matches a
+    module of ``model`` under PEFT's own rule (``(.*\\.)?key$``): PEFT silently falls back to the default rank
+    for a key that matches nothing (peft#3582). ``exact=True`` (used for exports) demands exactly one match per
+    key, so a suffix like ``output.dense`` cannot also hit ``attention.output.dense``."""
+    names = [n for n, _ in model.named_modules() if n and ".lora_" not in n and not n.endswith(".base_layer")]
     for field in ("target_modules", "rank_pattern", "alpha_pattern"):
-        for key in getattr(config, field) or ():
+        keys = getattr(config, field) or ()
+        for key in [keys] if isinstance(keys, str) else keys:
             pattern = re.compile(rf"(.*\.)?({key})$")
-            hits = [n for n in names if pattern.match(n) and ".lora_" not in n and ".base_layer" not in n]
-            if len(hits) != 1:
+            hits = [n for n in names if pattern.match(n)]
+            if not hits or (exact and len(hits) != 1):
                 raise RankPatternError(
                     f"{field} key {key!r} matches {len(hits)} modules {hits[:3]} in {type(model).__name__}; "
                     "use the full module name from model.named_modules()"

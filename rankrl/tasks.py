@@ -19,10 +19,9 @@ import json
 import os
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 KINDS: tuple[str, ...] = ("classification", "causal_lm")
 SPLITS: tuple[str, ...] = ("train", "eval", "test")
@@ -299,9 +298,12 @@ def _parse_jsonl(path: Path) -> list[_Raw]:
 
 
 def _parse_table(path: Path, delimiter: str) -> list[_Raw]:
+    # GLUE-style TSVs have bare quotes inside sentences, so only CSV honours quoting.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    if not _is_utf8(path):
+        raise TaskFormatError(f"{path}: expected UTF-8 text")
     with path.open(encoding="utf-8", newline="") as f:
-        # GLUE-style TSVs have bare quotes inside sentences, so only CSV honours quoting.
-        reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
         header = [h.strip() for h in next(reader, [])]
         if not header:
             raise TaskFormatError(f"{path}: file is empty")
@@ -320,7 +322,7 @@ def _parse_table(path: Path, delimiter: str) -> list[_Raw]:
     return _from_records(records)
 
 
-def _schema(keys: Any) -> tuple[str, str] | None:
+def _schema(keys: Iterable[str]) -> tuple[str, str] | None:
     """(input field, output field) for a record's keys, or None when nothing fits."""
     keys = set(keys)
     for text, out in _SCHEMAS:
@@ -394,8 +396,9 @@ def _finish(name: str, raw: dict[str, list[_Raw]], names: tuple[str, ...] | None
         if names is None and all(re.fullmatch(r"\d+", r.label) for r in every):
             top = max(int(r.label) for r in every)
             names = binary_names if binary_names and top <= 1 else tuple(map(str, range(max(top, 1) + 1)))
+        numeric = names is not None  # raw labels are indices ("0", "1", ...), not names
         names = names or tuple(sorted({r.label for r in raw["train"]}))
-        index = {**{str(i): i for i in range(len(names))}, **{n: i for i, n in enumerate(names)}}
+        index = {(str(i) if numeric else n): i for i, n in enumerate(names)}
         for r in every:
             if r.label not in index:
                 raise TaskFormatError(f"{r.where}: label {r.label!r} does not occur in the train split "

@@ -18,13 +18,16 @@ Why greedy is exact. With q = 1 - p and w = p q^2 the marginal gain of one more 
 a sum of two strictly decreasing geometric terms when 0 < p < 1 (identically 0 when p is 0 or 1). Every
 prompt's value is therefore concave on N >= 1 and taking the ``budget - sum(n_min)`` largest marginal gains is
 optimal (separable concave resource allocation). They are taken with one ``np.partition`` of a
-prompts x steps gain matrix, not a heap loop over budget units: ~1 ms for 1,000 prompts and 8,000 rollouts.
+prompts x steps gain matrix, not a heap loop over budget units: ~4 ms for 1,000 prompts and 8,000 rollouts.
 
 The one non-concave spot is N = 0. Zero rollouts form no group, so value(0) = 0 (the formula would give -w),
 and value(1) = 0 too since a group of one always has zero advantage: delta(0) = 0 < delta(1) = 2 w p q. Only
 prompts with ``n_min == 0``, ``n_max >= 2`` and 0 < p < 1 see it (never in the paper's setting, min_n = 2).
-Those prompts are solved by an exact dynamic program over the budget, merged with the greedy (concave) curve
-of all other prompts; it costs O(#such prompts x budget x n_max), about 0.3 s at 1,000 x 8,000 x 64.
+For them the greedy runs on the concave envelope (b, b, b, delta(3), ... with b = w p q, since value(2) = 2b
+and delta(2) = b), an upper bound that is exact unless such a prompt is left at exactly one rollout; branch
+and bound on that prompt (N <= 1 vs N >= 2, both concave) settles it, usually at the root. If many exact ties
+need more than ``_MAX_NODES`` nodes, an exact DP over those prompts, merged with the greedy curve of the rest,
+takes over (O(#such prompts x budget x n_max): ~0.7 s at 1,000 x 8,000 x 64).
 
 Leftover budget. The budget is a hard total, so once every positive gain is taken (prompts with p in {0, 1},
 or all others at ``n_max``) zero-gain rollouts are still handed out: first to prompts with p == 0, as the
@@ -190,10 +193,16 @@ def total_value(p: object, n: object) -> float:
     return float(np.sum(rollout_value(n, _as_rates(p, one_d=True))))
 
 
+def _nonconcave(p: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Prompts whose value is not concave on [lo, hi]: N = 0 allowed, N >= 2 allowed, 0 < p < 1."""
+    return (lo == 0) & (hi >= 2) & (p > 0.0) & (p < 1.0)
+
+
 def _marginal_gains(p: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Gain matrix: row i, column j = value(lo_i + j + 1) - value(lo_i + j); -inf past ``hi_i``.
 
-    Rows must be concave prompts (no ``lo == 0, hi >= 2, 0 < p < 1``); they come out non-increasing.
+    Rows come out non-increasing. Non-concave rows (:func:`_nonconcave`) get their concave envelope instead,
+    b, b, b, delta(3), ... with b = w p q (value(2) = 2b and delta(2) = b): an upper bound on their value.
     """
     width = int((hi - lo).max()) if lo.size else 0
     steps = np.arange(width, dtype=np.int64)
@@ -202,22 +211,29 @@ def _marginal_gains(p: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray
     # closed form delta(N) = w (q p^N + p q^N) instead of value differences: no cancellation for large N
     gains = (pc * qc * qc) * (qc * pc**n + pc * qc**n)
     gains[n == 0] = 0.0  # value(0) = value(1) = 0
+    envelope = _nonconcave(p, lo, hi)
+    if envelope.any():
+        gains[envelope, :3] = (p * p * (1.0 - p) ** 3)[envelope, None]
     # pow() can be off by an ulp; forcing rows non-increasing keeps the top-k a per-row prefix
     np.minimum.accumulate(gains, axis=1, out=gains)
     gains[steps[None, :] >= (hi - lo)[:, None]] = -np.inf
     return gains
 
 
-def _greedy_extra(p: np.ndarray, lo: np.ndarray, hi: np.ndarray, extra: int) -> np.ndarray:
-    """Rollouts on top of ``lo`` from the ``extra`` largest marginal gains (exact for concave prompts)."""
+def _greedy_extra(p: np.ndarray, lo: np.ndarray, hi: np.ndarray, extra: int) -> tuple[np.ndarray, float]:
+    """Rollouts on top of ``lo`` from the ``extra`` largest marginal gains, and the sum of those gains.
+
+    Exact for concave prompts; non-concave ones get their envelope (see :func:`_branch_and_bound`).
+    """
     take = np.zeros(p.size, dtype=np.int64)
     if extra == 0:
-        return take
+        return take, 0.0
     gains = _marginal_gains(p, lo, hi)
     flat = gains.ravel()
     kth = flat.size - extra
     threshold = np.partition(flat, kth)[kth]  # the extra-th largest gain; finite since extra <= sum(hi - lo)
-    take += (gains > threshold).sum(axis=1)
+    above = gains > threshold
+    take += above.sum(axis=1)
     need = extra - int(take.sum())
     if need:
         # ties at the threshold (incl. zero gains): p == 0 prompts first, then round-robin by the resulting N,
@@ -225,7 +241,44 @@ def _greedy_extra(p: np.ndarray, lo: np.ndarray, hi: np.ndarray, extra: int) -> 
         rows, cols = np.nonzero(gains == threshold)
         order = np.lexsort((rows, lo[rows] + cols, p[rows] != 0.0))
         take += np.bincount(rows[order[:need]], minlength=p.size)
-    return take
+    return take, float(gains[above].sum()) + need * float(threshold)
+
+
+#: branch-and-bound nodes before the exact DP takes over; random p need 1-3, only many exact ties need more
+_MAX_NODES = 64
+
+
+def _branch_and_bound(p: np.ndarray, lo: np.ndarray, hi: np.ndarray, budget: int) -> np.ndarray | None:
+    """Exact allocation by branch and bound on the non-concave prompts; None if ``_MAX_NODES`` is not enough.
+
+    Each node runs the greedy on the concave envelope, an upper bound that is attained unless a non-concave
+    prompt ends at exactly one rollout (envelope b, value 0). Branching on that prompt, N <= 1 or N >= 2,
+    leaves two concave pieces. Concave problems finish at the root.
+    """
+    best_value, best = -np.inf, None
+    stack = [(lo, hi)]
+    for _ in range(_MAX_NODES):
+        if not stack:
+            return best
+        lo_, hi_ = stack.pop()
+        take, gain = _greedy_extra(p, lo_, hi_, budget - int(lo_.sum()))
+        bound = total_value(p, lo_) + gain  # non-concave rows have lo_ = 0, where envelope = value
+        if bound <= best_value:
+            continue
+        alloc = lo_ + take
+        value = total_value(p, alloc)
+        if value > best_value:
+            best_value, best = value, alloc
+        split = np.flatnonzero(_nonconcave(p, lo_, hi_) & (alloc == 1))
+        if split.size == 0:
+            continue  # the envelope bound is attained: this node is solved
+        closed, opened = hi_.copy(), lo_.copy()
+        closed[split[0]], opened[split[0]] = 1, 2
+        if int(opened.sum()) <= budget:
+            stack.append((opened, hi_))
+        if int(closed.sum()) >= budget:
+            stack.append((lo_, closed))
+    return best if not stack else None
 
 
 def _dp_exact(p: np.ndarray, cap_each: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:
@@ -247,9 +300,7 @@ def _dp_exact(p: np.ndarray, cap_each: np.ndarray, cap: int) -> tuple[np.ndarray
     return best, choice
 
 
-def _allocate_nonconcave(
-    p: np.ndarray, lo: np.ndarray, hi: np.ndarray, extra: int, mask: np.ndarray
-) -> np.ndarray:
+def _allocate_dp(p: np.ndarray, lo: np.ndarray, hi: np.ndarray, extra: int, mask: np.ndarray) -> np.ndarray:
     """Exact allocation when some prompts have the non-concave start (``n_min = 0``, see module docstring)."""
     s_idx, c_idx = np.flatnonzero(mask), np.flatnonzero(~mask)
     lo_c, hi_c = lo[c_idx], hi[c_idx]
@@ -266,7 +317,7 @@ def _allocate_nonconcave(
     total = np.where(ok, best_s + curve_c[np.clip(t, 0, cap_c)], -np.inf)
     s_star = int(np.argmax(total))
     out = lo.copy()
-    out[c_idx] += _greedy_extra(p[c_idx], lo_c, hi_c, extra - s_star)
+    out[c_idx] += _greedy_extra(p[c_idx], lo_c, hi_c, extra - s_star)[0]
     for j in range(s_idx.size - 1, -1, -1):  # backtrack the DP
         k = int(choice[j, s_star])
         out[s_idx[j]] = k
@@ -312,10 +363,10 @@ def allocate(
     extra = budget - int(lo.sum())
     # no prompt can take more than the spare rollouts: keeps the gain matrix narrow when n_max is loose
     hi = np.minimum(hi, lo + extra)
-    nonconcave = (lo == 0) & (hi >= 2) & (rates > 0.0) & (rates < 1.0)
-    if nonconcave.any():
-        return _allocate_nonconcave(rates, lo, hi, extra, nonconcave)
-    return lo + _greedy_extra(rates, lo, hi, extra)
+    alloc = _branch_and_bound(rates, lo, hi, budget)
+    if alloc is None:  # many exact ties defeated the bound: the DP is exact at any size, only slower
+        alloc = _allocate_dp(rates, lo, hi, extra, _nonconcave(rates, lo, hi))
+    return alloc
 
 
 def allocate_uniform(
@@ -393,7 +444,7 @@ def estimate_success_rate(
     t = np.asarray(trials, dtype=np.float64)
     if not (np.isfinite(prior_alpha) and np.isfinite(prior_beta) and prior_alpha > 0 and prior_beta > 0):
         raise ValueError(
-            f"prior_alpha and prior_beta must be finite and > 0, got {prior_alpha} and {prior_beta}"
+            f"prior_alpha and prior_beta must be finite and > 0, got {prior_alpha} and {prior_beta}."
         )
     if not (np.isfinite(s).all() and np.isfinite(t).all()):
         raise ValueError("successes and trials must be finite numbers (no NaN/inf).")

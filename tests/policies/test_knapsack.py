@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rankrl.policies import knapsack
 from rankrl.policies.knapsack import (
     allocate,
     allocate_uniform,
@@ -78,12 +79,15 @@ def test_marginal_gains_are_non_increasing_from_one():
     np.testing.assert_allclose(gains, p * q**2 * (q * p**n + p * q**n), atol=1e-15)
 
 
-def test_matches_brute_force_on_random_small_instances():
+@pytest.mark.parametrize("max_nodes", [64, 1], ids=["branch-and-bound", "dp-fallback"])
+def test_matches_brute_force_on_random_small_instances(monkeypatch, max_nodes):
+    # max_nodes=1 sends every instance the root cannot settle to the exact DP fallback
+    monkeypatch.setattr(knapsack, "_MAX_NODES", max_nodes)
     rng = np.random.default_rng(1234)
     special = np.array([0.0, 1.0, 0.5, 1 / 3])
     for trial in range(300):
         size = int(rng.integers(2, 6))
-        p = rng.random(size)
+        p = rng.random(size) if trial % 3 else np.round(rng.random(size), 1)  # rounding makes exact ties
         p = np.where(rng.random(size) < 0.35, rng.choice(special, size), p)  # exact 0/1 and ties
         lo = rng.integers(0, 3, size)  # n_min = 0 exercises the non-concave start (DP path)
         hi = lo + rng.integers(0, 5, size)
