@@ -27,7 +27,7 @@ For them the greedy runs on the concave envelope (b, b, b, delta(3), ... with b 
 and delta(2) = b), an upper bound that is exact unless such a prompt is left at exactly one rollout; branch
 and bound on that prompt (N <= 1 vs N >= 2, both concave) settles it, usually at the root. If many exact ties
 need more than ``_MAX_NODES`` nodes, an exact DP over those prompts, merged with the greedy curve of the rest,
-takes over (O(#such prompts x budget x n_max): ~0.7 s at 1,000 x 8,000 x 64).
+takes over (O(#such prompts x budget x n_max): ~0.9 s at 1,000 x 8,000 x 64).
 
 Leftover budget. The budget is a hard total, so once every positive gain is taken (prompts with p in {0, 1},
 or all others at ``n_max``) zero-gain rollouts are still handed out: first to prompts with p == 0, as the
