@@ -90,7 +90,9 @@ def test_export_reloads_in_plain_peft_with_same_outputs(tmp_path, name, kind):
     names = [t.name for t in lora.targets]
     lora.set_ranks({n: [0, 1, 3, 8][i % 4] for i, n in enumerate(names)})
     opt = torch.optim.AdamW(lora.trainable_parameters(), lr=1e-2)
-    batch = _batch() if kind == "classification" else {"input_ids": _batch()["input_ids"], "labels": _batch()["input_ids"]}
+    batch = _batch()
+    if kind == "causal_lm":
+        batch["labels"] = batch["input_ids"]
     for _ in range(3):
         lora.peft_model(**batch).loss.backward()
         opt.step()

@@ -300,6 +300,18 @@ class FineTuneRun:
             self._log(metrics)
         return metrics
 
+    def features(self, n_batches: int = 4) -> Any:
+        """Per-module feature rows (shape, spectrum, gradient sensitivity on ``n_batches`` real training batches),
+        cached per (model, task) under :func:`rankrl.models.cache_dir`; see :mod:`rankrl.features`."""
+        from rankrl.features import compute_features
+        from rankrl.models import cache_dir
+
+        key = f"{self.loaded.model_id}|{self.task.name}|{len(self.task.splits['train'])}|{n_batches}|{self.config.seed}"
+        return compute_features(
+            self.model, self.targets, list(batches(self, n_batches)), max_batches=n_batches,
+            cache_dir=cache_dir() / "features", cache_key=key,
+        )  # fmt: skip
+
     def _log(self, metrics: Mapping[str, float]) -> None:
         if self.tracker is not None:
             self.tracker.log(metrics, step=self.state.step)

@@ -95,3 +95,17 @@ def test_real_minilm_learns_the_default_task():
     end = run.evaluate()["quality/accuracy"]
     assert len(run.targets) == 36  # 6 layers x (q, k, v, o, up, down)
     assert start < 0.65 and end > 0.8, (start, end)
+
+
+def test_features_come_from_the_live_model_and_are_cached(monkeypatch):
+    from rankrl.features import FEATURE_NAMES
+
+    run = FineTuneRun(FineTuneConfig(**TINY, steps=5))
+    feats = run.features(n_batches=2)
+    matrix = feats.matrix(run.ranks, run.config.r_max)
+    assert matrix.shape == (len(run.targets), len(FEATURE_NAMES))
+    assert (matrix[:, FEATURE_NAMES.index("rank_frac")] == 0.5).all()  # uniform:4 of r_max 8
+    assert matrix[:, FEATURE_NAMES.index("grad_sens_rel")].std() > 0  # measured, not the neutral constant
+    monkeypatch.setattr(run.model, "forward", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran model")))
+    again = run.features(n_batches=2)  # cache hit: the model is not run
+    assert (again.static == feats.static).all()
