@@ -50,3 +50,22 @@ def test_packaged_minilm_loads_offline():
     targets = find_target_modules(loaded.model)
     assert len(targets) == 36 and sum(p.numel() for p in loaded.model.parameters()) > 22_000_000
     assert sorted({t.kind for t in targets}) == ["down", "k", "o", "q", "up", "v"]
+
+
+@pytest.mark.slow
+def test_packaged_smollm2_converts_once_then_loads_from_cache():
+    import time
+
+    from rankrl.models import cache_dir
+
+    loaded = load_model("smollm2", task_kind="causal_lm")
+    assert (cache_dir() / "smollm2-135m-instruct" / "model.safetensors").exists()
+    targets = find_target_modules(loaded.model)
+    assert len(targets) == 30 * 7 and targets[0].num_layers == 30
+    start = time.perf_counter()
+    again = load_model("smollm2", task_kind="causal_lm")
+    assert time.perf_counter() - start < 10  # from the safetensors cache, not the GGUF (~16 s)
+    ids = again.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
+                                              return_tensors="pt", return_dict=True)  # fmt: skip
+    out = again.model.generate(**ids, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 3
