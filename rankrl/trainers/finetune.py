@@ -308,7 +308,7 @@ class FineTuneRun:
 
         key = f"{self.loaded.model_id}|{self.task.name}|{len(self.task.splits['train'])}|{n_batches}|{self.config.seed}"
         return compute_features(
-            self.model, self.targets, list(batches(self, n_batches)), max_batches=n_batches,
+            self.model.base_model.model, self.targets, list(batches(self, n_batches)), max_batches=n_batches,
             cache_dir=cache_dir() / "features", cache_key=key,
         )  # fmt: skip
 
