@@ -76,9 +76,11 @@ class Budget:
         max_optimizer_bytes: most optimizer-state bytes for ``optimizer``.
         precision_bits: bits per transmitted parameter, one of :data:`rankrl.costs.PRECISION_BITS`.
         max_tx_seconds: most seconds to send one update over ``channel`` (needs ``channel``).
-        channel: the link for ``max_tx_seconds``; its average-SNR capacity is used (fading ignored: a feasible
-            set must not change from one draw to the next).
+        channel: the link for ``max_tx_seconds``, at its average-SNR capacity (fading ignored, see below).
         optimizer: optimizer whose state ``max_optimizer_bytes`` counts (``adamw``, ``sgd``, ``sgd_momentum``).
+
+    A Rayleigh channel's capacity is random; the feasible set uses the fading-free capacity so that it does not
+    change from one draw to the next (the env can still report faded ``cost/tx_seconds``).
     """
 
     max_params: int | None = None

@@ -324,14 +324,15 @@ def allocate_max_effective(p: np.ndarray, budget: int, n_min: int, n_max: int) -
     best = np.full(budget + 1, -np.inf)
     best[0] = 0.0
     choice = np.zeros((p.size, budget + 1), dtype=np.int64)
+    # cand[j, s] = best[s - counts[j]] + gain[i, j], read from a copy of best with n_max -inf's in front
+    idx = np.arange(budget + 1)[None, :] - counts[:, None] + n_max
+    padded = np.full(budget + 1 + n_max, -np.inf)
+    cols = np.arange(budget + 1)
     for i in range(p.size):
-        new = np.full(budget + 1, -np.inf)
-        for j, k in enumerate(counts):
-            cand = best[: budget + 1 - k] + gain[i, j]
-            better = cand > new[k:] + 1e-12
-            new[k:][better] = cand[better]
-            choice[i, k:][better] = k
-        best = new
+        padded[n_max:] = best
+        cand = padded[idx] + gain[i][:, None]
+        pick = cand.argmax(axis=0)  # first maximum: the fewest rollouts on ties
+        best, choice[i] = cand[pick, cols], counts[pick]
     if not np.isfinite(best[budget]):
         raise ValueError(f"budget {budget} infeasible for {p.size} prompts in [{n_min}, {n_max}]")
     out, left = np.zeros(p.size, dtype=np.int64), budget
@@ -493,7 +494,9 @@ class RolloutBudgetEnv(gym.Env):
         sim_keys = {f.name for f in fields(SimConfig)}
         unknown = set(overrides) - env_keys - sim_keys
         if unknown:
-            raise ValueError(f"unknown RolloutBudgetEnv arguments {sorted(unknown)}; valid: {sorted(env_keys | sim_keys)}")
+            raise ValueError(
+                f"unknown RolloutBudgetEnv arguments {sorted(unknown)}; valid: {sorted(env_keys | sim_keys)}"
+            )
         env_over = {k: v for k, v in overrides.items() if k in env_keys}
         sim_over = {k: v for k, v in overrides.items() if k in sim_keys}
         self.config = RolloutBudgetConfig(**({**_asdict(config), **env_over} if config else env_over))

@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -354,10 +355,10 @@ class BudgetGRPOTrainer(GRPOTrainer):
         for name, value in group_metrics(rewards, all_counts).items():
             metrics[name].append(value)
         row_keys = [k for k, n in zip(all_keys, all_counts, strict=True) for _ in range(n)]
-        scored = [(k, r >= self.success_threshold) for k, r in zip(row_keys, rewards.tolist(), strict=True) if r == r]
-        self.history.update([k for k, _ in scored], [ok for _, ok in scored])
-        bounds = list(itertools.accumulate(all_counts, initial=0))
         values = rewards.tolist()
+        scored = [(k, r >= self.success_threshold) for k, r in zip(row_keys, values, strict=True) if not math.isnan(r)]
+        self.history.update([k for k, _ in scored], [ok for _, ok in scored])  # unscorable rows are not trials
+        bounds = list(itertools.accumulate(all_counts, initial=0))
         self.last_round = BudgetRound(all_keys, all_counts, [values[a:b] for a, b in itertools.pairwise(bounds)])
         return output
 

@@ -1,8 +1,11 @@
 """BudgetGRPOTrainer: stock-equal under a uniform allocation, exact variable groups otherwise, loud errors.
 
-Multi-process check (not run here, ~1 min on 2 CPU cores): a script that builds ``BudgetGRPOTrainer`` on tiny-qwen
-with ``per_device_train_batch_size=8, num_generations=4, allocator=knapsack_allocator(n_min=2)`` and trains a few
-steps, launched with ``accelerate launch --cpu --num_processes 2 script.py``.
+Multi-process check (not run here, ~30 s per launch on 2 CPU cores): a script that builds ``BudgetGRPOTrainer`` on
+tiny-qwen with ``GRPOConfig(use_cpu=True, per_device_train_batch_size=8, num_generations=4, ...)`` and
+``allocator=knapsack_allocator(n_min=2)`` and trains a few steps, launched with
+``accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no script.py``
+(``use_cpu=True`` makes it 2 gloo CPU ranks; ``accelerate launch --cpu --num_processes 2`` starts ONE process). With
+the uniform allocator the weights after 3 steps hash equal to stock ``GRPOTrainer``'s under the same launch.
 """
 
 from __future__ import annotations
@@ -148,13 +151,17 @@ def test_bad_allocations_and_rounds_raise_clear_errors(tmp_path):
 
 
 def test_knapsack_run_logs_grpo_metrics(tmp_path):
-    trainer = _trainer(BudgetGRPOTrainer, tmp_path, reward=rankrl.rewards.numeric_answer_reward,
+    # steps_per_generation=2: one round of 2 prompts x 4 rows is generated, then split into 2 optimizer steps
+    config = _config(tmp_path, steps_per_generation=2)
+    trainer = _trainer(BudgetGRPOTrainer, tmp_path, reward=rankrl.rewards.numeric_answer_reward, args=config,
                        allocator=knapsack_allocator(n_min=2))  # fmt: skip
     trainer.train()
     logged = trainer.state.log_history[0]
     for key in ("grpo/frac_nonzero_groups", "grpo/effective_rollout_ratio"):
         assert 0.0 <= logged[key] <= 1.0
-    assert logged["grpo/rollouts_per_prompt_min"] >= 2 and sum(trainer.last_round.counts) == 4
+    assert logged["grpo/rollouts_per_prompt_min"] >= 2 and sum(trainer.last_round.counts) == 8
+    assert len(trainer.last_round.counts) == 2
+    assert sum(trainer.history.counts(k)[1] for k in trainer.last_round.keys) == 8  # one round: 8 scored rollouts
 
 
 # ----------------------------------------------------------------------------------------------- pure pieces
