@@ -12,6 +12,8 @@ __version__ = "0.1.0"
 
 #: id -> (entry point, default kwargs)
 ENVS: dict[str, tuple[str, dict]] = {
+    "rankrl/LoRARank-Sim-v0": ("rankrl.envs.lora_rank:LoRARankEnv", {"backend": "sim"}),
+    "rankrl/LoRARank-v0": ("rankrl.envs.lora_rank:LoRARankEnv", {"backend": "live"}),
     "rankrl/RolloutBudget-Sim-v0": ("rankrl.envs.rollout_budget:RolloutBudgetEnv", {"backend": "sim"}),
     "rankrl/RolloutBudget-v0": ("rankrl.envs.rollout_budget:RolloutBudgetEnv", {"backend": "live"}),
 }

@@ -420,7 +420,8 @@ def build_observation(
     Rows (one per prompt, all in [0, 1]): log1p(trials)/log(1025); Beta posterior mean; 2 x posterior std;
     last-round success fraction; rounds since last seen / horizon (1 if never); never seen; posterior
     probability of a mixed group at ``rollouts_per_prompt``; the knapsack rule's share (N - n_min) /
-    (n_max - n_min). Globals: round / horizon, (budget / P) / n_max, P / rows.
+    (n_max - n_min), so the policy can learn corrections to it. Globals: round / horizon, (budget / P) / n_max,
+    P / rows.
     """
     ids = np.asarray(prompt_ids)
     n, rows = ids.size, config.rows
@@ -434,10 +435,9 @@ def build_observation(
     since = np.where(seen, (round_idx - history.last_seen[ids]) / max(horizon, 1), 1.0)
     k = config.rollouts_per_prompt
     p_mixed = 1.0 - _beta_moment(a, b, k) - _beta_moment(b, a, k)
-    knap = allocate(mean, budget, config.n_min, config.n_max)
-    share = (knap - config.n_min) / max(config.n_max - config.n_min, 1)
+    knap = (allocate(mean, budget, config.n_min, config.n_max) - config.n_min) / max(config.n_max - config.n_min, 1)
     feats = np.stack(
-        [np.log1p(t) / np.log(1025.0), mean, 2 * std, history.last_frac[ids], since, ~seen, p_mixed, share], axis=1
+        [np.log1p(t) / np.log(1025.0), mean, 2 * std, history.last_frac[ids], since, ~seen, p_mixed, knap], axis=1
     )
     out_rows = np.zeros((rows, N_ROW_FEATURES), dtype=np.float32)
     out_rows[:n] = np.clip(feats, 0.0, 1.0)

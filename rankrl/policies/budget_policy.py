@@ -48,7 +48,7 @@ def train_allocator(
     n_steps: int = 64,
     batch_size: int = 256,
     n_epochs: int = 5,
-    learning_rate: float = 3e-4,
+    learning_rate: float = 1e-3,
     gamma: float = 0.8,
     ent_coef: float = 0.0,
     policy_kwargs: Mapping[str, Any] | None = None,
@@ -65,7 +65,7 @@ def train_allocator(
         total_timesteps: Env steps (GRPO rounds) summed over members.
         seed: Seed of PPO, torch and the envs.
         n_steps: Rollout length per member between updates (small: live env steps are real training).
-        batch_size: PPO minibatch size.
+        batch_size: PPO minibatch size (capped at the rollout buffer, ``n_steps`` x members).
         n_epochs: PPO epochs per update.
         learning_rate: Adam learning rate.
         gamma: Discount; allocations affect later rounds only through history and learning, so it is short.
@@ -92,9 +92,9 @@ def train_allocator(
     vec = DummyVecEnv([lambda k=k: RolloutBudgetEnv(**k) for k in members])
     vec.seed(seed)
     kwargs: dict[str, Any] = dict(
-        n_steps=n_steps, batch_size=batch_size, n_epochs=n_epochs, learning_rate=learning_rate, gamma=gamma,
-        gae_lambda=0.9, ent_coef=ent_coef, seed=seed, verbose=verbose, device="cpu",
-        policy_kwargs=dict({"log_std_init": -1.0}, **(policy_kwargs or {})),
+        n_steps=n_steps, batch_size=min(batch_size, n_steps * len(members)), n_epochs=n_epochs,
+        learning_rate=learning_rate, gamma=gamma, gae_lambda=0.9, ent_coef=ent_coef, seed=seed, verbose=verbose,
+        device="cpu", policy_kwargs=dict({"log_std_init": -1.0}, **(policy_kwargs or {})),
     )  # fmt: skip
     kwargs.update(ppo_kwargs or {})
     model = PPO(SetActorCriticPolicy, vec, **kwargs)
@@ -166,3 +166,58 @@ class Allocator:
         """Allocation for a :class:`RolloutBudgetEnv`'s current batch (benchmarks)."""
         env = env.unwrapped
         return self(env.history, env.batch, budget=env.config.budget, round_idx=env.round, horizon=env.config.rounds)
+
+
+class TrainerAllocator:
+    """A learned :class:`Allocator` as the ``(keys, history, budget) -> counts`` callable of
+    :class:`~rankrl.trainers.grpo_budget.BudgetGRPOTrainer`.
+
+    The trainer keeps per-prompt outcome lists keyed by prompt key (``RolloutHistory``); the policy reads the env's
+    array-based :class:`PromptHistory` (trials, successes, last-round fraction, last round seen). This adapter
+    keeps a ``PromptHistory`` in step with the trainer's: each call it folds in the outcomes that arrived since the
+    previous call, so the policy sees exactly the features it was trained on.
+    """
+
+    def __init__(self, allocator: Allocator, horizon: int | None = None) -> None:
+        self.allocator, self.horizon = allocator, horizon
+        self.ids: dict[str, int] = {}
+        self.seen: dict[str, int] = {}
+        self.history = PromptHistory(0)
+        self.round = 0
+
+    def _id(self, key: str) -> int:
+        if key not in self.ids:
+            self.ids[key] = len(self.ids)
+            h = self.history
+            grow = len(self.ids) - h.trials.size
+            if grow > 0:
+                h.trials, h.successes, h.last_frac = (np.concatenate([a, np.zeros(grow)]) for a in
+                                                      (h.trials, h.successes, h.last_frac))  # fmt: skip
+                h.last_seen = np.concatenate([h.last_seen, np.full(grow, -1_000_000, dtype=np.int64)])
+        return self.ids[key]
+
+    def __call__(self, keys: list[str], history: Any, budget: int) -> np.ndarray:
+        ids = np.array([self._id(k) for k in keys])
+        for key in history.keys():
+            fresh = history.total(key) - self.seen.get(key, 0)
+            new = history.outcomes(key)[-fresh:] if fresh > 0 else []
+            if new:
+                i = self._id(key)
+                self.history.trials[i] += len(new)
+                self.history.successes[i] += sum(new)
+                self.history.last_frac[i] = sum(new) / len(new)
+                self.history.last_seen[i] = self.round - 1
+                self.seen[key] = history.total(key)
+        counts = self.allocator(self.history, ids, budget=budget, round_idx=self.round, horizon=self.horizon)
+        self.round += 1
+        return counts
+
+
+def trainer_allocator(directory: str | Path, horizon: int | None = None) -> TrainerAllocator:
+    """Load a trained allocator (``save_allocator``) as a ``BudgetGRPOTrainer`` allocator."""
+    path = Path(directory)
+    if not (path / MODEL_FILE).exists():
+        raise FileNotFoundError(
+            f"--allocator {directory!r}: not 'uniform', 'knapsack' or a trained allocator directory with {MODEL_FILE}"
+        )
+    return TrainerAllocator(load_allocator(path), horizon=horizon)

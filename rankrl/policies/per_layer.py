@@ -220,6 +220,8 @@ class SetActorCriticPolicy(ActorCriticPolicy):
         if self.ortho_init:
             gains = {self.features_extractor: 2**0.5, self.mlp_extractor: 2**0.5, self.action_net: 0.01}
             gains[self.value_net] = 1.0
+            if not self.share_features_extractor:
+                gains.update({self.pi_features_extractor: 2**0.5, self.vf_features_extractor: 2**0.5})
             for module, gain in gains.items():
                 module.apply(lambda m, g=gain: self.init_weights(m, gain=g))
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)

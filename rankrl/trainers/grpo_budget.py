@@ -75,11 +75,21 @@ class RolloutHistory:
             raise ValueError(f"window must be >= 1 or None, got {window}")
         self.window = window
         self._outcomes: dict[str, deque[int]] = defaultdict(lambda: deque(maxlen=window))
+        self._totals: dict[str, int] = defaultdict(int)
 
     def update(self, keys: Iterable[str], successes: Iterable[bool]) -> None:
         """Record one outcome per (key, success) pair."""
         for key, ok in zip(keys, successes, strict=True):
             self._outcomes[key].append(int(bool(ok)))
+            self._totals[key] += 1
+
+    def keys(self) -> list[str]:
+        """Every prompt key seen so far."""
+        return list(self._outcomes)
+
+    def total(self, key: str) -> int:
+        """How many outcomes of ``key`` were ever recorded (not capped by ``window``)."""
+        return self._totals.get(key, 0)
 
     def outcomes(self, key: str) -> list[int]:
         """The recorded outcomes of ``key`` (empty if never seen)."""

@@ -111,3 +111,10 @@ def test_short_ppo_run_saves_and_loads(tmp_path):
 def test_train_rejects_mismatched_envs():
     with pytest.raises(ValueError, match="disagree on n_max"):
         train_allocator([{"n_max": 16}, {"n_max": 32}], 64)
+
+
+def test_unshared_extractors_and_attention_build():
+    policy = _policy(share_features_extractor=False, context="attention", net_arch=dict(pi=[32, 32], vf=[16]))
+    mean, value = _outputs(policy, _obs(4))
+    assert mean.shape == (2, ROWS) and value.shape == (2, 1)
+    assert policy.pi_features_extractor is not policy.vf_features_extractor
