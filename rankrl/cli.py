@@ -39,13 +39,18 @@ def cmd_finetune(argv: Sequence[str]) -> int:
     return run_finetune(config, **extra)
 
 
+BUDGET_USAGE = """usage: rankrl budget {train,train-allocator} [--help] [options]
+
+  train             GRPO, each prompt getting the rollouts an allocator gives it (Knapsack RL);
+                    every GRPOConfig flag works
+  train-allocator   train a PPO allocator on the RolloutBudget-Sim env (for --allocator DIR)"""
+
+
 def cmd_budget(argv: Sequence[str]) -> int:
     """``rankrl budget train ...``: GRPO with per-prompt rollout budgets (every GRPOConfig flag works)."""
     argv = list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: rankrl budget train [--help] [BudgetArgs and GRPOConfig flags]\n\n"
-              "  train             GRPO, each prompt getting the rollouts an allocator gives it (Knapsack RL)\n"
-              "  train-allocator   train a PPO allocator on the RolloutBudget-Sim env (for --allocator DIR)")  # fmt: skip
+        print(BUDGET_USAGE)
         return 0
     if argv[0] == "train-allocator":
         return cmd_train_allocator(argv[1:])
