@@ -16,6 +16,7 @@ ENVS: dict[str, tuple[str, dict]] = {
     "rankrl/LoRARank-v0": ("rankrl.envs.lora_rank:LoRARankEnv", {"backend": "live"}),
     "rankrl/RolloutBudget-Sim-v0": ("rankrl.envs.rollout_budget:RolloutBudgetEnv", {"backend": "sim"}),
     "rankrl/RolloutBudget-v0": ("rankrl.envs.rollout_budget:RolloutBudgetEnv", {"backend": "live"}),
+    "rankrl/Rerank-v0": ("rankrl.envs.rerank:RerankEnv", {}),  # needs collection=<Collection or path>
 }
 
 
