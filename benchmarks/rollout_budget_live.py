@@ -167,6 +167,10 @@ def main() -> None:
             print(f"smollm2 {name}: {part['summary'][name]}", flush=True)
         results["parts"]["smollm2_gsm8k"] = part
 
+    out = RESULTS / "rollout_budget_live.json"
+    if out.exists():  # keep parts measured by an earlier invocation (e.g. --skip-smollm2 reruns the tiny part only)
+        earlier = json.loads(out.read_text()).get("parts", {})
+        results["parts"] = {**earlier, **results["parts"]}
     print(f"\n{'part':<16}{'allocator':<10}{'eff. rollout ratio':>22}{'nonzero groups':>18}{'reward':>16}{'max N':>8}")
     for pname, part in results["parts"].items():
         for name, s in part["summary"].items():
@@ -175,7 +179,6 @@ def main() -> None:
             print(f"{pname:<16}{name:<10}{e[0]:>14.3f} +- {e[1]:.3f}{z[0]:>10.3f} +- {z[1]:.3f}"
                   f"{r[0]:>9.3f} +- {r[1]:.3f}{m[0]:>8.1f}")  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "rollout_budget_live.json"
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1))
     os.replace(tmp, out)
