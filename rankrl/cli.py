@@ -121,16 +121,101 @@ def make_allocator(args):
     return trainer_allocator(args.allocator)
 
 
+def cmd_train_policy(argv: Sequence[str]) -> int:
+    """``rankrl train-policy``: PPO rank allocator on LoRARank(-Sim), checkpoints/resume, live evaluation."""
+    import tyro
+
+    from rankrl.policies.train import TrainPolicyConfig
+
+    config = tyro.cli(TrainPolicyConfig, args=list(argv), prog="rankrl train-policy")
+    from rankrl.policies.train import train_policy
+
+    train_policy(config)
+    return 0
+
+
+def cmd_apply(argv: Sequence[str]) -> int:
+    """``rankrl apply``: a trained rank policy -> PEFT adapter_config.json for any model (+ optional fine-tune)."""
+    import tyro
+
+    from rankrl.policies.apply import ApplyConfig
+
+    config = tyro.cli(ApplyConfig, args=list(argv), prog="rankrl apply")
+    from rankrl.policies.apply import PolicyLayoutError, apply_policy
+
+    try:
+        apply_policy(config)
+    except PolicyLayoutError as e:
+        print(f"rankrl apply: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_baselines(argv: Sequence[str]) -> int:
+    """``rankrl baselines``: every rank baseline (and a policy) fine-tuned live at equal budget, one table."""
+    import tyro
+
+    from rankrl.policies.apply import BaselinesConfig
+
+    config = tyro.cli(BaselinesConfig, args=list(argv), prog="rankrl baselines")
+    from rankrl.policies.apply import PolicyLayoutError, run_baselines
+
+    try:
+        run_baselines(config)
+    except PolicyLayoutError as e:
+        print(f"rankrl baselines: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+RERANK_USAGE = """usage: rankrl rerank {train,eval} [--help] [options]
+
+  train   GRPO reranker: --recipe rank-r1|erank|grouprank (erank: SFT --sft_steps, then listwise GRPO);
+          every GRPOConfig flag works
+  eval    rerank BM25 top-k of held-out queries with a trained model; TREC run file + nDCG@10 table"""
+
+
+def cmd_rerank(argv: Sequence[str]) -> int:
+    """``rankrl rerank train|eval``: GRPO reranker recipes on TRL and their evaluation."""
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(RERANK_USAGE)
+        raise SystemExit(0)  # like the argparse/tyro --help of every other subcommand (tests/test_cli.py)
+    if argv[0] == "eval":
+        import tyro
+
+        from rankrl.trainers.rerank import EvalArgs, run_rerank_eval
+
+        run_rerank_eval(tyro.cli(EvalArgs, args=argv[1:], prog="rankrl rerank eval"))
+        return 0
+    if argv[0] != "train":
+        print(f"rankrl rerank: unknown subcommand {argv[0]!r}; use 'train' or 'eval'", file=sys.stderr)
+        return 2
+    from trl import GRPOConfig, TrlParser
+
+    from rankrl.trainers.rerank import RerankArgs, grpo_defaults, run_rerank_train
+
+    parser = TrlParser((RerankArgs, GRPOConfig), prog="rankrl rerank train")
+    if "-h" in argv[1:] or "--help" in argv[1:]:
+        parser.parse_args(["--help"])
+    args, config = parser.parse_args_and_config(grpo_defaults(argv[1:]))
+    return run_rerank_train(args, config)
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "finetune": (cmd_finetune, "live LoRA fine-tune with per-module rank masks, metrics and costs"),
     "budget": (cmd_budget, "GRPO with per-prompt rollout budgets: uniform, Knapsack RL or a learned allocator"),
+    "train-policy": (cmd_train_policy, "train a LoRA rank policy (PPO) on the calibrated sim, evaluate it live"),
+    "apply": (cmd_apply, "apply a rank policy to any model -> PEFT adapter_config.json (+ --finetune)"),
+    "baselines": (cmd_baselines, "uniform (lr-tuned), random, spectrum, importance, AdaLoRA, policy: equal budget"),
+    "rerank": (cmd_rerank, "GRPO rerankers (Rank-R1, ERank, GroupRank) on TRL: train and eval"),
 }
 
 
 def _usage() -> str:
     lines = [f"rankrl {__version__}: RL that decides where fine-tuning capacity and compute go.", "",
              "usage: rankrl <command> [--help] [options]", "", "commands:"]  # fmt: skip
-    lines += [f"  {name:<12} {doc}" for name, (_, doc) in COMMANDS.items()]
+    lines += [f"  {name:<13} {doc}" for name, (_, doc) in COMMANDS.items()]
     return "\n".join(lines)
 
 
