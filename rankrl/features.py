@@ -14,7 +14,6 @@ import hashlib
 import itertools
 import math
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rankrl.atomic import atomic_write
 from rankrl.targets import KINDS, TargetModule, find_target_modules
 
 #: log2 widths are divided by this so a 4096-wide projection (a 7B-class hidden size) reads 1.0
@@ -315,11 +315,8 @@ def _load_cache(path: Path, names: list[str]) -> np.ndarray | None:
 
 
 def _save_cache(path: Path, names: list[str], static: np.ndarray, key: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Atomic: a concurrent reader sees the old file or the whole new one, never a partial write.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file object: np.savez would append ".npz" to a path
             np.savez(
                 f,
                 static=static,
@@ -327,7 +324,5 @@ def _save_cache(path: Path, names: list[str], static: np.ndarray, key: str) -> N
                 feature_names=np.asarray(STATIC_FEATURE_NAMES, dtype=str),
                 key=np.asarray(key, dtype=str),
             )
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from rankrl.atomic import atomic_write
+
 
 def wandb_mode() -> str:
     """``$WANDB_MODE`` if set; ``online`` when the user has W&B credentials; ``offline`` otherwise."""
@@ -137,9 +139,7 @@ def plot_curves(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out = Path(out)
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    try:
+        return atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)

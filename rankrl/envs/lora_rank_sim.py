@@ -35,7 +35,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from rankrl.atomic import atomic_write_text
 from rankrl.budgets import check_grid, pow2_grid
 from rankrl.features import STATIC_FEATURE_NAMES, LayerFeatures, shape_features
 from rankrl.targets import KINDS, TargetModule
@@ -222,17 +222,7 @@ class SimCalibration:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write JSON atomically (temp file + rename: a reader never sees half a file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SimCalibration:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rankrl.atomic import atomic_write
 
 __all__ = [
     "ENV_IDS",
@@ -283,35 +284,19 @@ def plot_rank_heatmap(targets: Any, allocations: list[Mapping[str, int]], out: s
 def _save_fig(fig: Any, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    try:
+        return atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------------- saving
-def _atomic_write(path: Path, write: Callable[[Path], None], suffix: str) -> Path:
-    """``write(tmp)`` then ``os.replace(tmp, path)``: a reader (or a resume after a crash) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def _save_model(model: Any, path: Path) -> Path:
-    return _atomic_write(path, model.save, ".zip")  # the .zip suffix stops SB3 from appending one
+    return atomic_write(path, model.save, ".zip")  # the .zip suffix stops SB3 from appending one
 
 
 def _save_json(data: Any, path: Path) -> Path:
-    return _atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=1, default=str)), ".json")
+    return atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=1, default=str)), ".json")
 
 
 def policy_meta(config: TrainPolicyConfig, timesteps_done: int = 0) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rankrl.atomic import atomic_write
 from rankrl.costs import allocation_cost
 from rankrl.lora import RankedLoRA, parse_rank_spec
 from rankrl.models import LoadedModel, load_model
@@ -335,15 +335,7 @@ class FineTuneRun:
             "scheduler": self.scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
     @classmethod
     def resume(cls, path: str | os.PathLike, *, tracker: Any = None, **kwargs: Any) -> FineTuneRun:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -34,6 +33,7 @@ from pathlib import Path
 import ir_measures
 import numpy as np
 
+from rankrl.atomic import atomic_write_text
 from rankrl.tasks import TaskFormatError
 
 __all__ = [
@@ -410,17 +410,7 @@ def write_run(run: Mapping[str, Mapping[str, float]], path: str | os.PathLike, t
             if any(c.isspace() for c in qid + docid) or not qid or not docid:
                 raise ValueError(f"ids in a run file cannot be empty or contain whitespace: {qid!r}, {docid!r}")
             lines.append(f"{qid} Q0 {docid} {rank} {float(score)!r} {tag}\n")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.writelines(lines)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write_text(path, "".join(lines))
 
 
 def read_run(path: str | os.PathLike) -> Run:

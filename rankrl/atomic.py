@@ -1,0 +1,38 @@
+"""Atomic file writes: a reader, or a resume after a crash, sees the old file or the whole new one, never half.
+
+One helper for every checkpoint, cache, run file and plot rankrl writes (write to a temp file in the same
+directory, then ``os.replace``, which is atomic on POSIX and Windows).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], suffix: str = ".tmp") -> Path:
+    """Call ``write(tmp)`` on a temp path beside ``path``, then move it into place.
+
+    Args:
+        path: the final file.
+        write: writes the content to the path it is given.
+        suffix: the temp file's suffix (some writers append their own, e.g. SB3 adds ``.zip`` unless present).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    return atomic_write(path, lambda p: p.write_text(text))
