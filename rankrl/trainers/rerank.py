@@ -34,6 +34,7 @@ from torch.utils.data import Sampler
 
 from rankrl.trainers.ir import BM25Retriever, Collection, split_queries
 from rankrl.trainers.rerank_rewards import (
+    ERANK_MAX_SCORE,
     erank_listwise_reward,
     erank_messages,
     grouprank_messages,
@@ -167,17 +168,14 @@ def build_dataset(recipe: str, coll: Collection, qids: Sequence[str], retriever:
 
 
 def erank_sft_dataset(coll: Collection, rows: Any) -> Any:
-    """ERank stage-1 rows: prompt -> ``round(10 * gain / g_max)`` as the assistant's answer (g_max: the largest
-    gain in the collection's qrels)."""
+    """ERank stage-1 rows: prompt -> ``round(ERANK_MAX_SCORE * gain / g_max)`` as the assistant's answer (g_max: the
+    largest gain in the collection's qrels). Every label is one token, so :func:`expected_scores` can read it."""
     from datasets import Dataset
 
     g_max = max((g for j in coll.qrels.values() for g in j.values()), default=1) or 1
-    return Dataset.from_dict(
-        {
-            "prompt": rows["prompt"],
-            "completion": [[{"role": "assistant", "content": str(round(10 * g / g_max))}] for g in rows["gain"]],
-        }
-    )
+    labels = [str(round(ERANK_MAX_SCORE * g / g_max)) for g in rows["gain"]]
+    completions = [[{"role": "assistant", "content": label}] for label in labels]
+    return Dataset.from_dict({"prompt": rows["prompt"], "completion": completions})
 
 
 # ---------------------------------------------------------------------------------------------- listwise GRPO

@@ -43,6 +43,10 @@ __all__ = [
 #: recipe -> number of completions that could not be parsed (reward 0); reset with ``UNPARSABLE.clear()``.
 UNPARSABLE: Counter = Counter()
 
+#: ERank's top score. 9, not 10: expected-score inference reads the probability of single score tokens, and
+#: many tokenizers (SmolLM2's among them) split "10" into "1" "0", which would read a top label as a 1.
+ERANK_MAX_SCORE = 9
+
 #: GroupRank reward weights: nDCG@10 of the induced ranking, recall at R, score-distribution alignment, format.
 GROUPRANK_WEIGHTS: dict[str, float] = {"ndcg": 1.0, "recall": 0.5, "align": 0.5, "format": 0.1}
 
@@ -79,9 +83,9 @@ def rank_r1_messages(query: str, docs: Sequence[str], max_chars: int = 300) -> l
 
 
 def erank_messages(query: str, doc: str, max_chars: int = 300) -> list[dict[str, str]]:
-    """ERank pointwise prompt: answer with one integer relevance score from 0 to 10."""
+    """ERank pointwise prompt: answer with one integer relevance score from 0 to :data:`ERANK_MAX_SCORE`."""
     text = (f"Query: {query}\nPassage: {_clip(doc, max_chars)}\nHow relevant is the passage to the query? "
-            "Answer with one integer from 0 (irrelevant) to 10 (perfectly relevant).")  # fmt: skip
+            f"Answer with one integer from 0 (irrelevant) to {ERANK_MAX_SCORE} (perfectly relevant).")  # fmt: skip
     return [{"role": "user", "content": text}]
 
 

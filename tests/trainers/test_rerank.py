@@ -213,3 +213,17 @@ def test_help(argv, capsys):
     except SystemExit as e:
         code = e.code
     assert code == 0 and "usage" in capsys.readouterr().out.lower()
+
+
+def test_erank_sft_labels_are_single_token_scores_for_smollm2_style_tokenizers():
+    """A "10" split into "1" "0" would make expected-score inference read the top label as 1."""
+    from rankrl.models import tiny_tokenizer
+    from rankrl.trainers.ir import Collection
+    from rankrl.trainers.rerank import ERANK_MAX_SCORE, erank_sft_dataset, score_tokens
+
+    coll = Collection(docs={"d1": "a", "d2": "b"}, queries={"q": "x"}, qrels={"q": {"d1": 4, "d2": 1}})
+    rows = {"prompt": [[{"role": "user", "content": "p"}]] * 3, "gain": [4, 1, 0]}
+    labels = [int(c[0]["content"]) for c in erank_sft_dataset(coll, rows)["completion"]]
+    assert labels == [ERANK_MAX_SCORE, 2, 0]
+    _, values = score_tokens(tiny_tokenizer())
+    assert set(labels) <= set(values)  # every trained label is readable at one position

