@@ -134,38 +134,30 @@ def cmd_train_policy(argv: Sequence[str]) -> int:
     return 0
 
 
-def cmd_apply(argv: Sequence[str]) -> int:
-    """``rankrl apply``: a trained rank policy -> PEFT adapter_config.json for any model (+ optional fine-tune)."""
+def _policy_command(argv: Sequence[str], config_name: str, fn_name: str, prog: str) -> int:
+    """Parse ``rankrl.policies.apply.<config_name>`` with tyro and run ``<fn_name>``; a policy file from another
+    observation layout is a clear message and exit status 2, not a traceback."""
     import tyro
 
-    from rankrl.policies.apply import ApplyConfig
+    from rankrl.policies import apply
 
-    config = tyro.cli(ApplyConfig, args=list(argv), prog="rankrl apply")
-    from rankrl.policies.apply import PolicyLayoutError, apply_policy
-
+    config = tyro.cli(getattr(apply, config_name), args=list(argv), prog=prog)
     try:
-        apply_policy(config)
-    except PolicyLayoutError as e:
-        print(f"rankrl apply: {e}", file=sys.stderr)
+        getattr(apply, fn_name)(config)
+    except apply.PolicyLayoutError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def cmd_apply(argv: Sequence[str]) -> int:
+    """``rankrl apply``: a trained rank policy -> PEFT adapter_config.json for any model (+ optional fine-tune)."""
+    return _policy_command(argv, "ApplyConfig", "apply_policy", "rankrl apply")
 
 
 def cmd_baselines(argv: Sequence[str]) -> int:
     """``rankrl baselines``: every rank baseline (and a policy) fine-tuned live at equal budget, one table."""
-    import tyro
-
-    from rankrl.policies.apply import BaselinesConfig
-
-    config = tyro.cli(BaselinesConfig, args=list(argv), prog="rankrl baselines")
-    from rankrl.policies.apply import PolicyLayoutError, run_baselines
-
-    try:
-        run_baselines(config)
-    except PolicyLayoutError as e:
-        print(f"rankrl baselines: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return _policy_command(argv, "BaselinesConfig", "run_baselines", "rankrl baselines")
 
 
 RERANK_USAGE = """usage: rankrl rerank {train,eval} [--help] [options]
