@@ -20,11 +20,17 @@ Rows (``--parts``, comma-separated):
                     (:func:`rankrl.trainers.rerank.run_rerank_train`, ``sft_steps=0``);
 * ``rank-r1``       setwise tournaments (``make_scorer("rank-r1", ...)``) with the untrained SmolLM2.
 
+``--first-stage-rank`` shows each candidate's BM25 rank in the ERank prompts ("First-stage (BM25) rank: 3 of
+20") of ``smollm2-zero``, ``sft`` and ``erank`` (training data and evaluation alike); their rows are then named
+``<row>+bm25rank`` (e.g. ``smollm2-sft+bm25rank``) and record ``"first_stage_rank": true``, so they merge beside
+the plain rows instead of replacing them.
+
 Results merge row by row into ``benchmarks/results/rerank.json`` (so parts can run separately); each row keeps
 its own date, machine, query count and per-query nDCG@10.
 
     python benchmarks/rerank.py                                  # default rows (bm25 .. smollm2-zero)
     python benchmarks/rerank.py --parts sft,erank --sft-minutes 10
+    python benchmarks/rerank.py --parts smollm2-zero,sft --first-stage-rank   # rows smollm2-*+bm25rank
     python benchmarks/rerank.py --queries 5 --cross-steps 4 --threads 1 --out /tmp/rerank-smoke.json
 """
 
@@ -51,10 +57,14 @@ from rankrl.atomic import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CRANFIELD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cranfield"
-ROWS = ("bm25", "minilm-bi", "minilm-cross", "smollm2-zero", "smollm2-sft", "smollm2-erank", "rank-r1")
 PART_ROW = {"bm25": "bm25", "minilm-bi": "minilm-bi", "minilm-cross": "minilm-cross",
             "smollm2-zero": "smollm2-zero", "sft": "smollm2-sft", "smollm2-sft": "smollm2-sft",
             "erank": "smollm2-erank", "smollm2-erank": "smollm2-erank", "rank-r1": "rank-r1"}  # fmt: skip
+#: rows whose ERank prompts can show the BM25 rank (--first-stage-rank); those rows get RANK_SUFFIX
+RANKED_ROWS = ("smollm2-zero", "smollm2-sft", "smollm2-erank")
+RANK_SUFFIX = "+bm25rank"
+ROWS = ("bm25", "minilm-bi", "minilm-cross", "smollm2-zero", "smollm2-zero+bm25rank", "smollm2-sft",
+        "smollm2-sft+bm25rank", "smollm2-erank", "smollm2-erank+bm25rank", "rank-r1")  # fmt: skip
 DEFAULT_PARTS = "bm25,minilm-bi,minilm-cross,smollm2-zero"
 MEASURES = ("nDCG@10", "RR@10")
 
@@ -141,6 +151,11 @@ def train_minilm_cross(coll, train_q, retriever, a) -> tuple:
     return score, seconds, info
 
 
+def row_name(row: str, first_stage_rank: bool) -> str:
+    """The results row of ``row`` (a PART_ROW value): ``+bm25rank`` appended for ERank rows with the BM25 rank."""
+    return row + RANK_SUFFIX if first_stage_rank and row in RANKED_ROWS else row
+
+
 def smollm2():
     from rankrl.models import load_model
 
@@ -158,7 +173,8 @@ def train_sft(coll, train_q, retriever, a, out_dir: Path) -> tuple[float, dict]:
     from rankrl.trainers.rerank import build_dataset, erank_sft_dataset
 
     model, tok = smollm2()
-    rows = build_dataset("erank", coll, train_q, retriever, group_size=a.sft_group, max_chars=300, seed=0)
+    rows = build_dataset("erank", coll, train_q, retriever, group_size=a.sft_group, max_chars=300, seed=0,
+                         first_stage_rank=a.first_stage_rank)  # fmt: skip
     data = erank_sft_dataset(coll, rows).shuffle(seed=0)
     budget = a.sft_minutes * 60.0
 
@@ -187,7 +203,8 @@ def train_sft(coll, train_q, retriever, a, out_dir: Path) -> tuple[float, dict]:
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     info = {"steps": trainer.state.global_step, "epochs": trainer.state.global_step * a.sft_batch / len(data),
             "train_rows": len(data), "group_size": a.sft_group, "batch_size": a.sft_batch, "lr": a.sft_lr,
-            "minutes_budget": a.sft_minutes, "lora_r": 8, "loss_every_10_steps": losses}  # fmt: skip
+            "minutes_budget": a.sft_minutes, "lora_r": 8, "first_stage_rank": a.first_stage_rank,
+            "loss_every_10_steps": losses}  # fmt: skip
     print(f"  sft: {info['steps']} steps in {seconds:.0f}s, last losses {losses[-3:]}", flush=True)
     return seconds, info
 
@@ -200,7 +217,7 @@ def train_grpo(sft_dir: Path, a, out_dir: Path) -> tuple[float, dict]:
     from rankrl.trainers.rerank_rewards import UNPARSABLE
 
     args = RerankArgs(recipe="erank", model=str(sft_dir), data=str(a.data), group_size=4, rollouts=4, sft_steps=0,
-                      lora_r=8, max_doc_chars=300)  # fmt: skip
+                      lora_r=8, max_doc_chars=300, first_stage_rank=a.first_stage_rank)  # fmt: skip
     cfg = GRPOConfig(output_dir=str(out_dir), max_steps=a.grpo_steps, per_device_train_batch_size=16,
                      num_generations=4, max_completion_length=8, temperature=1.0, learning_rate=a.grpo_lr,
                      use_cpu=True, bf16=False, report_to="none", logging_steps=1, save_strategy="no",
@@ -210,7 +227,7 @@ def train_grpo(sft_dir: Path, a, out_dir: Path) -> tuple[float, dict]:
     run_rerank_train(args, cfg)
     seconds = time.perf_counter() - start
     info = {"grpo_steps": a.grpo_steps, "group_size_M": 4, "rollouts_G": 4, "lr": a.grpo_lr, "lora_r": 8,
-            "unparsable_completions": int(UNPARSABLE["erank"])}  # fmt: skip
+            "first_stage_rank": a.first_stage_rank, "unparsable_completions": int(UNPARSABLE["erank"])}  # fmt: skip
     return seconds, info
 
 
@@ -259,7 +276,8 @@ def fmt_p(p) -> str:
 
 
 def print_table(rows: dict) -> None:
-    print(f"\n{'reranker':<15}{'n':>4}{'nDCG@10':>9}{'RR@10':>8}{'d nDCG':>8}{'W/L/T':>10}{'p(t)':>9}{'p(wilc)':>9}"
+    w = max([15, *(len(n) + 1 for n in rows)])
+    print(f"\n{'reranker':<{w}}{'n':>4}{'nDCG@10':>9}{'RR@10':>8}{'d nDCG':>8}{'W/L/T':>10}{'p(t)':>9}{'p(wilc)':>9}"
           f"{'s/query':>9}{'train s':>9}")  # fmt: skip
     for name, r in rows.items():
         p = r.get("paired_vs_bm25") or {}
@@ -267,7 +285,7 @@ def print_table(rows: dict) -> None:
         diff = f"{p['mean_diff']:+.3f}" if p else "-"
         train = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "-"
         tp, wp = fmt_p(p.get("ttest_p")), fmt_p(p.get("wilcoxon_p"))
-        print(f"{name:<15}{r['n_queries']:>4}{r['nDCG@10']:>9.4f}{r['RR@10']:>8.4f}{diff:>8}{wlt:>10}{tp:>9}{wp:>9}"
+        print(f"{name:<{w}}{r['n_queries']:>4}{r['nDCG@10']:>9.4f}{r['RR@10']:>8.4f}{diff:>8}{wlt:>10}{tp:>9}{wp:>9}"
               f"{r['sec_per_query']:>9.3f}{train:>9}")  # fmt: skip
 
 
@@ -295,11 +313,16 @@ def main() -> None:
     ap.add_argument("--grpo-lr", type=float, default=2e-5)
     ap.add_argument("--r1-window", type=int, default=4)
     ap.add_argument("--r1-tokens", type=int, default=64, help="rank-r1: max new tokens per setwise pick")
+    ap.add_argument("--first-stage-rank", action="store_true", help="show each candidate's BM25 rank in the "
+                    f"ERank prompts of smollm2-zero, sft, erank (train and eval); rows get {RANK_SUFFIX}")  # fmt: skip
     a = ap.parse_args()
     parts = [p.strip() for p in a.parts.split(",") if p.strip()]
     if bad := [p for p in parts if p not in PART_ROW]:
         ap.error(f"unknown parts {bad}; choose from {sorted(set(PART_ROW))}")
     wanted = {PART_ROW[p] for p in parts}
+    if a.first_stage_rank and not wanted & set(RANKED_ROWS):
+        ap.error("--first-stage-rank needs one of the parts smollm2-zero, sft, erank")
+    fsr = a.first_stage_rank
     torch.set_num_threads(a.threads or os.cpu_count() or 1)
     torch.manual_seed(0)
 
@@ -311,7 +334,8 @@ def main() -> None:
     qids = test_q[: a.queries] if a.queries else test_q
     retriever = BM25Retriever(coll)
     print(f"{coll.name}: {len(train_q)} train / {len(test_q)} test queries, evaluating {len(qids)}, BM25 top-{a.k}; "
-          f"rows {sorted(wanted, key=ROWS.index)}; {torch.get_num_threads()} threads", flush=True)  # fmt: skip
+          f"rows {[row_name(r, fsr) for r in sorted(wanted, key=ROWS.index)]}; {torch.get_num_threads()} threads",
+          flush=True)  # fmt: skip
     zero = lambda q, docs: [0.0] * len(docs)  # noqa: E731  (constant scores keep the BM25 order)
     bm25_pq = evaluate_per_query(rerank_run(zero, coll, qids, a.k, retriever), coll.qrels, MEASURES,
                                  qids=list(qids))["nDCG@10"]  # fmt: skip
@@ -336,8 +360,9 @@ def main() -> None:
         if "smollm2-zero" in wanted:
             info = {"model": "SmolLM2-135M-Instruct", "recipe": "erank", "max_chars": 300,
                     "score": "expected score over single-token scores (SmolLM2: 0..9, '10' is 2 tokens)"}  # fmt: skip
-            rows["smollm2-zero"] = measure("smollm2-zero", make_scorer("erank", model, tok), coll, qids, retriever,
-                                           a, bm25_pq, config=info)  # fmt: skip
+            name = row_name("smollm2-zero", fsr)
+            rows[name] = measure(name, make_scorer("erank", model, tok, first_stage_rank=fsr), coll, qids, retriever,
+                                 a, bm25_pq, config=info, first_stage_rank=fsr)  # fmt: skip
         if "rank-r1" in wanted:
             scorer = make_scorer("rank-r1", model, tok, window=a.r1_window, max_new_tokens=a.r1_tokens)
             rows["rank-r1"] = measure("rank-r1", scorer, coll, qids, retriever, a, bm25_pq,
@@ -358,15 +383,18 @@ def main() -> None:
             if "smollm2-sft" in wanted:
                 m = AutoModelForCausalLM.from_pretrained(sft_dir, dtype="float32")
                 t = AutoTokenizer.from_pretrained(sft_dir)
-                rows["smollm2-sft"] = measure("smollm2-sft", make_scorer("erank", m, t), coll, qids, retriever, a,
-                                              bm25_pq, train_seconds=sft_secs, config=sft_info)  # fmt: skip
+                name = row_name("smollm2-sft", fsr)
+                rows[name] = measure(name, make_scorer("erank", m, t, first_stage_rank=fsr), coll, qids, retriever,
+                                     a, bm25_pq, train_seconds=sft_secs, config=sft_info,
+                                     first_stage_rank=fsr)  # fmt: skip
             if "smollm2-erank" in wanted:
                 grpo_secs, grpo_info = train_grpo(sft_dir, a, work / "grpo")
                 m = AutoModelForCausalLM.from_pretrained(work / "grpo" / "merged", dtype="float32")
                 t = AutoTokenizer.from_pretrained(work / "grpo" / "merged")
-                rows["smollm2-erank"] = measure("smollm2-erank", make_scorer("erank", m, t), coll, qids, retriever,
-                                                a, bm25_pq, train_seconds=sft_secs + grpo_secs,
-                                                config={"sft": sft_info, "grpo": grpo_info})  # fmt: skip
+                name = row_name("smollm2-erank", fsr)
+                rows[name] = measure(name, make_scorer("erank", m, t, first_stage_rank=fsr), coll, qids, retriever,
+                                     a, bm25_pq, train_seconds=sft_secs + grpo_secs,
+                                     config={"sft": sft_info, "grpo": grpo_info}, first_stage_rank=fsr)  # fmt: skip
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -11,11 +11,13 @@ and prompts live in :mod:`rankrl.trainers.rerank_rewards`.
 * ``erank``: one row per (query, doc), a fixed ``M = group_size`` docs per query. Stage 1 SFT (``SFTTrainer``)
   on ``score = round(10 * gain / g_max)`` with ``g_max`` the largest gain in the collection's qrels (Cranfield:
   4 -> scores 0, 2/3 -> 3, 5, 8, 10); stage 2 GRPO with :class:`ListwiseGRPOTrainer` so each reward call holds
-  all ``M x G`` rows of a query. Inference: :func:`expected_scores`.
+  all ``M x G`` rows of a query. Inference: :func:`expected_scores`. With ``first_stage_rank`` every prompt also
+  shows the doc's BM25 rank (``First-stage (BM25) rank: 3 of 20``), in training and at inference alike.
 * ``grouprank``: one row per query, the top ``group_size`` candidates scored jointly; stock ``GRPOTrainer``.
 
-All trainers use LoRA (PEFT ``peft_config``). ``train`` saves the merged model + tokenizer + ``rerank.json``
-to ``<output_dir>/merged`` so ``rankrl rerank eval --model <output_dir>`` needs nothing else.
+All trainers use LoRA (PEFT ``peft_config``). ``train`` saves the merged model + tokenizer + ``rerank.json`` (the
+:class:`RerankArgs`, ``first_stage_rank`` included) to ``<output_dir>/merged`` so ``rankrl rerank eval --model
+<output_dir>`` needs nothing else and prompts the way the model was trained.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 
 from torch.utils.data import Sampler
 
+from rankrl.atomic import atomic_write_text
 from rankrl.trainers.ir import BM25Retriever, Collection, split_queries
 from rankrl.trainers.rerank_rewards import (
     ERANK_MAX_SCORE,
@@ -95,14 +98,23 @@ class RerankArgs:
     """truncate each candidate text to this many characters in prompts"""
     chat_template: str | None = None
     """a Jinja chat template (or a file holding one) for models without one"""
+    first_stage_rank: bool = False
+    """erank: show each doc's BM25 rank in its prompt ("rank 3 of 20"), in SFT and GRPO; saved for `rerank eval`"""
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ValueError(f"--recipe must be one of {RECIPES}, got {self.recipe!r}")
+        _check_first_stage_rank(self.recipe, self.first_stage_rank)
         if self.rollouts < 2:
             raise ValueError("--rollouts must be >= 2 (GRPO needs a group)")
         if self.group_size < 2 or self.window < 2:
             raise ValueError("--group_size and --window must be >= 2")
+
+
+def _check_first_stage_rank(recipe: str, first_stage_rank: bool) -> None:
+    if first_stage_rank and recipe != "erank":
+        raise ValueError(f"first_stage_rank only applies to the erank recipe, got recipe {recipe!r}; drop "
+                         "--first_stage_rank or use --recipe erank")  # fmt: skip
 
 
 def _skip_warning(skipped: int, what: str) -> None:
@@ -111,15 +123,21 @@ def _skip_warning(skipped: int, what: str) -> None:
 
 
 def build_dataset(recipe: str, coll: Collection, qids: Sequence[str], retriever: BM25Retriever | None = None, *,
-                  group_size: int = 4, window: int = 4, max_chars: int = 300, seed: int = 0) -> Any:  # fmt: skip
+                  group_size: int = 4, window: int = 4, max_chars: int = 300, seed: int = 0,
+                  first_stage_rank: bool = False) -> Any:  # fmt: skip
     """Training rows (a ``datasets.Dataset``) of ``recipe`` from the BM25 candidates of ``qids``.
 
     Columns: ``prompt`` (chat messages), ``query_id`` and, per recipe, ``relevant`` + ``doc_ids`` (rank-r1),
-    ``doc_id`` + ``gain`` + ``n_docs`` (erank: exactly ``group_size`` rows per query, in query order),
-    ``doc_ids`` + ``gains`` (grouprank). Queries without (enough) candidates are skipped with a counted warning.
+    ``doc_id`` + ``gain`` + ``n_docs`` (erank: exactly ``group_size`` rows per query, in query order = BM25
+    order), ``doc_ids`` + ``gains`` (grouprank). Queries without (enough) candidates are skipped with a counted
+    warning. ``first_stage_rank`` (erank only): each prompt shows the doc's 1-based position among the query's
+    ``group_size`` candidates in ``retriever.search`` order (descending BM25 score, ties by corpus order).
     """
     from datasets import Dataset
 
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+    _check_first_stage_rank(recipe, first_stage_rank)
     retriever = retriever or BM25Retriever(coll)
     k = window if recipe == "rank-r1" else group_size
     first = retriever.search(list(qids), k=k)
@@ -147,8 +165,12 @@ def build_dataset(recipe: str, coll: Collection, qids: Sequence[str], retriever:
             if len(docs) < group_size:
                 short += 1
                 continue
-            rows += [{"prompt": erank_messages(query, coll.docs[d], max_chars), "query_id": q, "doc_id": d,
-                      "gain": judged.get(d, 0), "n_docs": group_size} for d in docs]  # fmt: skip
+            ranks = {"first_rank": None, "n_candidates": None}
+            for pos, d in enumerate(docs, 1):  # docs: BM25 order, best first
+                if first_stage_rank:
+                    ranks = {"first_rank": pos, "n_candidates": len(docs)}
+                rows.append({"prompt": erank_messages(query, coll.docs[d], max_chars, **ranks), "query_id": q,
+                             "doc_id": d, "gain": judged.get(d, 0), "n_docs": group_size})  # fmt: skip
         elif recipe == "grouprank":
             rows.append(
                 {
@@ -265,14 +287,20 @@ def _chat_prompts(tokenizer: Any, messages: Sequence[list[dict]]) -> list[str]:
 
 
 def expected_scores(model: Any, tokenizer: Any, query: str, docs: Sequence[str], max_chars: int = 300,
-                    batch_size: int = 16) -> list[float]:  # fmt: skip
+                    batch_size: int = 16, first_stage_rank: bool = False) -> list[float]:  # fmt: skip
     """ERank ranking scores: ``sum_s s * p(s)`` with ``p`` the softmax over the single-token scores (see
-    :func:`score_tokens`) at the answer's first position; each in [0, 10]."""
+    :func:`score_tokens`) at the answer's first position; each in [0, 10].
+
+    ``first_stage_rank``: ``docs`` are taken to be in first-stage order (as :func:`rankrl.envs.rerank.rerank_run`
+    passes them: descending BM25 score) and ``docs[i]``'s prompt shows rank ``i + 1`` of ``len(docs)``."""
     import torch
 
     ids, values = score_tokens(tokenizer)
     vals = torch.tensor(values, dtype=torch.float32)
-    prompts = _chat_prompts(tokenizer, [erank_messages(query, d, max_chars) for d in docs])
+    n = len(docs)
+    messages = [erank_messages(query, d, max_chars, first_rank=i + 1 if first_stage_rank else None,
+                               n_candidates=n if first_stage_rank else None) for i, d in enumerate(docs)]  # fmt: skip
+    prompts = _chat_prompts(tokenizer, messages)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     out: list[float] = []
     try:
@@ -327,10 +355,13 @@ def setwise_rank(pick, docs: Sequence[str], window: int = 4, top: int = 10) -> l
 
 
 def make_scorer(recipe: str, model: Any, tokenizer: Any, *, window: int = 4, group_size: int = 4,
-                max_chars: int = 300, max_new_tokens: int = 64):  # fmt: skip
-    """A :data:`rankrl.envs.rerank.Scorer` ``(query, docs) -> scores`` for ``recipe``."""
+                max_chars: int = 300, max_new_tokens: int = 64, first_stage_rank: bool = False):  # fmt: skip
+    """A :data:`rankrl.envs.rerank.Scorer` ``(query, docs) -> scores`` for ``recipe``; ``first_stage_rank``
+    (erank only): prompts show each doc's position in ``docs``, which must be the first-stage (BM25) order."""
+    _check_first_stage_rank(recipe, first_stage_rank)
     if recipe == "erank":
-        return lambda q, docs: expected_scores(model, tokenizer, q, docs, max_chars)
+        return lambda q, docs: expected_scores(model, tokenizer, q, docs, max_chars,
+                                               first_stage_rank=first_stage_rank)  # fmt: skip
     if recipe == "rank-r1":
 
         def pick_fn(q):
@@ -397,11 +428,14 @@ def run_rerank_train(args: RerankArgs, config: Any) -> int:
     train_q, _ = split_queries(coll, args.test_fraction, args.split_seed)
     train_q = train_q[: args.max_queries] if args.max_queries else train_q
     lm = _load(args, config.seed)
+    # one prompt set for both erank stages (SFT, GRPO), with the BM25 rank when first_stage_rank
     rows = build_dataset(args.recipe, coll, train_q, group_size=args.group_size, window=args.window,
-                         max_chars=args.max_doc_chars, seed=config.seed)  # fmt: skip
+                         max_chars=args.max_doc_chars, seed=config.seed,
+                         first_stage_rank=args.first_stage_rank)  # fmt: skip
     lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
     model = lm.model
-    print(f"rerank train | recipe {args.recipe} | model {args.model} | {len(rows)} rows from {len(train_q)} queries")
+    print(f"rerank train | recipe {args.recipe} | model {args.model} | {len(rows)} rows from {len(train_q)} queries"
+          + (" | BM25 rank in prompts" if args.first_stage_rank else ""))  # fmt: skip
     if args.recipe == "erank" and args.sft_steps:
         from trl import SFTConfig, SFTTrainer
 
@@ -424,7 +458,7 @@ def run_rerank_train(args: RerankArgs, config: Any) -> int:
     merged = Path(config.output_dir) / "merged"
     trainer.model.merge_and_unload().save_pretrained(merged)
     lm.tokenizer.save_pretrained(merged)
-    (merged / "rerank.json").write_text(json.dumps(asdict(args), indent=1))
+    atomic_write_text(merged / "rerank.json", json.dumps(asdict(args), indent=1))
     print(f"saved -> {merged}")
     return 0
 
@@ -447,10 +481,25 @@ class EvalArgs:
     """evaluate at most this many queries"""
     run: str | None = None
     """TREC run file to write (default: <model>/run.<split>.trec or ./rerank.<split>.trec)"""
+    first_stage_rank: bool | None = None
+    """erank: BM25 rank in the prompt; default: the value in the model's rerank.json, else False (overriding warns)"""
 
     def __post_init__(self) -> None:
         if self.split not in ("test", "train", "all"):
             raise ValueError("--split must be test, train or all")
+
+
+def _eval_first_stage_rank(given: bool | None, saved: dict, model_dir: Path, recipe: str) -> bool:
+    """The eval's ``first_stage_rank``: the user's flag, else the value saved with the model (erank), else False;
+    warns when the flag disagrees with the saved value (a model must be prompted the way it was trained)."""
+    recorded = saved.get("first_stage_rank", False) if saved else None  # a rerank.json before the flag: False
+    if given is None:
+        return bool(recorded) and recipe == "erank"
+    if recorded is not None and given != recorded:
+        warnings.warn(f"{model_dir} was trained with first_stage_rank={recorded} (its rerank.json) but is evaluated "
+                      f"with first_stage_rank={given}: its prompts differ from training, so the scores are not "
+                      f"the trained model's; drop --first-stage-rank to use the saved value", stacklevel=3)  # fmt: skip
+    return given
 
 
 def run_rerank_eval(args: EvalArgs) -> dict[str, float]:
@@ -461,14 +510,17 @@ def run_rerank_eval(args: EvalArgs) -> dict[str, float]:
     path = Path(args.model)
     model_dir = path / "merged" if (path / "merged").is_dir() else path
     saved = json.loads((model_dir / "rerank.json").read_text()) if (model_dir / "rerank.json").is_file() else {}
+    recipe = args.recipe or saved.get("recipe", "erank")
+    first_stage_rank = _eval_first_stage_rank(args.first_stage_rank, saved, model_dir, recipe)
     train_args = RerankArgs(**{**saved, "model": str(model_dir) if model_dir.exists() else args.model,
-                               "recipe": args.recipe or saved.get("recipe", "erank")})  # fmt: skip
+                               "recipe": recipe, "first_stage_rank": first_stage_rank})  # fmt: skip
     coll = load_collection(args.data)
     train_q, test_q = split_queries(coll, train_args.test_fraction, train_args.split_seed)
     qids = {"train": train_q, "test": test_q, "all": coll.judged_qids}[args.split][: args.max_queries]
     lm = _load(train_args, 0)
     scorer = make_scorer(train_args.recipe, lm.model, lm.tokenizer, window=train_args.window,
-                         group_size=train_args.group_size, max_chars=train_args.max_doc_chars)  # fmt: skip
+                         group_size=train_args.group_size, max_chars=train_args.max_doc_chars,
+                         first_stage_rank=train_args.first_stage_rank)  # fmt: skip
     retriever = BM25Retriever(coll)
     run = rerank_run(scorer, coll, qids, args.k, retriever)
     bm25 = rerank_run(lambda q, d: [0.0] * len(d), coll, qids, args.k, retriever)
@@ -477,7 +529,8 @@ def run_rerank_eval(args: EvalArgs) -> dict[str, float]:
     write_run(run, out, tag=f"rankrl-{train_args.recipe}")
     metrics = evaluate(run, coll.qrels, RERANK_MEASURES, qids=list(qids))
     base = evaluate(bm25, coll.qrels, RERANK_MEASURES, qids=list(qids))
-    print(f"{'measure':<10}{'BM25':>8}{train_args.recipe:>12}   ({len(qids)} {args.split} queries, top-{args.k})")
+    print(f"{'measure':<10}{'BM25':>8}{train_args.recipe:>12}   ({len(qids)} {args.split} queries, top-{args.k}"
+          f"{', BM25 rank in prompts' if train_args.first_stage_rank else ''})")  # fmt: skip
     for m in RERANK_MEASURES:
         print(f"{m:<10}{base[m]:>8.4f}{metrics[m]:>12.4f}")
     print(f"run -> {out}")

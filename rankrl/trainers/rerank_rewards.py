@@ -82,9 +82,30 @@ def rank_r1_messages(query: str, docs: Sequence[str], max_chars: int = 300) -> l
     return [{"role": "user", "content": text}]
 
 
-def erank_messages(query: str, doc: str, max_chars: int = 300) -> list[dict[str, str]]:
-    """ERank pointwise prompt: answer with one integer relevance score from 0 to :data:`ERANK_MAX_SCORE`."""
-    text = (f"Query: {query}\nPassage: {_clip(doc, max_chars)}\nHow relevant is the passage to the query? "
+def erank_messages(query: str, doc: str, max_chars: int = 300, first_rank: int | None = None,
+                   n_candidates: int | None = None) -> list[dict[str, str]]:  # fmt: skip
+    """ERank pointwise prompt: answer with one integer relevance score from 0 to :data:`ERANK_MAX_SCORE`.
+
+    With ``first_rank`` (the passage's 1-based position in the first-stage BM25 order, out of ``n_candidates``)
+    the prompt also shows that rank, so the model can use the first-stage order as a signal; without it the
+    prompt is the plain pointwise one.
+
+    >>> erank_messages("wing lift", "a wing", first_rank=2, n_candidates=20)[0]["content"].splitlines()[:3]
+    ['Query: wing lift', 'Passage: a wing', 'First-stage (BM25) rank: 2 of 20']
+    >>> "rank" in erank_messages("wing lift", "a wing")[0]["content"]
+    False
+    """
+    rank_line = ""
+    if first_rank is not None or n_candidates is not None:
+        if first_rank is None or n_candidates is None:
+            raise ValueError("erank_messages needs both first_rank and n_candidates (the passage's 1-based "
+                             f"first-stage position and the candidate count), got first_rank={first_rank}, "
+                             f"n_candidates={n_candidates}; pass both or neither")  # fmt: skip
+        if not 1 <= first_rank <= n_candidates:
+            raise ValueError(f"first_rank must be in 1..n_candidates={n_candidates} (1-based), got {first_rank}; "
+                             "pass the passage's position in the first-stage order starting at 1")  # fmt: skip
+        rank_line = f"First-stage (BM25) rank: {first_rank} of {n_candidates}\n"
+    text = (f"Query: {query}\nPassage: {_clip(doc, max_chars)}\n{rank_line}How relevant is the passage to the query? "
             f"Answer with one integer from 0 (irrelevant) to {ERANK_MAX_SCORE} (perfectly relevant).")  # fmt: skip
     return [{"role": "user", "content": text}]
 

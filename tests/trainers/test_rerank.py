@@ -227,3 +227,170 @@ def test_erank_sft_labels_are_single_token_scores_for_smollm2_style_tokenizers()
     assert labels == [ERANK_MAX_SCORE, 2, 0]
     _, values = score_tokens(tiny_tokenizer())
     assert set(labels) <= set(values)  # every trained label is readable at one position
+
+
+# ---------------------------------------------------------------------------------------------- first-stage rank
+RANK_LINE = "First-stage (BM25) rank: "
+
+
+def _shuffled_collection() -> Collection:
+    """Corpus order != BM25 order for query "q" (wing lift): d3 > d2 > d1, d4 not retrieved."""
+    docs = {"d1": "wing note", "d2": "wing lift data", "d3": "lift of a wing lift wing", "d4": "engine noise"}
+    return Collection(docs=docs, queries={"q": "wing lift"}, qrels={"q": {"d3": 2, "d2": 1}}, name="shuffled")
+
+
+def _bm25_order(retriever, query: str, doc_ids) -> list[str]:
+    """``doc_ids`` by descending BM25 score computed independently of ``search`` (bm25s ``get_scores``); ties
+    by corpus order."""
+    from rankrl.trainers.ir import tokenize
+
+    scores = dict(zip(retriever.doc_ids, retriever.model.get_scores(tokenize(query)).tolist(), strict=True))
+    return sorted(doc_ids, key=lambda d: (-scores[d], retriever.doc_ids.index(d)))
+
+
+def test_erank_prompt_shows_rank_only_when_asked():
+    plain = rw.erank_messages("wing lift", "a wing")[0]["content"]
+    # byte-identical to the prompt before the flag existed
+    assert plain == ("Query: wing lift\nPassage: a wing\nHow relevant is the passage to the query? Answer with one "
+                     "integer from 0 (irrelevant) to 9 (perfectly relevant).")  # fmt: skip
+    ranked = rw.erank_messages("wing lift", "a wing", first_rank=3, n_candidates=20)[0]["content"]
+    assert ranked == plain.replace("How relevant", "First-stage (BM25) rank: 3 of 20\nHow relevant")
+    with pytest.raises(ValueError, match="needs both first_rank and n_candidates"):
+        rw.erank_messages("q", "d", first_rank=1)
+    with pytest.raises(ValueError, match="needs both first_rank and n_candidates"):
+        rw.erank_messages("q", "d", n_candidates=4)
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match=r"first_rank must be in 1\.\.n_candidates=4 \(1-based\)"):
+            rw.erank_messages("q", "d", first_rank=bad, n_candidates=4)
+
+
+def test_build_dataset_erank_ranks_follow_bm25_order():
+    from rankrl.trainers.ir import BM25Retriever
+
+    coll = _collection()
+    retriever = BM25Retriever(coll)
+    ds = rr.build_dataset("erank", coll, list(coll.queries), retriever, group_size=3, first_stage_rank=True)
+    plain = rr.build_dataset("erank", coll, list(coll.queries), retriever, group_size=3)
+    assert all(RANK_LINE not in p[0]["content"] for p in plain["prompt"])
+    for q in coll.queries:
+        idx = [i for i, qq in enumerate(ds["query_id"]) if qq == q]
+        docs = [ds["doc_id"][i] for i in idx]
+        lines = [next(ln for ln in ds["prompt"][i][0]["content"].splitlines() if ln.startswith(RANK_LINE))
+                 for i in idx]  # fmt: skip
+        assert lines == [f"{RANK_LINE}{r} of 3" for r in (1, 2, 3)]
+        assert docs == list(retriever.search([q], k=3)[q]) == _bm25_order(retriever, coll.queries[q], docs)
+        # the plain rows are the same docs in the same order, only the rank line differs
+        assert [plain["doc_id"][i] for i in idx] == docs
+        assert [plain["prompt"][i] for i in idx] != [ds["prompt"][i] for i in idx]
+    # corpus order != BM25 order: the rank follows the score, not the doc id
+    sc = _shuffled_collection()
+    sr = BM25Retriever(sc)
+    ds = rr.build_dataset("erank", sc, ["q"], sr, group_size=3, first_stage_rank=True)
+    assert ds["doc_id"] == ["d3", "d2", "d1"] == _bm25_order(sr, "wing lift", ["d1", "d2", "d3"])
+    assert all(f"{RANK_LINE}{r} of 3\n" in p[0]["content"] for r, p in zip((1, 2, 3), ds["prompt"], strict=True))
+    with pytest.raises(ValueError, match="first_stage_rank only applies to the erank recipe"):
+        rr.build_dataset("grouprank", coll, list(coll.queries), retriever, first_stage_rank=True)
+    with pytest.raises(ValueError, match="first_stage_rank only applies to the erank recipe"):
+        rr.RerankArgs(recipe="rank-r1", first_stage_rank=True)
+
+
+def test_rerank_run_gives_scorer_candidates_in_bm25_order():
+    """expected_scores(first_stage_rank=True) relies on rerank_run passing docs best-first by BM25 score."""
+    from rankrl.envs.rerank import rerank_run
+    from rankrl.trainers.ir import BM25Retriever
+
+    seen: dict[str, list[str]] = {}
+    for coll in (_shuffled_collection(), _collection()):
+        retriever = BM25Retriever(coll)
+        text_id = {t: d for d, t in coll.docs.items()}
+
+        def scorer(query, docs, text_id=text_id):
+            seen[query] = [text_id[t] for t in docs]
+            return [0.0] * len(docs)
+
+        rerank_run(scorer, coll, list(coll.queries), k=4, retriever=retriever)
+        for q, text in coll.queries.items():
+            assert seen[text] == _bm25_order(retriever, text, seen[text]) == list(retriever.search([q], k=4)[q])
+    assert seen["wing lift"][:3] == ["d00", "d01", "d02"]  # _collection: full-topic docs first
+    # _shuffled_collection (checked first, then overwritten): best-first d3, d2, d1, not corpus order d1, d2, d3
+    sc = _shuffled_collection()
+    got: list[str] = []
+    rerank_run(lambda q, docs: got.extend(docs) or [0.0] * len(docs), sc, ["q"], k=4)
+    assert got == [sc.docs[d] for d in ("d3", "d2", "d1")]
+
+
+def test_expected_scores_first_stage_rank_changes_scores():
+    lm = load_model("tiny-qwen", task_kind="causal_lm")
+    docs = ["a wing", "a fish", "lift of a wing in a slip"]
+    plain = rr.expected_scores(lm.model, lm.tokenizer, "wing lift", docs)
+    ranked = rr.expected_scores(lm.model, lm.tokenizer, "wing lift", docs, first_stage_rank=True)
+    assert len(ranked) == 3 and all(0.0 <= v <= 10.0 for v in ranked)
+    assert plain != pytest.approx(ranked, abs=1e-6)  # different prompts -> different scores
+    assert rr.expected_scores(lm.model, lm.tokenizer, "wing lift", docs) == pytest.approx(plain)
+    scorer = rr.make_scorer("erank", lm.model, lm.tokenizer, first_stage_rank=True)
+    assert scorer("wing lift", docs) == pytest.approx(ranked)
+    with pytest.raises(ValueError, match="first_stage_rank only applies to the erank recipe"):
+        rr.make_scorer("rank-r1", lm.model, lm.tokenizer, first_stage_rank=True)
+
+
+def test_eval_first_stage_rank_defaults_to_recorded_and_warns(tmp_path, monkeypatch):
+    import json
+    import warnings
+    from dataclasses import asdict
+
+    data = _write_trec(_collection(), tmp_path / "coll")
+    merged = tmp_path / "out" / "merged"
+    merged.mkdir(parents=True)
+    (merged / "rerank.json").write_text(json.dumps(asdict(rr.RerankArgs(first_stage_rank=True))))
+    lm = load_model("tiny-qwen", task_kind="causal_lm")
+    monkeypatch.setattr(rr, "_load", lambda args, seed: lm)  # merged/ holds no weights here
+    used = []
+    real = rr.make_scorer
+
+    def spy(*a, **kw):
+        used.append(kw["first_stage_rank"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(rr, "make_scorer", spy)
+    common = dict(model=str(tmp_path / "out"), data=str(data), split="test", k=4, run=str(tmp_path / "r.trec"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the recorded value: no warning
+        rr.run_rerank_eval(rr.EvalArgs(**common))
+        rr.run_rerank_eval(rr.EvalArgs(**common, first_stage_rank=True))
+    with pytest.warns(UserWarning, match="trained with first_stage_rank=True .* evaluated with first_stage_rank=False"):
+        rr.run_rerank_eval(rr.EvalArgs(**common, first_stage_rank=False))
+    assert used == [True, True, False]
+    # a rerank.json from before the flag means "trained without it"; no rerank.json: nothing to check against
+    assert rr._eval_first_stage_rank(None, {"recipe": "erank"}, merged, "erank") is False
+    with pytest.warns(UserWarning, match="trained with first_stage_rank=False"):
+        assert rr._eval_first_stage_rank(True, {"recipe": "erank"}, merged, "erank") is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rr._eval_first_stage_rank(True, {}, merged, "erank") is True
+        assert rr._eval_first_stage_rank(None, {}, merged, "erank") is False
+        assert rr._eval_first_stage_rank(None, {"first_stage_rank": True}, merged, "rank-r1") is False
+
+
+def test_train_records_first_stage_rank(tmp_path, monkeypatch):
+    """The flag reaches the training rows (SFT and GRPO share them) and ``rerank.json`` next to the merged model
+    records it (what ``rerank eval`` reads back)."""
+    import json
+
+    built = []
+    real = rr.build_dataset
+
+    def spy(*a, **kw):
+        ds = real(*a, **kw)
+        built.append((kw["first_stage_rank"], ds["prompt"]))
+        return ds
+
+    monkeypatch.setattr(rr, "build_dataset", spy)
+    data = _write_trec(_collection(), tmp_path / "coll")
+    args = rr.RerankArgs(recipe="erank", model="tiny-qwen", data=str(data), group_size=2, rollouts=2, sft_steps=1,
+                         lora_r=2, max_doc_chars=40, first_stage_rank=True)  # fmt: skip
+    cfg = _config(tmp_path / "run", max_steps=1, per_device_train_batch_size=4, num_generations=2,
+                  steps_per_generation=1, max_completion_length=2)  # fmt: skip
+    assert rr.run_rerank_train(args, cfg) == 0
+    saved = json.loads((tmp_path / "run" / "merged" / "rerank.json").read_text())
+    assert saved["first_stage_rank"] is True and saved["recipe"] == "erank"
+    assert len(built) == 1 and built[0][0] is True and all(RANK_LINE in p[0]["content"] for p in built[0][1])
