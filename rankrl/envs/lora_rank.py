@@ -257,6 +257,26 @@ class LoRARankEnv(gym.Env):
         return Budget(max_params=self._param_cap, max_flops=cfg.max_flops, max_tx_seconds=cfg.max_tx_seconds,
                       channel=Channel(bw, snr) if tx else None, precision_bits=self._bits)  # fmt: skip
 
+    @property
+    def channel(self) -> dict[str, float]:
+        """The coming round's channel: ``{"snr_db": ..., "bandwidth_hz": ...}`` (drawn on reset and every step)."""
+        return {"snr_db": self._snr, "bandwidth_hz": self._bandwidth}
+
+    def set_channel(self, snr_db: float | None = None, bandwidth_hz: float | None = None) -> dict[str, float]:
+        """Fix the coming round's channel instead of drawing it (None: the middle of the config's range), e.g. to
+        allocate for a known link; the next step draws again. Returns :attr:`channel`."""
+        cfg = self.config
+        self._snr = float(np.mean(cfg.snr_range_db) if snr_db is None else snr_db)
+        self._bandwidth = float(np.mean(cfg.bandwidth_range_hz) if bandwidth_hz is None else bandwidth_hz)
+        if not (math.isfinite(self._snr) and math.isfinite(self._bandwidth) and self._bandwidth > 0):
+            raise ValueError(f"set_channel: need a finite SNR and a positive bandwidth, got {self.channel}")
+        return self.channel
+
+    def observation(self) -> dict[str, np.ndarray]:
+        """The observation of the coming decision (what the last ``reset``/``step`` returned, with the current
+        channel)."""
+        return self._obs()
+
     def _draw_channel(self) -> None:
         (s_lo, s_hi), (b_lo, b_hi) = self.config.snr_range_db, self.config.bandwidth_range_hz
         self._snr = float(self.np_random.uniform(s_lo, s_hi)) if s_hi > s_lo else float(s_lo)

@@ -216,18 +216,15 @@ def allocate(loaded: LoadedPolicy, targets: tuple, static: np.ndarray, budgets: 
                          sensitivity=np.ones(len(targets)), run_steps=run.steps)  # fmt: skip
     env = LoRARankEnv("sim", config=cfg, calibration=cal)
     env.reset(seed=0)
-    # the round's channel as given, not drawn (LoRARankEnv has no public setter; both are plain floats)
-    env._snr = float(np.mean(cfg.snr_range_db) if snr_db is None else snr_db)
-    env._bandwidth = float(np.mean(cfg.bandwidth_range_hz) if bandwidth_hz is None else bandwidth_hz)
+    channel = env.set_channel(snr_db, bandwidth_hz)  # the round's channel as given, not drawn
     policy = widen_policy(loaded.policy, cfg.max_modules)
-    action, _ = policy.predict(env._obs(), deterministic=True)
+    action, _ = policy.predict(env.observation(), deterministic=True)
     desired = env.decode_action(action)
     ranks = env.project(desired)
     budget = env.round_budget()
     cost = allocation_cost(env.targets, ranks, precision_bits=run.precision_bits)
     metrics = {**cost.as_metrics(), **budget_metrics(env.targets, ranks, budget)}
     same = uniform(env.targets, budget, env.grid, r_max=run.r_max)
-    channel = {"snr_db": env._snr, "bandwidth_hz": env._bandwidth}
     return Allocation(ranks, desired, budget, metrics, same, tuple(env.targets), channel)
 
 

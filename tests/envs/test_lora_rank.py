@@ -94,6 +94,20 @@ def test_over_budget_action_is_projected_onto_the_feasible_set():
     assert info["cost/params"] <= Budget.mean_rank(env.targets, 2.0).max_params
 
 
+def test_set_channel_fixes_the_round_channel_its_tx_budget_and_observation():
+    env = _sim_env(budget_rank=8.0, max_tx_seconds=0.05, snr_range_db=(0.0, 20.0), bandwidth_range_hz=(5e5, 1e6))
+    env.reset(seed=0)
+    assert env.set_channel() == {"snr_db": 10.0, "bandwidth_hz": 7.5e5}  # the middle of both ranges
+    good = env.observation()["globals"].copy()
+    tight_good = env.round_budget().max_tx_seconds and env.round_budget().channel.capacity_bps()
+    env.set_channel(snr_db=0.0, bandwidth_hz=5e5)
+    assert env.channel == {"snr_db": 0.0, "bandwidth_hz": 5e5}
+    assert env.round_budget().channel.capacity_bps() < tight_good  # a worse link: fewer bits fit the tx budget
+    assert not np.array_equal(env.observation()["globals"], good)  # the policy sees the channel it gets
+    with pytest.raises(ValueError, match="positive bandwidth"):
+        env.set_channel(bandwidth_hz=0.0)
+
+
 def test_synthetic_calibration_round_trips_and_prefers_capacity(tmp_path):
     cal = SimCalibration.synthetic(r_max=8)
     back = SimCalibration.load(cal.save(tmp_path / "cal.json"))
