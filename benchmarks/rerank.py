@@ -217,7 +217,8 @@ def train_grpo(sft_dir: Path, a, out_dir: Path) -> tuple[float, dict]:
     from rankrl.trainers.rerank_rewards import UNPARSABLE
 
     args = RerankArgs(recipe="erank", model=str(sft_dir), data=str(a.data), group_size=4, rollouts=4, sft_steps=0,
-                      lora_r=8, max_doc_chars=300, first_stage_rank=a.first_stage_rank)  # fmt: skip
+                      lora_r=8, max_doc_chars=300, first_stage_rank=a.first_stage_rank,
+                      candidate_depth=a.k if a.first_stage_rank else None)  # fmt: skip
     cfg = GRPOConfig(output_dir=str(out_dir), max_steps=a.grpo_steps, per_device_train_batch_size=16,
                      num_generations=4, max_completion_length=8, temperature=1.0, learning_rate=a.grpo_lr,
                      use_cpu=True, bf16=False, report_to="none", logging_steps=1, save_strategy="no",
@@ -226,8 +227,17 @@ def train_grpo(sft_dir: Path, a, out_dir: Path) -> tuple[float, dict]:
     start = time.perf_counter()
     run_rerank_train(args, cfg)
     seconds = time.perf_counter() - start
+    from rankrl.tracking import read_metrics
+
+    rewards = [r["reward"] for r in read_metrics(out_dir / "metrics.jsonl") if "reward" in r]
+    half = max(1, len(rewards) // 2)
     info = {"grpo_steps": a.grpo_steps, "group_size_M": 4, "rollouts_G": 4, "lr": a.grpo_lr, "lora_r": 8,
-            "first_stage_rank": a.first_stage_rank, "unparsable_completions": int(UNPARSABLE["erank"])}  # fmt: skip
+            "candidate_depth": a.k if a.first_stage_rank else 4, "first_stage_rank": a.first_stage_rank,
+            "unparsable_completions": int(UNPARSABLE["erank"]), "reward_per_step": rewards,
+            "reward_first_half_mean": float(np.mean(rewards[:half])) if rewards else None,
+            "reward_second_half_mean": float(np.mean(rewards[half:])) if rewards[half:] else None}  # fmt: skip
+    print(f"  grpo: reward first half {info['reward_first_half_mean']} -> second half "
+          f"{info['reward_second_half_mean']}", flush=True)  # fmt: skip
     return seconds, info
 
 

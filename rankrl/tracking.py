@@ -111,6 +111,28 @@ class Tracker:
         self.finish()
 
 
+def trainer_metrics_callback(out_dir: str | os.PathLike, on_log: Any = None) -> Any:
+    """A ``transformers.TrainerCallback`` writing every Trainer log row (TRL's reward, loss, ...) to
+    ``out_dir/metrics.jsonl`` on the main process; ``on_log(args)`` runs after each row (e.g. extra W&B panels).
+    The Trainer's own ``report_to`` still decides W&B; this file is what tests and benchmarks read back."""
+    from transformers import TrainerCallback
+
+    tracker = Tracker(out_dir, use_wandb=False)
+
+    class MetricsJsonl(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            tracker.log(logs, step=state.global_step)
+            if on_log is not None:
+                on_log(args)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            tracker.finish()
+
+    return MetricsJsonl()
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a ``metrics.jsonl`` (a run directory works too)."""
     p = Path(path)

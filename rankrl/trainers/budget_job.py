@@ -135,29 +135,18 @@ def run_budget_train(args: BudgetArgs, config: Any, allocator: Allocator) -> int
 
 
 def _round_logger(trainer: Any, out_dir: Path) -> Any:
-    """A TrainerCallback: every TRL log row to ``metrics.jsonl``; the rollouts histogram to W&B."""
-    from transformers import TrainerCallback
+    """Every TRL log row to ``metrics.jsonl``; the rollouts histogram to W&B."""
+    from rankrl.tracking import trainer_metrics_callback
 
-    from rankrl.tracking import Tracker
+    def histogram(args: Any) -> None:
+        counts = trainer.last_round.counts
+        if counts and "wandb" in (args.report_to or []):
+            import wandb
 
-    tracker = Tracker(out_dir, use_wandb=False)
+            if wandb.run is not None:
+                wandb.log({"grpo/rollouts_per_prompt": wandb.Histogram(counts)}, commit=False)
 
-    class RoundLogger(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs:
-                return
-            tracker.log(logs, step=state.global_step)
-            counts = trainer.last_round.counts
-            if counts and "wandb" in (args.report_to or []):
-                import wandb
-
-                if wandb.run is not None:
-                    wandb.log({"grpo/rollouts_per_prompt": wandb.Histogram(counts)}, commit=False)
-
-        def on_train_end(self, args, state, control, **kwargs):
-            tracker.finish()
-
-    return RoundLogger()
+    return trainer_metrics_callback(out_dir, on_log=histogram)
 
 
 def _print_summary(path: Path) -> None:

@@ -100,6 +100,9 @@ class RerankArgs:
     """a Jinja chat template (or a file holding one) for models without one"""
     first_stage_rank: bool = False
     """erank: show each doc's BM25 rank in its prompt ("rank 3 of 20"), in SFT and GRPO; saved for `rerank eval`"""
+    candidate_depth: int | None = None
+    """erank: draw each query's group_size docs at random from its BM25 top candidate_depth (None: the top
+    group_size), so --first_stage_rank shows ranks as evaluation over the top-k does"""
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -109,6 +112,8 @@ class RerankArgs:
             raise ValueError("--rollouts must be >= 2 (GRPO needs a group)")
         if self.group_size < 2 or self.window < 2:
             raise ValueError("--group_size and --window must be >= 2")
+        if self.candidate_depth is not None and self.candidate_depth < self.group_size:
+            raise ValueError(f"--candidate_depth ({self.candidate_depth}) must be >= --group_size ({self.group_size})")
 
 
 def _check_first_stage_rank(recipe: str, first_stage_rank: bool) -> None:
@@ -124,7 +129,7 @@ def _skip_warning(skipped: int, what: str) -> None:
 
 def build_dataset(recipe: str, coll: Collection, qids: Sequence[str], retriever: BM25Retriever | None = None, *,
                   group_size: int = 4, window: int = 4, max_chars: int = 300, seed: int = 0,
-                  first_stage_rank: bool = False) -> Any:  # fmt: skip
+                  first_stage_rank: bool = False, depth: int | None = None) -> Any:  # fmt: skip
     """Training rows (a ``datasets.Dataset``) of ``recipe`` from the BM25 candidates of ``qids``.
 
     Columns: ``prompt`` (chat messages), ``query_id`` and, per recipe, ``relevant`` + ``doc_ids`` (rank-r1),
@@ -132,6 +137,9 @@ def build_dataset(recipe: str, coll: Collection, qids: Sequence[str], retriever:
     order), ``doc_ids`` + ``gains`` (grouprank). Queries without (enough) candidates are skipped with a counted
     warning. ``first_stage_rank`` (erank only): each prompt shows the doc's 1-based position among the query's
     ``group_size`` candidates in ``retriever.search`` order (descending BM25 score, ties by corpus order).
+    ``depth`` (erank only, default ``group_size``): each query's group is ``group_size`` docs drawn at random
+    (seeded, kept in BM25 order) from its top ``depth``, and the shown rank is the position among those ``depth``
+    - as at evaluation, where a reranker sees "rank r of k" over the whole top-k.
     """
     from datasets import Dataset
 
@@ -139,7 +147,12 @@ def build_dataset(recipe: str, coll: Collection, qids: Sequence[str], retriever:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
     _check_first_stage_rank(recipe, first_stage_rank)
     retriever = retriever or BM25Retriever(coll)
-    k = window if recipe == "rank-r1" else group_size
+    depth = group_size if depth is None else depth
+    if depth != group_size and recipe != "erank":
+        raise ValueError(f"depth only applies to the erank recipe, got recipe {recipe!r}")
+    if depth < group_size:
+        raise ValueError(f"depth ({depth}) must be >= group_size ({group_size}): the group is drawn from the top depth")
+    k = window if recipe == "rank-r1" else depth
     first = retriever.search(list(qids), k=k)
     rng = random.Random(seed)
     rows: list[dict] = []
@@ -166,7 +179,11 @@ def build_dataset(recipe: str, coll: Collection, qids: Sequence[str], retriever:
                 short += 1
                 continue
             ranks = {"first_rank": None, "n_candidates": None}
-            for pos, d in enumerate(docs, 1):  # docs: BM25 order, best first
+            positions = range(1, len(docs) + 1)  # docs: BM25 order, best first
+            if len(docs) > group_size:
+                positions = sorted(rng.sample(list(positions), group_size))
+            for pos in positions:
+                d = docs[pos - 1]
                 if first_stage_rank:
                     ranks = {"first_rank": pos, "n_candidates": len(docs)}
                 rows.append({"prompt": erank_messages(query, coll.docs[d], max_chars, **ranks), "query_id": q,
@@ -418,7 +435,7 @@ def run_rerank_train(args: RerankArgs, config: Any) -> int:
     from peft import LoraConfig
     from trl import GRPOTrainer
 
-    from rankrl.tracking import wandb_mode
+    from rankrl.tracking import trainer_metrics_callback, wandb_mode
     from rankrl.trainers.ir import load_collection
 
     if "wandb" in (config.report_to or []):
@@ -430,7 +447,7 @@ def run_rerank_train(args: RerankArgs, config: Any) -> int:
     lm = _load(args, config.seed)
     # one prompt set for both erank stages (SFT, GRPO), with the BM25 rank when first_stage_rank
     rows = build_dataset(args.recipe, coll, train_q, group_size=args.group_size, window=args.window,
-                         max_chars=args.max_doc_chars, seed=config.seed,
+                         max_chars=args.max_doc_chars, seed=config.seed, depth=args.candidate_depth,
                          first_stage_rank=args.first_stage_rank)  # fmt: skip
     lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
     model = lm.model
@@ -453,6 +470,7 @@ def run_rerank_train(args: RerankArgs, config: Any) -> int:
         cls, reward = _grpo_trainer_cls(), erank_listwise_reward
     trainer = cls(model=model, processing_class=lm.tokenizer, reward_funcs=reward, args=config, train_dataset=rows,
                   peft_config=lora)  # fmt: skip
+    trainer.add_callback(trainer_metrics_callback(config.output_dir))  # reward per step -> metrics.jsonl
     trainer.train()
     trainer.save_model(config.output_dir)
     merged = Path(config.output_dir) / "merged"

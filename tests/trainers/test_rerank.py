@@ -7,6 +7,8 @@ import math
 
 import pytest
 
+from rankrl.tracking import read_metrics
+
 pytest.importorskip("trl")
 
 import torch  # noqa: E402
@@ -394,3 +396,26 @@ def test_train_records_first_stage_rank(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "run" / "merged" / "rerank.json").read_text())
     assert saved["first_stage_rank"] is True and saved["recipe"] == "erank"
     assert len(built) == 1 and built[0][0] is True and all(RANK_LINE in p[0]["content"] for p in built[0][1])
+    rewards = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "reward" in r]
+    assert len(rewards) == 1 and 0.0 <= rewards[0]["reward"] <= 1.0  # GRPO's reward per step, read back
+
+
+def test_build_dataset_erank_draws_groups_from_the_top_depth_with_their_true_rank():
+    from rankrl.trainers.ir import BM25Retriever
+
+    coll = _collection()
+    retriever = BM25Retriever(coll)
+    ds = rr.build_dataset("erank", coll, list(coll.queries), retriever, group_size=2, depth=3, first_stage_rank=True,
+                          seed=1)  # fmt: skip
+    for q in coll.queries:
+        top = list(retriever.search([q], k=3)[q])
+        idx = [i for i, qq in enumerate(ds["query_id"]) if qq == q]
+        docs = [ds["doc_id"][i] for i in idx]
+        assert len(docs) == 2 and set(docs) <= set(top) and docs == sorted(docs, key=top.index)
+        lines = [next(ln for ln in ds["prompt"][i][0]["content"].splitlines() if ln.startswith(RANK_LINE))
+                 for i in idx]  # fmt: skip
+        assert lines == [f"{RANK_LINE}{top.index(d) + 1} of 3" for d in docs]  # rank among the depth, as at eval
+    with pytest.raises(ValueError, match="must be >= group_size"):
+        rr.build_dataset("erank", coll, list(coll.queries), retriever, group_size=3, depth=2)
+    with pytest.raises(ValueError, match="candidate_depth"):
+        rr.RerankArgs(group_size=4, candidate_depth=3)
