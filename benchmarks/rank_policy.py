@@ -337,6 +337,40 @@ def bits_to_match(r1: dict, r2: dict, target: float) -> dict:
     return {"bits": 2 ** (lo + t * (hi - lo)), "bound": "="}
 
 
+def sim_vs_live(runs: dict, steps: int) -> dict:
+    """How well policy-sst2's sim (cached calibration: no new live runs) orders live runs it never saw: Spearman
+    rho between the sim's predicted eval loss and the live dev loss after ``steps`` steps, over the selection runs
+    at the calibration's own lr (different seeds from the probes; allocations uniform/spectrum/importance/random/
+    policies). :func:`rankrl.envs.lora_rank_sim.sim_vs_live_rank_correlation` does the comparison."""
+    from rankrl.envs.lora_rank_sim import calibrate, sim_vs_live_rank_correlation
+    from rankrl.policies.train import TrainPolicyConfig
+
+    meta = CACHE / "bench-rank-policy" / "policy-sst2" / "policy.json"
+    if not meta.exists():
+        return {"skipped": "policy-sst2 not trained yet"}
+    tc = json.loads(meta.read_text())["train_config"]
+    tc = {k: tuple(v) if isinstance(v, list) else v for k, v in tc.items()}
+    cfg = TrainPolicyConfig(**tc)
+    try:
+        cal = calibrate(cfg.env_config, cfg.probes, cfg.probe_steps or cfg.steps, probe_evals=cfg.probe_evals,
+                        cache_only=True)  # fmt: skip
+    except FileNotFoundError as e:
+        return {"skipped": str(e)}
+    held = [r for k, r in sorted(runs.items()) if k[0] == "sst2-r1" and k[4] == "dev" and k[5] == steps
+            and math.isclose(k[2], cfg.lr) and math.isfinite(r["loss"])]  # fmt: skip
+    if len(held) < 3:
+        return {"skipped": f"only {len(held)} held-out live runs at lr {cfg.lr:g}"}
+    order = [t.name for t in cal.targets]
+    allocs = [[r["ranks"][n] for n in order] for r in held]
+    rho = sim_vs_live_rank_correlation(cal, allocs, [r["loss"] for r in held], step=steps)
+    return {"spearman_rho": rho, "n_configs": len(held), "lr": cfg.lr, "steps": steps,
+            "calibration": {"probes": cfg.probes, "probe_steps": cfg.probe_steps or cfg.steps, "rate0": cal.rate0,
+                            "rate1": cal.rate1, "loss0": cal.loss0, "loss_inf": cal.loss_inf},
+            "pairs": [{"method": r["method"], "seed": r["seed"], "live_dev_loss": r["loss"],
+                       "sim_loss": cal.predict_loss(al, steps)}
+                      for r, al in zip(held, allocs, strict=True)]}  # fmt: skip
+
+
 def summary(a, allocs: Allocations | None) -> dict:
     import torch
 
@@ -351,6 +385,10 @@ def summary(a, allocs: Allocations | None) -> dict:
               "trec6-r1": cell_table(runs, "trec6-r1", TREC_SEEDS, lrs, a.steps),
               "trec50-r1": cell_table(runs, "trec50-r1", TREC_SEEDS, lrs, a.steps)}  # fmt: skip
     goals: dict = {}
+    try:
+        simcorr = sim_vs_live(runs, a.steps)
+    except Exception as e:  # a report on the side: never lose the tables over it
+        simcorr = {"skipped": f"{type(e).__name__}: {e}"}
     t1, t2 = tables["sst2-r1"], tables["sst2-r2"]
     if "uniform" in t2:
         target = t2["uniform"]["acc"] - t2["uniform"]["acc_se"]
@@ -381,7 +419,7 @@ def summary(a, allocs: Allocations | None) -> dict:
                          "trec_seeds": TREC_SEEDS, "selection": "per method, mean dev acc on sst2-r1 selection seeds",
                          "test_eval": "run._encode(test split) swapped into run._eval for evaluate() (private API)"},
               "policies": allocs.policy_info if allocs else {}, "lr_selection_dev_acc": select, "chosen_lr": lrs,
-              "tables": tables, "goals": goals, "not_covered": NOT_COVERED,
+              "tables": tables, "goals": goals, "sim_vs_live": simcorr, "not_covered": NOT_COVERED,
               "runs": sorted(runs.values(), key=key)}  # fmt: skip
     out = Path(a.out)
     if out.exists():  # keep the policy records of an earlier summary when this process trained none
@@ -411,6 +449,12 @@ def print_tables(res: dict) -> None:
                   f"{s['zero_rank_modules']:>6.1f} "
                   f"{100 * s['acc']:>7.2f} +- {100 * s['acc_std']:<4.2f} {v.get('mean_diff_points', 0):>+6.2f} "
                   f"{fmt(v.get('ttest_p')):>6} {fmt(v.get('wilcoxon_p')):>6}")  # fmt: skip
+    sc = res["sim_vs_live"]
+    if "spearman_rho" in sc:
+        print(f"\nsim vs live (policy-sst2's calibration, {sc['n_configs']} held-out live runs at lr {sc['lr']:g}): "
+              f"Spearman rho {sc['spearman_rho']:.3f} (sim rate1 {sc['calibration']['rate1']:.4f})")  # fmt: skip
+    else:
+        print(f"\nsim vs live: {sc.get('skipped')}")
     for g, v in res["goals"].items():
         print(f"goal {g}: {json.dumps(v, default=str)}")
     print("NOT covered: " + "; ".join(NOT_COVERED))
@@ -423,6 +467,8 @@ def plot(tables: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     cells = [c for c in tables if tables[c]]
+    if not cells:
+        return
     fig, axes = plt.subplots(1, len(cells), figsize=(3.4 * len(cells), 3.4), squeeze=False)
     for ax, cell in zip(axes[0], cells, strict=True):
         names = list(tables[cell])

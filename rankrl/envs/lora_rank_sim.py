@@ -366,7 +366,7 @@ def calibration_key(run_config: Any, n_probes: int, probe_steps: int, probe_eval
 
 def calibrate(config: Any, n_probes: int = 4, probe_steps: int = 8, *, probe_evals: int = 2,
               grid: Sequence[int] | None = None, cache_dir: str | os.PathLike | None = None,
-              refresh: bool = False) -> SimCalibration:  # fmt: skip
+              refresh: bool = False, cache_only: bool = False) -> SimCalibration:  # fmt: skip
     """Fit the surrogate of ``config``'s (model, task) from ``n_probes`` short live runs, or load it from cache.
 
     Args:
@@ -377,6 +377,8 @@ def calibrate(config: Any, n_probes: int = 4, probe_steps: int = 8, *, probe_eva
         grid: rank grid of the probes (default: ``config.grid`` or ``pow2_grid(r_max)``).
         cache_dir: JSON cache folder (default ``rankrl.models.cache_dir() / "lora_rank_sim"``).
         refresh: ignore a cached calibration and probe again.
+        cache_only: never probe: raise ``FileNotFoundError`` when no cached calibration matches (e.g. to report on
+            a calibration made earlier without paying for new live runs).
     """
     from rankrl.models import cache_dir as default_cache
     from rankrl.tasks import load_task
@@ -395,6 +397,9 @@ def calibrate(config: Any, n_probes: int = 4, probe_steps: int = 8, *, probe_eva
                 return cached
         except (OSError, ValueError, KeyError, TypeError):  # unreadable or stale: probe again
             pass
+    if cache_only:
+        raise FileNotFoundError(f"no cached calibration for {run_cfg.model}/{run_cfg.task} with these settings at "
+                                f"{path}; run without cache_only to probe (live runs)")  # fmt: skip
     task = load_task(run_cfg.task, seed=run_cfg.seed, labels=run_cfg.labels, max_train=run_cfg.max_train)
     first = new_live_run(run_cfg, task=task)
     targets = tuple(first.targets)

@@ -172,8 +172,10 @@ def test_calibration_from_live_probes_is_cached_and_orders_by_capacity(tmp_path,
         raise AssertionError("a cached calibration must not run probes")
 
     monkeypatch.setattr(lora_rank_sim, "_probe", no_probes)
-    again = calibrate(config, n_probes=3, probe_steps=4, probe_evals=1, cache_dir=tmp_path)
+    again = calibrate(config, n_probes=3, probe_steps=4, probe_evals=1, cache_dir=tmp_path, cache_only=True)
     assert again.to_dict() == cal.to_dict()
+    with pytest.raises(FileNotFoundError, match="without cache_only"):  # other settings: not cached, no probing
+        calibrate(config, n_probes=2, probe_steps=4, probe_evals=1, cache_dir=tmp_path, cache_only=True)
     env = LoRARankEnv("sim", config=config, calibration=again)  # the sim env runs on the fitted surrogate
     env.reset(seed=0)
     obs, reward, *_ = env.step(env.action_space.sample())
