@@ -472,12 +472,14 @@ def run_rerank_train(args: RerankArgs, config: Any) -> int:
                   peft_config=lora)  # fmt: skip
     trainer.add_callback(trainer_metrics_callback(config.output_dir))  # reward per step -> metrics.jsonl
     trainer.train()
-    trainer.save_model(config.output_dir)
+    trainer.save_model(config.output_dir)  # (the Trainer saves on the main process only)
     merged = Path(config.output_dir) / "merged"
-    trainer.model.merge_and_unload().save_pretrained(merged)
-    lm.tokenizer.save_pretrained(merged)
-    atomic_write_text(merged / "rerank.json", json.dumps(asdict(args), indent=1))
-    print(f"saved -> {merged}")
+    if trainer.accelerator.is_main_process:  # under `accelerate launch`, one writer for the merged model
+        trainer.model.merge_and_unload().save_pretrained(merged)
+        lm.tokenizer.save_pretrained(merged)
+        atomic_write_text(merged / "rerank.json", json.dumps(asdict(args), indent=1))
+        print(f"saved -> {merged}")
+    trainer.accelerator.wait_for_everyone()
     return 0
 
 
