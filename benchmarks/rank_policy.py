@@ -18,11 +18,12 @@ Protocol (so that no method gets a better-tuned lr than another, and the test nu
 1. ``select``: every method x ``--lrs`` on selection seeds 100, 101 at sst2-r1, scored on the SST-2 dev split
    (872 rows); each method keeps its own best lr (mean dev accuracy) - an lr sweep per method.
 2. ``report``: sst2-r1, every method at its lr, report seeds 0..4, scored on the test split (1,821 rows).
-3. ``frontier``: sst2-r2 (mean rank 2 = tuned uniform-r2, the issue's reference) for uniform, importance and
-   policy-sst2, seeds 0..4 -> bits each method needs to reach tuned uniform-r2's test accuracy (within one
+3. ``frontier``: sst2-r2 (mean rank 2 = tuned uniform-r2, the issue's reference) for uniform and policy-sst2,
+   seeds 0..4 -> bits each method needs to reach tuned uniform-r2's test accuracy (within one
    standard error), by log-linear interpolation between its r1 and r2 points (goal: policy >= 30% fewer bits).
-4. ``trec``: trec6-r1 and trec50-r1 (../shared/data/trec_qc, coarse and fine labels), every non-random method at
-   its SST-2 lr, seeds 0..2, test split (500 rows).
+4. ``trec``: trec6-r1 and trec50-r1 (../shared/data/trec_qc, coarse and fine labels), every method but random
+   and AdaLoRA at its SST-2 lr, seeds 0..2, test split (500 rows) (the committed run: ``--methods`` uniform,
+   importance and both policies, to fit the session's CPU time).
 
 Runs append to a JSONL cache (``--work``), so phases resume after an interruption and can be split across
 processes (``--worker i/n`` takes every n-th pending run: one thread each, one process per core). ``summary``
@@ -31,7 +32,7 @@ processes (``--worker i/n`` takes every n-th pending run: one thread each, one p
 Test accuracy: :meth:`FineTuneRun.evaluate` scores the eval (dev) split; this benchmark encodes the ``test`` split
 with the run's private ``_encode`` and swaps it in for one ``evaluate()`` call (private API, fine for a benchmark).
 
-    python benchmarks/rank_policy.py --phase all               # ~100 min on one core (60 steps)
+    python benchmarks/rank_policy.py --phase all               # ~2 h on one core (60 steps)
     python benchmarks/rank_policy.py --worker 0/2 & python benchmarks/rank_policy.py --worker 1/2   # 2 cores
     python benchmarks/rank_policy.py --phase summary
 """
@@ -65,7 +66,7 @@ CELLS = {  # name -> (data dir, labels, budget as mean rank)
 }
 METHODS = ("uniform", "spectrum", "importance", "random", "policy-sst2", "policy-default", "adalora")
 SELECT_SEEDS, REPORT_SEEDS, TREC_SEEDS = (100, 101), (0, 1, 2, 3, 4), (0, 1, 2)
-FRONTIER_METHODS = ("uniform", "importance", "policy-sst2")
+FRONTIER_METHODS = ("uniform", "policy-sst2")
 NOT_COVERED = [
     "MiniLM <-> SmolLM2 transfer on a causal task (the transfer rows are to another task: default -> SST-2/TREC, "
     "SST-2 -> TREC)",
