@@ -26,7 +26,7 @@ DEMO ?= runs/demo
 demo: setup
 	$(VENV)/bin/rankrl train-policy --out $(DEMO)/policy
 	$(VENV)/bin/rankrl apply --policy $(DEMO)/policy --model smollm2 --out $(DEMO)/apply-smollm2
-	$(VENV)/bin/rankrl apply --policy $(DEMO)/policy --model minilm --out $(DEMO)/apply-minilm --finetune --steps 200
+	$(VENV)/bin/rankrl apply --policy $(DEMO)/policy --model minilm --out $(DEMO)/apply-minilm --finetune --steps 200 --lr 1e-3
 
 # pytest exits 5 when it collects no test: say so instead of failing with an unclear status.
 test: setup
