@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -420,8 +421,13 @@ def apply_policy(config: ApplyConfig) -> ApplyResult:
           f"{alloc.metrics['budget/violation']:.3g} | uniform at this budget: rank {uni_r} everywhere")
     result = ApplyResult(alloc, lora, out)
     if config.finetune:
+        if config.lr is None and config.steps and config.steps > run["steps"]:
+            warnings.warn(f"--finetune runs {config.steps} steps at the policy's lr {run['lr']:g}, which was set for "
+                          f"{run['steps']}-step episodes; a longer run usually needs a lower --lr (e.g. 1e-3 for "
+                          "200 MiniLM steps: at 3e-3 it stayed at chance)", stacklevel=2)  # fmt: skip
         ft = FineTuneConfig(model=config.model, task=config.task, r_max=run["r_max"], alpha=run["alpha"],
-                            dropout=run["dropout"], steps=config.steps or run["steps"], lr=config.lr or run["lr"],
+                            dropout=run["dropout"], steps=config.steps or run["steps"],
+                            lr=run["lr"] if config.lr is None else config.lr,
                             batch_size=batch_size, max_eval=config.max_eval, eval_every=0, seed=config.seed,
                             threads=config.threads)  # fmt: skip
         from tqdm.auto import tqdm
@@ -435,6 +441,9 @@ def apply_policy(config: ApplyConfig) -> ApplyResult:
         result.finetune = {"before": before, "after": after}
         for k in ("quality/eval_loss", "quality/accuracy"):
             print(f"  {k:<20} {before[k]:.4f} -> {after[k]:.4f}")
+        if not after["quality/eval_loss"] < 0.999 * before["quality/eval_loss"]:  # diverged or flat: say so
+            print(f"WARNING: eval loss did not fall ({before['quality/eval_loss']:.4f} -> "
+                  f"{after['quality/eval_loss']:.4f}); lower --lr (now {ft.lr:g}) or check the task")  # fmt: skip
         print(f"fine-tuned adapter -> {out / 'finetuned'}")
     summary = {"policy": str(loaded.path), "model": config.model, "task": task, "budget": alloc.budget.caps,
                "channel": alloc.channel, **alloc.metrics,

@@ -64,6 +64,16 @@ def test_apply_transfers_to_a_new_architecture_exactly_and_within_budget(policy_
     assert (out / "finetuned" / "adapter_model.safetensors").exists()
 
 
+def test_long_finetune_at_the_policy_lr_warns_and_a_flat_loss_is_reported(policy_dir, tmp_path, capsys):
+    base = ["apply", "--policy", str(policy_dir), "--model", "tiny-bert", "--threads", "1", "--max-eval", "16"]
+    args = [*base, "--out", str(tmp_path / "a"), "--finetune", "--steps", "9"]
+    with pytest.warns(UserWarning, match="lower --lr"):  # 9 > the policy's 8-step episodes, no --lr given
+        assert main(args) == 0
+    args = [*base, "--out", str(tmp_path / "b"), "--finetune", "--steps", "2", "--lr", "1e-9"]
+    assert main(args) == 0  # lr ~0: the loss can't fall; apply says so instead of a silent flat line
+    assert "WARNING: eval loss did not fall" in capsys.readouterr().out
+
+
 def test_widened_policy_acts_identically_on_the_real_rows(policy_dir):
     policy = load_policy(policy_dir).policy
     rng = np.random.default_rng(0)
