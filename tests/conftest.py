@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,17 @@ def _isolated_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path_factory.mktemp("wandb")))
     if "RANKRL_CACHE" not in os.environ:
         monkeypatch.setenv("RANKRL_CACHE", str(tmp_path_factory.getbasetemp() / "rankrl-cache"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    # runs with threads=1 call torch.set_num_threads; that must not leak into later tests (torch is not imported here)
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and threads is not None:
+        torch.set_num_threads(threads)
 
 
 def shared_data(name: str) -> Path:

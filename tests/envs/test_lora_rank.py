@@ -29,13 +29,6 @@ TINY_RUN = dict(model="tiny-bert", task="default", r_max=8, batch_size=8, max_ev
 REWARD_TERMS = ("reward/quality", "reward/params", "reward/flops", "reward/tx", "reward/nan")
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    threads = torch.get_num_threads()  # FineTuneConfig.threads sets a process-wide value
-    yield
-    torch.set_num_threads(threads)
-
-
 def _sim_env(**kwargs) -> LoRARankEnv:
     kwargs = {"r_max": 8, "steps": 40, "decisions": 4, **kwargs}
     return LoRARankEnv("sim", calibration=SimCalibration.synthetic(r_max=8), **kwargs)

@@ -10,7 +10,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from peft import LoraConfig, get_peft_model
 
 from rankrl.budgets import Budget, feasible
@@ -21,13 +20,6 @@ from rankrl.models import load_model
 from rankrl.policies.apply import METHODS, PolicyLayoutError, load_policy, widen_policy
 from rankrl.policies.train import TrainPolicyConfig, train_policy
 from rankrl.targets import find_target_modules
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from rankrl.cli import main
 from rankrl.envs.lora_rank import GLOBAL_NAMES
@@ -20,13 +19,6 @@ TINY = ["--model", "tiny-bert", "--steps", "8", "--decisions", "2", "--batch-siz
         "--max-train", "256", "--probes", "2", "--probe-steps", "4", "--probe-evals", "1", "--n-steps", "32",
         "--ppo-batch-size", "32", "--n-epochs", "2", "--checkpoint-every", "32", "--max-modules", "16",
         "--threads", "1", "--no-wandb", "--no-progress"]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
