@@ -302,7 +302,8 @@ def run_phase(phase: str, a, allocs: Allocations) -> None:
     i, n = (int(x) for x in a.worker.split("/"))
     for waited in range(121):  # another worker may still be finishing the lr selection
         try:
-            todo = [j for j in jobs(phase, load_runs(work), a) if (*j, a.steps) not in load_runs(work)]
+            done = load_runs(work)
+            todo = [j for j in jobs(phase, done, a) if (*j, a.steps) not in done]
             break
         except LookupError as e:
             if n == 1 or waited == 120:
@@ -313,9 +314,10 @@ def run_phase(phase: str, a, allocs: Allocations) -> None:
     print(f"phase {phase}: {len(todo)} runs pending, worker {i}/{n} takes {len(mine)}", flush=True)
     with open(work / f"runs-{phase}-{i}of{n}.jsonl", "a") as fh:
         for cell, method, lr, seed, split in tqdm(mine, desc=phase, unit="run"):
-            if (cell, method, lr, seed, split, a.steps) in load_runs(work):  # another worker did it
+            done = load_runs(work)  # re-read: another worker may have finished runs meanwhile
+            if (cell, method, lr, seed, split, a.steps) in done:
                 continue
-            r = same_allocation_run(allocs, load_runs(work), cell, method, lr, seed, split, a.steps)
+            r = same_allocation_run(allocs, done, cell, method, lr, seed, split, a.steps)
             r = r or one_run(allocs, cell, method, lr, seed, split, a.steps)
             fh.write(json.dumps(r) + "\n")
             fh.flush()

@@ -135,11 +135,10 @@ def build_dataset(recipe: str, coll: Collection, qids: Sequence[str], retriever:
     Columns: ``prompt`` (chat messages), ``query_id`` and, per recipe, ``relevant`` + ``doc_ids`` (rank-r1),
     ``doc_id`` + ``gain`` + ``n_docs`` (erank: exactly ``group_size`` rows per query, in query order = BM25
     order), ``doc_ids`` + ``gains`` (grouprank). Queries without (enough) candidates are skipped with a counted
-    warning. ``first_stage_rank`` (erank only): each prompt shows the doc's 1-based position among the query's
-    ``group_size`` candidates in ``retriever.search`` order (descending BM25 score, ties by corpus order).
-    ``depth`` (erank only, default ``group_size``): each query's group is ``group_size`` docs drawn at random
-    (seeded, kept in BM25 order) from its top ``depth``, and the shown rank is the position among those ``depth``
-    - as at evaluation, where a reranker sees "rank r of k" over the whole top-k.
+    warning. ``depth`` (erank only, default ``group_size``): each query's group is ``group_size`` docs drawn at
+    random (seeded, kept in BM25 order) from its top ``depth``. ``first_stage_rank`` (erank only): each prompt shows
+    the doc's 1-based position among those top ``depth`` in ``retriever.search`` order (descending BM25 score, ties
+    by corpus order) - as at evaluation, where a reranker sees "rank r of k" over the whole top-k.
     """
     from datasets import Dataset
 
@@ -178,15 +177,13 @@ def build_dataset(recipe: str, coll: Collection, qids: Sequence[str], retriever:
             if len(docs) < group_size:
                 short += 1
                 continue
-            ranks = {"first_rank": None, "n_candidates": None}
             positions = range(1, len(docs) + 1)  # docs: BM25 order, best first
             if len(docs) > group_size:
                 positions = sorted(rng.sample(list(positions), group_size))
             for pos in positions:
                 d = docs[pos - 1]
-                if first_stage_rank:
-                    ranks = {"first_rank": pos, "n_candidates": len(docs)}
-                rows.append({"prompt": erank_messages(query, coll.docs[d], max_chars, **ranks), "query_id": q,
+                shown = {"first_rank": pos, "n_candidates": len(docs)} if first_stage_rank else {}
+                rows.append({"prompt": erank_messages(query, coll.docs[d], max_chars, **shown), "query_id": q,
                              "doc_id": d, "gain": judged.get(d, 0), "n_docs": group_size})  # fmt: skip
         elif recipe == "grouprank":
             rows.append(
