@@ -164,7 +164,7 @@ def smollm2():
 
 
 def train_sft(coll, train_q, retriever, a, out_dir: Path) -> tuple[float, dict]:
-    """ERank stage 1: LoRA SFT of SmolLM2 on prompt -> round(10 * gain / g_max) for ``a.sft_minutes``, merged and
+    """ERank stage 1: LoRA SFT of SmolLM2 on prompt -> round(9 * gain / g_max) for ``a.sft_minutes``, merged and
     saved to ``out_dir``."""
     from peft import LoraConfig
     from transformers import PrinterCallback, TrainerCallback

@@ -9,10 +9,11 @@ and prompts live in :mod:`rankrl.trainers.rerank_rewards`.
   always ``[1]``); stock ``GRPOTrainer``. Inference: :func:`setwise_rank` (greedy top-10 selection by windowed
   tournaments).
 * ``erank``: one row per (query, doc), a fixed ``M = group_size`` docs per query. Stage 1 SFT (``SFTTrainer``)
-  on ``score = round(10 * gain / g_max)`` with ``g_max`` the largest gain in the collection's qrels (Cranfield:
-  4 -> scores 0, 2/3 -> 3, 5, 8, 10); stage 2 GRPO with :class:`ListwiseGRPOTrainer` so each reward call holds
-  all ``M x G`` rows of a query. Inference: :func:`expected_scores`. With ``first_stage_rank`` every prompt also
-  shows the doc's BM25 rank (``First-stage (BM25) rank: 3 of 20``), in training and at inference alike.
+  on ``score = round(ERANK_MAX_SCORE * gain / g_max)`` (``ERANK_MAX_SCORE`` = 9: every score is one token) with
+  ``g_max`` the largest gain in the collection's qrels (Cranfield gains 0-4 -> scores 0, 2, 4, 7, 9); stage 2
+  GRPO with :class:`ListwiseGRPOTrainer` so each reward call holds all ``M x G`` rows of a query. Inference:
+  :func:`expected_scores`. With ``first_stage_rank`` every prompt also shows the doc's BM25 rank
+  (``First-stage (BM25) rank: 3 of 20``), in training and at inference alike.
 * ``grouprank``: one row per query, the top ``group_size`` candidates scored jointly; stock ``GRPOTrainer``.
 
 All trainers use LoRA (PEFT ``peft_config``). ``train`` saves the merged model + tokenizer + ``rerank.json`` (the
