@@ -25,12 +25,19 @@ Rows (``--parts``, comma-separated):
 ``<row>+bm25rank`` (e.g. ``smollm2-sft+bm25rank``) and record ``"first_stage_rank": true``, so they merge beside
 the plain rows instead of replacing them.
 
+``--device cuda`` (the default when a GPU is visible) trains and scores SmolLM2 there; ``--sft-epochs`` replaces the
+CPU time budget by whole epochs; ``--dev N`` holds out the last N train queries and evaluates on them instead of
+the test queries (pick a recipe there, then run it once on test; use another ``--out``).
+
 Results merge row by row into ``benchmarks/results/rerank.json`` (so parts can run separately); each row keeps
 its own date, machine, query count and per-query nDCG@10.
 
     python benchmarks/rerank.py                                  # default rows (bm25 .. smollm2-zero)
     python benchmarks/rerank.py --parts sft,erank --sft-minutes 10
     python benchmarks/rerank.py --parts smollm2-zero,sft --first-stage-rank   # rows smollm2-*+bm25rank
+    python benchmarks/rerank.py --first-stage-rank --parts sft --dev 30 --sft-epochs 2 --out /tmp/dev.json   # GPU
+    python benchmarks/rerank.py --first-stage-rank --parts sft,erank --sft-epochs 2 --sft-lora-r 16 --sft-batch 16 \
+        --grpo-steps 100 --grpo-lr 3e-5 --grpo-group 10 --grpo-rollouts 4                           # GPU rows
     python benchmarks/rerank.py --queries 5 --cross-steps 4 --threads 1 --out /tmp/rerank-smoke.json
 """
 
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -156,11 +164,17 @@ def row_name(row: str, first_stage_rank: bool) -> str:
     return row + RANK_SUFFIX if first_stage_rank and row in RANKED_ROWS else row
 
 
-def smollm2():
+def smollm2(device: str = "cpu"):
     from rankrl.models import load_model
 
     lm = load_model("smollm2", task_kind="causal_lm")
-    return lm.model, lm.tokenizer
+    return lm.model.to(device), lm.tokenizer
+
+
+def load_merged(path: Path, device: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype="float32").to(device), AutoTokenizer.from_pretrained(path)
 
 
 def train_sft(coll, train_q, retriever, a, out_dir: Path) -> tuple[float, dict]:
@@ -172,11 +186,13 @@ def train_sft(coll, train_q, retriever, a, out_dir: Path) -> tuple[float, dict]:
 
     from rankrl.trainers.rerank import build_dataset, erank_sft_dataset
 
-    model, tok = smollm2()
-    rows = build_dataset("erank", coll, train_q, retriever, group_size=a.sft_group, max_chars=300, seed=0,
+    model, tok = smollm2(a.device)
+    rows = build_dataset("erank", coll, train_q, retriever, group_size=a.sft_group, max_chars=a.max_chars, seed=0,
                          first_stage_rank=a.first_stage_rank)  # fmt: skip
     data = erank_sft_dataset(coll, rows).shuffle(seed=0)
-    budget = a.sft_minutes * 60.0
+    # --sft-epochs: a fixed number of passes (GPU); otherwise as many steps as fit in --sft-minutes (CPU)
+    max_steps = math.ceil(a.sft_epochs * len(data) / a.sft_batch) if a.sft_epochs else 1_000_000
+    budget = a.sft_minutes * 60.0 if not a.sft_epochs else float("inf")
 
     class TimeBudget(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
@@ -186,10 +202,10 @@ def train_sft(coll, train_q, retriever, a, out_dir: Path) -> tuple[float, dict]:
             if time.perf_counter() - self.start >= budget:
                 control.should_training_stop = True
 
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
+    lora = LoraConfig(r=a.sft_lora_r, lora_alpha=2 * a.sft_lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
     with tempfile.TemporaryDirectory(prefix="rerank-sft-") as tmp:
-        cfg = SFTConfig(output_dir=tmp, max_steps=1_000_000, per_device_train_batch_size=a.sft_batch,
-                        learning_rate=a.sft_lr, lr_scheduler_type="constant", use_cpu=True, bf16=False,
+        cfg = SFTConfig(output_dir=tmp, max_steps=max_steps, per_device_train_batch_size=a.sft_batch,
+                        learning_rate=a.sft_lr, lr_scheduler_type="constant", use_cpu=a.device == "cpu", bf16=False,
                         report_to="none", logging_steps=10, save_strategy="no", seed=0, disable_tqdm=True)  # fmt: skip
         trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, peft_config=lora,
                              callbacks=[TimeBudget()])  # fmt: skip
@@ -203,25 +219,30 @@ def train_sft(coll, train_q, retriever, a, out_dir: Path) -> tuple[float, dict]:
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     info = {"steps": trainer.state.global_step, "epochs": trainer.state.global_step * a.sft_batch / len(data),
             "train_rows": len(data), "group_size": a.sft_group, "batch_size": a.sft_batch, "lr": a.sft_lr,
-            "minutes_budget": a.sft_minutes, "lora_r": 8, "first_stage_rank": a.first_stage_rank,
+            "minutes_budget": None if a.sft_epochs else a.sft_minutes, "epochs_asked": a.sft_epochs,
+            "lora_r": a.sft_lora_r, "max_chars": a.max_chars, "first_stage_rank": a.first_stage_rank,
+            "device": a.device, "seconds": seconds,
             "loss_every_10_steps": losses}  # fmt: skip
     print(f"  sft: {info['steps']} steps in {seconds:.0f}s, last losses {losses[-3:]}", flush=True)
     return seconds, info
 
 
-def train_grpo(sft_dir: Path, a, out_dir: Path) -> tuple[float, dict]:
+def train_grpo(sft_dir: Path, a, out_dir: Path, n_train_queries: int) -> tuple[float, dict]:
     """ERank stage 2 on the SFT model: listwise-reward GRPO through run_rerank_train (sft_steps=0)."""
     from trl import GRPOConfig
 
     from rankrl.trainers.rerank import RerankArgs, run_rerank_train
     from rankrl.trainers.rerank_rewards import UNPARSABLE
 
-    args = RerankArgs(recipe="erank", model=str(sft_dir), data=str(a.data), group_size=4, rollouts=4, sft_steps=0,
-                      lora_r=8, max_doc_chars=300, first_stage_rank=a.first_stage_rank,
-                      candidate_depth=a.k if a.first_stage_rank else None)  # fmt: skip
-    cfg = GRPOConfig(output_dir=str(out_dir), max_steps=a.grpo_steps, per_device_train_batch_size=16,
-                     num_generations=4, max_completion_length=8, temperature=1.0, learning_rate=a.grpo_lr,
-                     use_cpu=True, bf16=False, report_to="none", logging_steps=1, save_strategy="no",
+    m, g = a.grpo_group, a.grpo_rollouts
+    # max_queries: the first n_train_queries of the split's train list (--dev holds out the rest for selection)
+    args = RerankArgs(recipe="erank", model=str(sft_dir), data=str(a.data), group_size=m, rollouts=g, sft_steps=0,
+                      lora_r=8, max_doc_chars=a.max_chars, first_stage_rank=a.first_stage_rank,
+                      candidate_depth=a.k if a.first_stage_rank else None, max_queries=n_train_queries)  # fmt: skip
+    cfg = GRPOConfig(output_dir=str(out_dir), max_steps=a.grpo_steps,
+                     per_device_train_batch_size=m * g * a.grpo_queries, num_generations=g, max_completion_length=8,
+                     temperature=a.grpo_temperature, learning_rate=a.grpo_lr,
+                     use_cpu=a.device == "cpu", bf16=False, report_to="none", logging_steps=1, save_strategy="no",
                      gradient_checkpointing=False, disable_tqdm=True, seed=0)  # fmt: skip
     UNPARSABLE.clear()
     start = time.perf_counter()
@@ -231,8 +252,10 @@ def train_grpo(sft_dir: Path, a, out_dir: Path) -> tuple[float, dict]:
 
     rewards = [r["reward"] for r in read_metrics(out_dir / "metrics.jsonl") if "reward" in r]
     half = max(1, len(rewards) // 2)
-    info = {"grpo_steps": a.grpo_steps, "group_size_M": 4, "rollouts_G": 4, "lr": a.grpo_lr, "lora_r": 8,
-            "candidate_depth": a.k if a.first_stage_rank else 4, "first_stage_rank": a.first_stage_rank,
+    info = {"grpo_steps": a.grpo_steps, "group_size_M": m, "rollouts_G": g, "queries_per_step": a.grpo_queries,
+            "lr": a.grpo_lr, "temperature": a.grpo_temperature, "lora_r": 8,
+            "candidate_depth": a.k if a.first_stage_rank else m,
+            "first_stage_rank": a.first_stage_rank, "device": a.device, "seconds": seconds,
             "unparsable_completions": int(UNPARSABLE["erank"]), "reward_per_step": rewards,
             "reward_first_half_mean": float(np.mean(rewards[:half])) if rewards else None,
             "reward_second_half_mean": float(np.mean(rewards[half:])) if rewards[half:] else None}  # fmt: skip
@@ -319,8 +342,20 @@ def main() -> None:
     ap.add_argument("--sft-group", type=int, default=20, help="BM25 candidates per train query in the SFT data")
     ap.add_argument("--sft-batch", type=int, default=8)
     ap.add_argument("--sft-lr", type=float, default=2e-4)
+    ap.add_argument("--sft-epochs", type=float, default=None, help="train SFT for this many epochs instead of "
+                    "--sft-minutes (GPU runs)")  # fmt: skip
+    ap.add_argument("--sft-lora-r", type=int, default=8)
+    ap.add_argument("--max-chars", type=int, default=300, help="SmolLM2 rows: doc characters in each prompt")
     ap.add_argument("--grpo-steps", type=int, default=10)
     ap.add_argument("--grpo-lr", type=float, default=2e-5)
+    ap.add_argument("--grpo-temperature", type=float, default=1.0, help="sampling temperature of GRPO rollouts")
+    ap.add_argument("--grpo-group", type=int, default=4, help="docs M per query in one listwise reward call")
+    ap.add_argument("--grpo-rollouts", type=int, default=4, help="completions G per (query, doc) prompt")
+    ap.add_argument("--grpo-queries", type=int, default=1, help="queries per GRPO step (batch = queries x M x G)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="where SmolLM2 trains and scores (default: cuda when available)")  # fmt: skip
+    ap.add_argument("--dev", type=int, default=0, help="model selection: hold out the last N train queries, "
+                    "train on the rest and evaluate on those N instead of the test queries")  # fmt: skip
     ap.add_argument("--r1-window", type=int, default=4)
     ap.add_argument("--r1-tokens", type=int, default=64, help="rank-r1: max new tokens per setwise pick")
     ap.add_argument("--first-stage-rank", action="store_true", help="show each candidate's BM25 rank in the "
@@ -333,6 +368,11 @@ def main() -> None:
     if a.first_stage_rank and not wanted & set(RANKED_ROWS):
         ap.error("--first-stage-rank needs one of the parts smollm2-zero, sft, erank")
     fsr = a.first_stage_rank
+
+    def erank(model, tok):
+        from rankrl.trainers.rerank import make_scorer
+
+        return make_scorer("erank", model, tok, first_stage_rank=fsr, max_chars=a.max_chars)
     torch.set_num_threads(a.threads or os.cpu_count() or 1)
     torch.manual_seed(0)
 
@@ -341,6 +381,8 @@ def main() -> None:
 
     coll = load_collection(a.data)
     train_q, test_q = split_queries(coll, 1 / 3, seed=0)
+    if a.dev:  # selection runs never see a test query
+        train_q, test_q = train_q[: -a.dev], train_q[-a.dev :]
     qids = test_q[: a.queries] if a.queries else test_q
     retriever = BM25Retriever(coll)
     print(f"{coll.name}: {len(train_q)} train / {len(test_q)} test queries, evaluating {len(qids)}, BM25 top-{a.k}; "
@@ -360,9 +402,14 @@ def main() -> None:
             start = merged.get(row_name("smollm2-zero", bool(row.get("first_stage_rank"))))
             if name.startswith(("smollm2-sft", "smollm2-erank")) and start and start["n_queries"] == row["n_queries"]:
                 row["paired_vs_zero_shot"] = paired(row["per_query_nDCG@10"], start["per_query_nDCG@10"])
+            sft = merged.get(name.replace("smollm2-erank", "smollm2-sft"))  # what GRPO added to its SFT start
+            if name.startswith("smollm2-erank") and sft and sft["n_queries"] == row["n_queries"]:
+                row["paired_vs_sft"] = paired(row["per_query_nDCG@10"], sft["per_query_nDCG@10"])
         order = lambda r: ROWS.index(r) if r in ROWS else len(ROWS)  # noqa: E731
         results = {"benchmark": "rerank", "date": datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-                   "collection": coll.name, "split": "split_queries(coll, 1/3, seed=0) test queries",
+                   "collection": coll.name,
+                   "split": (f"dev (selection): the last {a.dev} train queries of split_queries(coll, 1/3, seed=0)"
+                             if a.dev else "split_queries(coll, 1/3, seed=0) test queries"),
                    "n_test_queries": len(test_q), "k": a.k, "measures": list(MEASURES),
                    "paired_test": "scipy ttest_rel and wilcoxon on per-query nDCG@10 vs bm25 (same queries)",
                    "reference": REFERENCE,
@@ -390,12 +437,12 @@ def main() -> None:
     if wanted & {"smollm2-zero", "rank-r1"}:
         from rankrl.trainers.rerank import make_scorer
 
-        model, tok = smollm2()
+        model, tok = smollm2(a.device)
         if "smollm2-zero" in wanted:
-            info = {"model": "SmolLM2-135M-Instruct", "recipe": "erank", "max_chars": 300,
+            info = {"model": "SmolLM2-135M-Instruct", "recipe": "erank", "max_chars": a.max_chars,
                     "score": "expected score over single-token scores (SmolLM2: 0..9, '10' is 2 tokens)"}  # fmt: skip
             name = row_name("smollm2-zero", fsr)
-            rows[name] = measure(name, make_scorer("erank", model, tok, first_stage_rank=fsr), coll, qids, retriever,
+            rows[name] = measure(name, erank(model, tok), coll, qids, retriever,
                                  a, bm25_pq, config=info, first_stage_rank=fsr)  # fmt: skip
             save()
         if "rank-r1" in wanted:
@@ -408,28 +455,22 @@ def main() -> None:
             save()
         del model, tok
     if wanted & {"smollm2-sft", "smollm2-erank"}:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from rankrl.trainers.rerank import make_scorer
-
         work = Path(tempfile.mkdtemp(prefix="rankrl-bench-rerank-"))
         try:
             sft_dir = work / "sft-merged"
             sft_secs, sft_info = train_sft(coll, train_q, retriever, a, sft_dir)
             if "smollm2-sft" in wanted:
-                m = AutoModelForCausalLM.from_pretrained(sft_dir, dtype="float32")
-                t = AutoTokenizer.from_pretrained(sft_dir)
+                m, t = load_merged(sft_dir, a.device)
                 name = row_name("smollm2-sft", fsr)
-                rows[name] = measure(name, make_scorer("erank", m, t, first_stage_rank=fsr), coll, qids, retriever,
+                rows[name] = measure(name, erank(m, t), coll, qids, retriever,
                                      a, bm25_pq, train_seconds=sft_secs, config=sft_info,
                                      first_stage_rank=fsr)  # fmt: skip
                 save()
             if "smollm2-erank" in wanted:
-                grpo_secs, grpo_info = train_grpo(sft_dir, a, work / "grpo")
-                m = AutoModelForCausalLM.from_pretrained(work / "grpo" / "merged", dtype="float32")
-                t = AutoTokenizer.from_pretrained(work / "grpo" / "merged")
+                grpo_secs, grpo_info = train_grpo(sft_dir, a, work / "grpo", len(train_q))
+                m, t = load_merged(work / "grpo" / "merged", a.device)
                 name = row_name("smollm2-erank", fsr)
-                rows[name] = measure(name, make_scorer("erank", m, t, first_stage_rank=fsr), coll, qids, retriever,
+                rows[name] = measure(name, erank(m, t), coll, qids, retriever,
                                      a, bm25_pq, train_seconds=sft_secs + grpo_secs,
                                      config={"sft": sft_info, "grpo": grpo_info}, first_stage_rank=fsr)  # fmt: skip
                 save()

@@ -82,8 +82,17 @@ def test_erank_listwise_reward_exact():
         ["8", "8", "3", "ten"], query_id=["q"] * 4, doc_id=["a", "a", "b", "b"], gain=[1, 1, 0, 0], n_docs=[2] * 4
     )
     tied = (1 + 1 / math.log2(3)) / 2
-    assert out == pytest.approx([tied, tied, -0.5 / math.log2(4), 0.0])
+    assert out == pytest.approx([tied, tied, -0.5 / math.log2(4), -0.5])  # junk gets the floor -neg_weight
     assert rw.UNPARSABLE["erank"] == 1
+
+
+def test_erank_listwise_reward_refusing_to_answer_never_pays():
+    """The reward hack seen on SmolLM2: with unparsable = 0, answering junk beat the (negative) mean reward."""
+    kw = dict(query_id=["q"] * 6, doc_id=list("aabbcc"), gain=[0, 0, 0, 0, 2, 2], n_docs=[3] * 6, neg_weight=0.5)
+    answered = rw.erank_listwise_reward(["1", "2", "3", "4", "9", "8"], **kw)
+    junk_for_a = rw.erank_listwise_reward(["?", "?", "3", "4", "9", "8"], **kw)
+    assert min(junk_for_a[:2]) <= min(answered)  # no parsable answer earns less than refusing to answer
+    assert junk_for_a[:2] == [-0.5, -0.5]
 
 
 def test_erank_listwise_reward_bad_layout_raises():
@@ -397,7 +406,7 @@ def test_train_records_first_stage_rank(tmp_path, monkeypatch):
     assert saved["first_stage_rank"] is True and saved["recipe"] == "erank"
     assert len(built) == 1 and built[0][0] is True and all(RANK_LINE in p[0]["content"] for p in built[0][1])
     rewards = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "reward" in r]
-    assert len(rewards) == 1 and 0.0 <= rewards[0]["reward"] <= 1.0  # GRPO's reward per step, read back
+    assert len(rewards) == 1 and -0.5 <= rewards[0]["reward"] <= 1.0  # listwise reward per step, read back
 
 
 def test_build_dataset_erank_draws_groups_from_the_top_depth_with_their_true_rank():
