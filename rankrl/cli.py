@@ -160,11 +160,12 @@ def cmd_baselines(argv: Sequence[str]) -> int:
     return _policy_command(argv, "BaselinesConfig", "run_baselines", "rankrl baselines")
 
 
-RERANK_USAGE = """usage: rankrl rerank {train,eval} [--help] [options]
+RERANK_USAGE = """usage: rankrl rerank {train,train-encoder,eval} [--help] [options]
 
-  train   GRPO reranker: --recipe rank-r1|erank|grouprank (erank: SFT --sft_steps, then listwise GRPO);
-          every GRPOConfig flag works
-  eval    rerank BM25 top-k of held-out queries with a trained model; TREC run file + nDCG@10 table"""
+  train          GRPO reranker: --recipe rank-r1|erank|grouprank (erank: SFT --sft_steps, then listwise GRPO);
+                 every GRPOConfig flag works
+  train-encoder  GRPO over sampled rankings with a MiniLM bi-encoder policy (LoRA query encoder + BM25 weight)
+  eval           rerank BM25 top-k of held-out queries with a trained model; TREC run file + nDCG@10 table"""
 
 
 def cmd_rerank(argv: Sequence[str]) -> int:
@@ -180,8 +181,15 @@ def cmd_rerank(argv: Sequence[str]) -> int:
 
         run_rerank_eval(tyro.cli(EvalArgs, args=argv[1:], prog="rankrl rerank eval"))
         return 0
+    if argv[0] == "train-encoder":
+        import tyro
+
+        from rankrl.trainers.encoder_rerank import EncoderGRPOArgs, run_encoder_grpo
+
+        run_encoder_grpo(tyro.cli(EncoderGRPOArgs, args=argv[1:], prog="rankrl rerank train-encoder"))
+        return 0
     if argv[0] != "train":
-        print(f"rankrl rerank: unknown subcommand {argv[0]!r}; use 'train' or 'eval'", file=sys.stderr)
+        print(f"rankrl rerank: unknown subcommand {argv[0]!r}; use 'train', 'train-encoder' or 'eval'", file=sys.stderr)
         return 2
     from trl import GRPOConfig, TrlParser
 

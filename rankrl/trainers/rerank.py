@@ -36,6 +36,7 @@ from typing import Any
 from torch.utils.data import Sampler
 
 from rankrl.atomic import atomic_write_text
+from rankrl.trainers.encoder_rerank import ENCODER_POLICY_FILE
 from rankrl.trainers.ir import BM25Retriever, Collection, split_queries
 from rankrl.trainers.rerank_rewards import (
     ERANK_MAX_SCORE,
@@ -522,10 +523,12 @@ def _eval_first_stage_rank(given: bool | None, saved: dict, model_dir: Path, rec
 
 def run_rerank_eval(args: EvalArgs) -> dict[str, float]:
     """Rerank, write the run file, print a metrics table next to BM25's; returns the reranker's metrics."""
-    from rankrl.envs.rerank import RERANK_MEASURES, rerank_run
-    from rankrl.trainers.ir import evaluate, load_collection, write_run
+    from rankrl.envs.rerank import rerank_run
+    from rankrl.trainers.ir import load_collection
 
     path = Path(args.model)
+    if (path / ENCODER_POLICY_FILE).is_file():  # an encoder policy from `rankrl rerank train-encoder`
+        return _run_encoder_eval(args, path)
     model_dir = path / "merged" if (path / "merged").is_dir() else path
     saved = json.loads((model_dir / "rerank.json").read_text()) if (model_dir / "rerank.json").is_file() else {}
     recipe = args.recipe or saved.get("recipe", "erank")
@@ -544,12 +547,38 @@ def run_rerank_eval(args: EvalArgs) -> dict[str, float]:
     bm25 = rerank_run(lambda q, d: [0.0] * len(d), coll, qids, args.k, retriever)
     out = Path(args.run) if args.run else (model_dir.parent if model_dir.name == "merged" else Path.cwd()) / \
         f"run.{args.split}.trec"  # fmt: skip
-    write_run(run, out, tag=f"rankrl-{train_args.recipe}")
+    note = ", BM25 rank in prompts" if train_args.first_stage_rank else ""
+    return _report_eval(run, bm25, coll, qids, out, train_args.recipe, f"{len(qids)} {args.split} queries, "
+                        f"top-{args.k}{note}")  # fmt: skip
+
+
+def _report_eval(run: dict, bm25: dict, coll: Collection, qids: Sequence[str], out: Path, label: str,
+                 what: str) -> dict[str, float]:  # fmt: skip
+    """Write the reranker's TREC run, print its metrics next to BM25's; returns the reranker's metrics."""
+    from rankrl.envs.rerank import RERANK_MEASURES
+    from rankrl.trainers.ir import evaluate, write_run
+
+    write_run(run, out, tag=f"rankrl-{label}")
     metrics = evaluate(run, coll.qrels, RERANK_MEASURES, qids=list(qids))
     base = evaluate(bm25, coll.qrels, RERANK_MEASURES, qids=list(qids))
-    print(f"{'measure':<10}{'BM25':>8}{train_args.recipe:>12}   ({len(qids)} {args.split} queries, top-{args.k}"
-          f"{', BM25 rank in prompts' if train_args.first_stage_rank else ''})")  # fmt: skip
+    print(f"{'measure':<10}{'BM25':>8}{label:>12}   ({what})")
     for m in RERANK_MEASURES:
         print(f"{m:<10}{base[m]:>8.4f}{metrics[m]:>12.4f}")
     print(f"run -> {out}")
     return metrics
+
+
+def _run_encoder_eval(args: EvalArgs, path: Path) -> dict[str, float]:
+    from rankrl.envs.rerank import rerank_run
+    from rankrl.trainers.encoder_rerank import load_encoder_scorer
+    from rankrl.trainers.ir import load_collection
+
+    coll = load_collection(args.data)
+    retriever = BM25Retriever(coll)
+    scorer, saved = load_encoder_scorer(path, coll, retriever, args.k)
+    train_q, test_q = split_queries(coll, saved.test_fraction, saved.split_seed)
+    qids = {"train": train_q, "test": test_q, "all": coll.judged_qids}[args.split][: args.max_queries]
+    run = rerank_run(scorer, coll, qids, args.k, retriever)
+    bm25 = rerank_run(lambda q, d: [0.0] * len(d), coll, qids, args.k, retriever)
+    out = Path(args.run) if args.run else path / f"run.{args.split}.trec"
+    return _report_eval(run, bm25, coll, qids, out, "encoder", f"{len(qids)} {args.split} queries, top-{args.k}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import json
 import math
 
 import pytest
@@ -12,6 +13,7 @@ from rankrl.tracking import read_metrics
 pytest.importorskip("trl")
 
 import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 from trl import GRPOConfig  # noqa: E402
 
 import rankrl.trainers.rerank as rr  # noqa: E402
@@ -428,3 +430,105 @@ def test_build_dataset_erank_draws_groups_from_the_top_depth_with_their_true_ran
         rr.build_dataset("erank", coll, list(coll.queries), retriever, group_size=3, depth=2)
     with pytest.raises(ValueError, match="candidate_depth"):
         rr.RerankArgs(group_size=4, candidate_depth=3)
+
+
+# ---------------------------------------------------------------------------------------------- encoder GRPO
+def test_plackett_luce_logprob_is_a_distribution_and_top1_is_softmax():
+    import itertools
+
+    from rankrl.trainers.encoder_rerank import plackett_luce_logprob
+
+    logits = torch.tensor([0.3, -1.2, 2.0, 0.5])
+    perms = torch.tensor(list(itertools.permutations(range(4))))
+    assert float(plackett_luce_logprob(logits, perms).exp().sum()) == pytest.approx(1.0, abs=1e-5)
+    first = plackett_luce_logprob(logits, torch.tensor([[i, *[j for j in range(4) if j != i]] for i in range(4)]), 1)
+    assert first.exp().tolist() == pytest.approx(torch.softmax(logits, 0).tolist(), abs=1e-6)
+
+
+def test_plackett_luce_sample_matches_softmax_first_picks():
+    from rankrl.trainers.encoder_rerank import plackett_luce_sample
+
+    logits = torch.tensor([1.0, 0.0, -1.0])
+    rankings = plackett_luce_sample(logits, 20_000, torch.Generator().manual_seed(0))
+    assert sorted(rankings[0].tolist()) == [0, 1, 2]  # every row is a permutation
+    freq = torch.bincount(rankings[:, 0], minlength=3).float() / 20_000
+    assert freq.tolist() == pytest.approx(torch.softmax(logits, 0).tolist(), abs=0.015)
+
+
+def test_ndcg_of_order_is_the_rerank_env_reward():
+    from rankrl.envs.rerank import rerank
+    from rankrl.trainers.encoder_rerank import ndcg_of_order
+    from rankrl.trainers.ir import evaluate
+
+    coll = _collection()
+    rng = torch.Generator().manual_seed(1)
+    for q in coll.queries:
+        docs = list(coll.docs)[:12]
+        order = [docs[i] for i in torch.randperm(len(docs), generator=rng).tolist()]
+        want = evaluate({q: rerank(order, [-i for i in range(len(order))])}, coll.qrels, ("nDCG@10",), qids=[q])
+        assert ndcg_of_order(order, coll.qrels[q]) == pytest.approx(want["nDCG@10"], abs=1e-9)
+
+
+def test_encoder_grpo_trains_saves_and_evaluates(tmp_path, monkeypatch, capsys):
+    from rankrl.trainers.encoder_rerank import ENCODER_POLICY_FILE, EncoderGRPOArgs, run_encoder_grpo
+
+    monkeypatch.setenv("RANKRL_CACHE", str(tmp_path / "cache"))
+    _write_trec(_collection(), tmp_path / "data")
+    args = EncoderGRPOArgs(data=str(tmp_path / "data"), output_dir=str(tmp_path / "enc"), k=5, steps=4,
+                           queries_per_step=2, rollouts=4, test_fraction=1 / 3, report_to="none", lr=1e-2)  # fmt: skip
+    summary = run_encoder_grpo(args)
+    rows = read_metrics(tmp_path / "enc" / "metrics.jsonl")
+    assert [r["step"] for r in rows if "reward" in r] == [1, 2, 3, 4]
+    assert all(0.0 <= r["reward"] <= 1.0 for r in rows if "reward" in r)
+    assert summary["w_bm25"] != 0.0  # the BM25 weight starts at 0 and was trained
+    saved = json.loads((tmp_path / "enc" / ENCODER_POLICY_FILE).read_text())
+    assert saved["heads"]["w_bm25"] == pytest.approx(summary["w_bm25"])
+    adapter = load_file(str(tmp_path / "enc" / "adapter" / "adapter_model.safetensors"))
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())  # B starts at 0: it moved
+    assert (tmp_path / "enc" / "reward.png").stat().st_size > 0
+    # `rankrl rerank eval` recognises the encoder policy and reproduces its held-out nDCG@10
+    assert main(["rerank", "eval", "--model", str(tmp_path / "enc"), "--data", str(tmp_path / "data"),
+                 "--split", "test"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    got = float(next(line for line in out.splitlines() if line.startswith("nDCG@10")).split()[-1])
+    assert got == pytest.approx(summary["heldout_nDCG@10_end"], abs=1e-4)
+    assert (tmp_path / "enc" / "run.test.trec").is_file()
+
+
+def test_encoder_grpo_start_is_the_zero_shot_bi_encoder(tmp_path, monkeypatch):
+    """Adapter B = 0 and w_bm25 = 0: the untrained policy ranks exactly like mean-pooled cosine MiniLM."""
+    from rankrl.trainers.encoder_rerank import EncoderGRPOArgs, EncoderPolicy, _embed
+
+    monkeypatch.setenv("RANKRL_CACHE", str(tmp_path / "cache"))
+    coll = _collection()
+    policy = EncoderPolicy(EncoderGRPOArgs(report_to="none"), coll)
+    base = load_model("minilm").model.base_model
+    with torch.no_grad():
+        q = policy.queries(["wing lift"])[0]
+        docs = list(coll.docs)
+        got = policy.logits(q, docs, [1.0] * len(docs))
+        ref = _embed(base.eval(), policy.tokenizer, [coll.docs[d] for d in docs], 256) @ \
+            _embed(base, policy.tokenizer, ["wing lift"], 256)[0]  # fmt: skip
+    assert got.tolist() == pytest.approx((20.0 * ref).tolist(), abs=1e-4)
+
+
+def test_encoder_grpo_bad_input():
+    from rankrl.trainers.encoder_rerank import EncoderGRPOArgs
+
+    with pytest.raises(ValueError, match="--rollouts"):
+        EncoderGRPOArgs(rollouts=1)
+    with pytest.raises(ValueError, match="--report_to"):
+        EncoderGRPOArgs(report_to="tensorboard")
+
+
+def test_encoder_grpo_refuses_a_collection_without_relevant_candidates(tmp_path, monkeypatch):
+    from rankrl.trainers.encoder_rerank import EncoderGRPOArgs, run_encoder_grpo
+
+    coll = _collection()
+    # the only relevant document shares no term with any query: BM25 never retrieves it
+    unreachable = Collection(docs={**coll.docs, "zz": "unrelated text"}, queries=coll.queries, name="unreachable",
+                             qrels={q: {**{d: 0 for d in j}, "zz": 1} for q, j in coll.qrels.items()})  # fmt: skip
+    _write_trec(unreachable, tmp_path / "data")
+    with pytest.raises(ValueError, match="raise --k"):
+        run_encoder_grpo(EncoderGRPOArgs(data=str(tmp_path / "data"), output_dir=str(tmp_path / "o"), k=3,
+                                         report_to="none"))  # fmt: skip
