@@ -352,6 +352,41 @@ def print_table(rows: dict) -> None:
               f"{r['sec_per_query']:>9.3f}{train:>9}")  # fmt: skip
 
 
+def plot(results: dict, out: Path) -> Path:
+    """nDCG@10 per row (BM25 dashed) and the GRPO reward per step of the rows that trained with GRPO."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rankrl.atomic import atomic_write
+
+    rows = results["rows"]
+    curves = {n: r["config"].get("reward_per_step") or r["config"].get("grpo", {}).get("reward_per_step")
+              for n, r in rows.items() if isinstance(r.get("config"), dict)}  # fmt: skip
+    curves = {n: c for n, c in curves.items() if c}
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    names = list(rows)
+    ax.barh(names, [rows[n]["nDCG@10"] for n in names], color="tab:blue")
+    if "bm25" in rows:
+        ax.axvline(rows["bm25"]["nDCG@10"], color="k", ls="--", lw=1, label="BM25")
+        ax.legend(loc="lower right")
+    ax.invert_yaxis()
+    n_q = rows[names[0]]["n_queries"]
+    ax.set_xlabel(f"nDCG@10 ({results['collection']}, {n_q} test queries, BM25 top-{results['k']})")
+    for n, c in curves.items():
+        w = max(1, len(c) // 25)  # moving average over ~4% of the run
+        bx.plot(np.convolve(c, np.ones(w) / w, mode="valid"), label=n)
+    bx.set_xlabel("GRPO step")
+    bx.set_ylabel("mean reward (moving average)")
+    bx.legend(fontsize=7)
+    fig.tight_layout()
+    try:
+        return atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default=DEFAULT_PARTS, help=f"comma-separated rows (default {DEFAULT_PARTS}; "
@@ -394,7 +429,11 @@ def main() -> None:
     ap.add_argument("--r1-tokens", type=int, default=64, help="rank-r1: max new tokens per setwise pick")
     ap.add_argument("--first-stage-rank", action="store_true", help="show each candidate's BM25 rank in the "
                     f"ERank prompts of smollm2-zero, sft, erank (train and eval); rows get {RANK_SUFFIX}")  # fmt: skip
+    ap.add_argument("--plot", action="store_true", help="only redraw <out>.png from the results in --out")
     a = ap.parse_args()
+    if a.plot:
+        print(f"wrote {plot(json.loads(Path(a.out).read_text()), Path(a.out).with_suffix('.png'))}")
+        return
     parts = [p.strip() for p in a.parts.split(",") if p.strip()]
     if bad := [p for p in parts if p not in PART_ROW]:
         ap.error(f"unknown parts {bad}; choose from {sorted(set(PART_ROW))}")
@@ -454,7 +493,7 @@ def main() -> None:
         atomic_write_text(out, json.dumps(results, indent=1))
         if final:
             print_table(results["rows"])
-            print(f"wrote {out}")
+            print(f"wrote {out} and {plot(results, out.with_suffix('.png'))}")
 
     if "bm25" in wanted:
         rows["bm25"] = measure("bm25", zero, coll, qids, retriever, a, None,

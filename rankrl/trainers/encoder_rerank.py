@@ -85,6 +85,9 @@ class EncoderGRPOArgs:
     """cosine scale (inverse temperature of the Plackett-Luce policy)"""
     learn_scale: bool = False
     """also train the scale (it then mostly grows: a sharper policy samples higher rewards without ranking better)"""
+    train_docs: bool = False
+    """also adapt the document side (one shared LoRA encoder): candidates are embedded with gradients each step
+    (~20x the cost) and every document is re-embedded before each held-out evaluation"""
     bm25_feature: bool = True
     """give the policy the z-scored BM25 score with a learned weight (starts at 0)"""
     max_length: int = 256
@@ -219,12 +222,15 @@ class EncoderPolicy:
         self.doc_ids = list(coll.docs)
         self.doc_index = {d: i for i, d in enumerate(self.doc_ids)}
         self.doc_emb = _doc_embeddings(base, self.tokenizer, coll, self.path, args.max_length)
+        self.coll = coll
         if adapter_dir:
             self.encoder = PeftModel.from_pretrained(base, adapter_dir)
         else:
             lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=["query", "key", "value",
                               "dense"], lora_dropout=0.0)  # fmt: skip
             self.encoder = get_peft_model(base, lora)
+        if adapter_dir and args.train_docs:
+            self.refresh_documents()
         heads = heads or {}
         self.log_scale = torch.nn.Parameter(torch.tensor(float(heads.get("log_scale", math.log(args.scale)))))
         self.w_bm25 = torch.nn.Parameter(torch.tensor(float(heads.get("w_bm25", 0.0))))
@@ -236,10 +242,22 @@ class EncoderPolicy:
     def queries(self, texts: Sequence[str]) -> Any:
         return _embed(self.encoder, self.tokenizer, texts, self.args.max_length)
 
-    def logits(self, q_emb: Any, doc_ids: Sequence[str], bm25: Sequence[float]) -> Any:
+    def documents(self, doc_ids: Sequence[str]) -> Any:
+        """Embeddings of ``doc_ids`` by the adapted encoder, with gradients (``train_docs``)."""
+        return _embed(self.encoder, self.tokenizer, [self.coll.docs[d] for d in doc_ids], self.args.max_length)
+
+    def refresh_documents(self) -> None:
+        """Re-embed every document with the adapted encoder (``train_docs``: the cached ones are the base's)."""
         import torch
 
-        d = self.doc_emb[[self.doc_index[x] for x in doc_ids]]
+        with torch.no_grad():
+            ids = self.doc_ids
+            self.doc_emb = torch.cat([self.documents(ids[i : i + 64]) for i in range(0, len(ids), 64)])
+
+    def logits(self, q_emb: Any, doc_ids: Sequence[str], bm25: Sequence[float], d_emb: Any = None) -> Any:
+        import torch
+
+        d = self.doc_emb[[self.doc_index[x] for x in doc_ids]] if d_emb is None else d_emb
         out = self.log_scale.exp() * (d @ q_emb)
         if self.args.bm25_feature:
             out = out + self.w_bm25 * torch.as_tensor(_bm25_z(bm25), dtype=out.dtype)
@@ -248,10 +266,12 @@ class EncoderPolicy:
 
 # ---------------------------------------------------------------------------------------------- train / load
 def _held_out_ndcg(policy: EncoderPolicy, coll: Collection, qids: Sequence[str], retriever: BM25Retriever,
-                   k: int) -> float:  # fmt: skip
+                   k: int, refresh: bool = True) -> float:  # fmt: skip
     from rankrl.envs.rerank import rerank_run
     from rankrl.trainers.ir import evaluate
 
+    if refresh and policy.args.train_docs:
+        policy.refresh_documents()
     run = rerank_run(_scorer(policy, retriever, k), coll, qids, k, retriever)
     return evaluate(run, coll.qrels, ("nDCG@10",), qids=list(qids))["nDCG@10"]
 
@@ -308,7 +328,7 @@ def run_encoder_grpo(args: EncoderGRPOArgs) -> dict[str, Any]:
     print(f"rerank train-encoder | {args.model} + LoRA r={args.lora_r} | {len(pool)} of {len(train_q)} train queries "
           f"have a relevant doc in the BM25 top-{args.k} | {args.steps} steps x {args.queries_per_step} queries x "
           f"{args.rollouts} rankings")  # fmt: skip
-    start = _held_out_ndcg(policy, coll, test_q, retriever, args.k)
+    start = _held_out_ndcg(policy, coll, test_q, retriever, args.k, refresh=False)  # untrained: base embeddings
     order: list[str] = []
     with Tracker(out, asdict(args), name=out.name, use_wandb=args.report_to == "wandb") as tracker:
         tracker.log({"heldout/nDCG@10": start, **policy.heads()}, step=0)
@@ -321,7 +341,8 @@ def run_encoder_grpo(args: EncoderGRPOArgs) -> dict[str, Any]:
             losses, rewards, greedy = [], [], []
             for i, q in enumerate(batch):
                 docs = list(first[q])
-                logits = policy.logits(q_emb[i], docs, list(first[q].values()))
+                d_emb = policy.documents(docs) if args.train_docs else None
+                logits = policy.logits(q_emb[i], docs, list(first[q].values()), d_emb)
                 rankings = plackett_luce_sample(logits, args.rollouts, gen)
                 r = torch.tensor([ndcg_of_order([docs[j] for j in row], coll.qrels[q]) for row in rankings.tolist()])
                 adv = (r - r.mean()) / (r.std() + 1e-6)

@@ -495,6 +495,26 @@ def test_encoder_grpo_trains_saves_and_evaluates(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "enc" / "run.test.trec").is_file()
 
 
+def test_encoder_grpo_train_docs_adapts_documents_and_reloads(tmp_path, monkeypatch, capsys):
+    from rankrl.trainers.encoder_rerank import EncoderGRPOArgs, load_encoder_scorer, run_encoder_grpo
+    from rankrl.trainers.ir import BM25Retriever
+
+    monkeypatch.setenv("RANKRL_CACHE", str(tmp_path / "cache"))
+    coll = _collection()
+    _write_trec(coll, tmp_path / "data")
+    args = EncoderGRPOArgs(data=str(tmp_path / "data"), output_dir=str(tmp_path / "enc"), k=5, steps=3,
+                           queries_per_step=2, rollouts=4, report_to="none", lr=1e-2, train_docs=True)  # fmt: skip
+    summary = run_encoder_grpo(args)
+    retriever = BM25Retriever(coll)
+    scorer, _ = load_encoder_scorer(tmp_path / "enc", coll, retriever, 5)  # re-embeds documents with the adapter
+    fresh, _ = load_encoder_scorer(tmp_path / "enc", coll, retriever, 5)
+    q, docs = coll.queries["0"], [coll.docs[d] for d in retriever.search_text(coll.queries["0"], k=5)]
+    assert scorer(q, docs) == pytest.approx(fresh(q, docs))
+    assert main(["rerank", "eval", "--model", str(tmp_path / "enc"), "--data", str(tmp_path / "data")]) == 0
+    got = float(next(line for line in capsys.readouterr().out.splitlines() if line.startswith("nDCG@10")).split()[-1])
+    assert got == pytest.approx(summary["heldout_nDCG@10_end"], abs=1e-4)
+
+
 def test_encoder_grpo_start_is_the_zero_shot_bi_encoder(tmp_path, monkeypatch):
     """Adapter B = 0 and w_bm25 = 0: the untrained policy ranks exactly like mean-pooled cosine MiniLM."""
     from rankrl.trainers.encoder_rerank import EncoderGRPOArgs, EncoderPolicy, _embed
