@@ -75,8 +75,8 @@ PART_ROW = {"bm25": "bm25", "minilm-bi": "minilm-bi", "minilm-grpo": "minilm-grp
 #: rows whose ERank prompts can show the BM25 rank (--first-stage-rank); those rows get RANK_SUFFIX
 RANKED_ROWS = ("smollm2-zero", "smollm2-sft", "smollm2-erank")
 RANK_SUFFIX = "+bm25rank"
-ROWS = ("bm25", "minilm-bi", "minilm-grpo", "minilm-cross", "smollm2-zero", "smollm2-zero+bm25rank", "smollm2-sft",
-        "smollm2-sft+bm25rank", "smollm2-erank", "smollm2-erank+bm25rank", "rank-r1")  # fmt: skip
+ROWS = ("bm25", "minilm-bi", "minilm-grpo", "minilm-grpo+docs", "minilm-cross", "smollm2-zero", "smollm2-zero+bm25rank",
+        "smollm2-sft", "smollm2-sft+bm25rank", "smollm2-erank", "smollm2-erank+bm25rank", "rank-r1")  # fmt: skip
 DEFAULT_PARTS = "bm25,minilm-bi,minilm-cross,smollm2-zero"
 MEASURES = ("nDCG@10", "RR@10")
 
@@ -122,7 +122,8 @@ def minilm_grpo_row(coll, qids, retriever, a, bm25_pq) -> dict:
     with tempfile.TemporaryDirectory(prefix="rerank-enc-") as tmp:
         args = EncoderGRPOArgs(data=str(a.data), output_dir=tmp, k=a.k, steps=a.enc_steps, lr=a.enc_lr,
                                queries_per_step=a.enc_queries, rollouts=a.enc_rollouts, max_length=a.bi_max_length,
-                               dev_queries=a.dev, report_to="none", eval_every=25)  # fmt: skip
+                               dev_queries=a.dev, report_to="none", eval_every=25,
+                               train_docs=a.enc_train_docs)  # fmt: skip
         start = time.perf_counter()
         summary = run_encoder_grpo(args)
         seconds = time.perf_counter() - start
@@ -137,8 +138,12 @@ def minilm_grpo_row(coll, qids, retriever, a, bm25_pq) -> dict:
                   "reward_per_step": rewards, "reward_first_tenth_mean": float(np.mean(rewards[:n])),
                   "reward_last_tenth_mean": float(np.mean(rewards[-n:])), "heldout_curve": curve,
                   "heldout_curve_note": "reported only, never used to pick a step", **summary}  # fmt: skip
-        return measure("minilm-grpo", scorer, coll, qids, retriever, a, bm25_pq, train_seconds=seconds,
+        return measure(enc_row(a), scorer, coll, qids, retriever, a, bm25_pq, train_seconds=seconds,
                        config=config)  # fmt: skip
+
+
+def enc_row(a) -> str:
+    return "minilm-grpo+docs" if a.enc_train_docs else "minilm-grpo"
 
 
 def cross_pair(query: str, doc: str) -> str:
@@ -402,6 +407,8 @@ def main() -> None:
     ap.add_argument("--enc-lr", type=float, default=1e-4, help="minilm-grpo: LoRA learning rate")
     ap.add_argument("--enc-queries", type=int, default=8, help="minilm-grpo: queries per step")
     ap.add_argument("--enc-rollouts", type=int, default=16, help="minilm-grpo: rankings sampled per query")
+    ap.add_argument("--enc-train-docs", action="store_true", help="minilm-grpo: adapt the document side too "
+                    "(row minilm-grpo+docs)")  # fmt: skip
     ap.add_argument("--cross-steps", type=int, default=250)
     ap.add_argument("--cross-batch", type=int, default=16)
     ap.add_argument("--cross-seq", type=int, default=256)
@@ -476,7 +483,7 @@ def main() -> None:
             if name.startswith(("smollm2-sft", "smollm2-erank")) and start and start["n_queries"] == row["n_queries"]:
                 row["paired_vs_zero_shot"] = paired(row["per_query_nDCG@10"], start["per_query_nDCG@10"])
             bi = merged.get("minilm-bi")  # the encoder policy's zero-shot start
-            if name == "minilm-grpo" and bi and bi["n_queries"] == row["n_queries"]:
+            if name.startswith("minilm-grpo") and bi and bi["n_queries"] == row["n_queries"]:
                 row["paired_vs_zero_shot"] = paired(row["per_query_nDCG@10"], bi["per_query_nDCG@10"])
             sft = merged.get(name.replace("smollm2-erank", "smollm2-sft"))  # what GRPO added to its SFT start
             if name.startswith("smollm2-erank") and sft and sft["n_queries"] == row["n_queries"]:
@@ -506,7 +513,7 @@ def main() -> None:
                                             "score": "cosine", "max_length": a.bi_max_length})  # fmt: skip
         save()
     if "minilm-grpo" in wanted:
-        rows["minilm-grpo"] = minilm_grpo_row(coll, qids, retriever, a, bm25_pq)
+        rows[enc_row(a)] = minilm_grpo_row(coll, qids, retriever, a, bm25_pq)
         save()
     if "minilm-cross" in wanted:
         scorer, secs, info = train_minilm_cross(coll, train_q, retriever, a)

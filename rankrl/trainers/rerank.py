@@ -523,7 +523,6 @@ def _eval_first_stage_rank(given: bool | None, saved: dict, model_dir: Path, rec
 
 def run_rerank_eval(args: EvalArgs) -> dict[str, float]:
     """Rerank, write the run file, print a metrics table next to BM25's; returns the reranker's metrics."""
-    from rankrl.envs.rerank import rerank_run
     from rankrl.trainers.ir import load_collection
 
     path = Path(args.model)
@@ -536,28 +535,29 @@ def run_rerank_eval(args: EvalArgs) -> dict[str, float]:
     train_args = RerankArgs(**{**saved, "model": str(model_dir) if model_dir.exists() else args.model,
                                "recipe": recipe, "first_stage_rank": first_stage_rank})  # fmt: skip
     coll = load_collection(args.data)
-    train_q, test_q = split_queries(coll, train_args.test_fraction, train_args.split_seed)
-    qids = {"train": train_q, "test": test_q, "all": coll.judged_qids}[args.split][: args.max_queries]
     lm = _load(train_args, 0)
     scorer = make_scorer(train_args.recipe, lm.model, lm.tokenizer, window=train_args.window,
                          group_size=train_args.group_size, max_chars=train_args.max_doc_chars,
                          first_stage_rank=train_args.first_stage_rank)  # fmt: skip
-    retriever = BM25Retriever(coll)
-    run = rerank_run(scorer, coll, qids, args.k, retriever)
-    bm25 = rerank_run(lambda q, d: [0.0] * len(d), coll, qids, args.k, retriever)
     out = Path(args.run) if args.run else (model_dir.parent if model_dir.name == "merged" else Path.cwd()) / \
         f"run.{args.split}.trec"  # fmt: skip
     note = ", BM25 rank in prompts" if train_args.first_stage_rank else ""
-    return _report_eval(run, bm25, coll, qids, out, train_args.recipe, f"{len(qids)} {args.split} queries, "
-                        f"top-{args.k}{note}")  # fmt: skip
+    return _eval_scorer(scorer, args, coll, BM25Retriever(coll), train_args.test_fraction, train_args.split_seed,
+                        out, train_args.recipe, note)  # fmt: skip
 
 
-def _report_eval(run: dict, bm25: dict, coll: Collection, qids: Sequence[str], out: Path, label: str,
-                 what: str) -> dict[str, float]:  # fmt: skip
-    """Write the reranker's TREC run, print its metrics next to BM25's; returns the reranker's metrics."""
-    from rankrl.envs.rerank import RERANK_MEASURES
+def _eval_scorer(scorer: Any, args: EvalArgs, coll: Collection, retriever: BM25Retriever, test_fraction: float,
+                 split_seed: int, out: Path, label: str, note: str = "") -> dict[str, float]:  # fmt: skip
+    """Rerank ``args.split``'s queries with ``scorer``, write the TREC run, print its metrics next to BM25's;
+    returns the reranker's metrics."""
+    from rankrl.envs.rerank import RERANK_MEASURES, rerank_run
     from rankrl.trainers.ir import evaluate, write_run
 
+    train_q, test_q = split_queries(coll, test_fraction, split_seed)
+    qids = {"train": train_q, "test": test_q, "all": coll.judged_qids}[args.split][: args.max_queries]
+    run = rerank_run(scorer, coll, qids, args.k, retriever)
+    bm25 = rerank_run(lambda q, d: [0.0] * len(d), coll, qids, args.k, retriever)
+    what = f"{len(qids)} {args.split} queries, top-{args.k}{note}"
     write_run(run, out, tag=f"rankrl-{label}")
     metrics = evaluate(run, coll.qrels, RERANK_MEASURES, qids=list(qids))
     base = evaluate(bm25, coll.qrels, RERANK_MEASURES, qids=list(qids))
@@ -569,16 +569,11 @@ def _report_eval(run: dict, bm25: dict, coll: Collection, qids: Sequence[str], o
 
 
 def _run_encoder_eval(args: EvalArgs, path: Path) -> dict[str, float]:
-    from rankrl.envs.rerank import rerank_run
     from rankrl.trainers.encoder_rerank import load_encoder_scorer
     from rankrl.trainers.ir import load_collection
 
     coll = load_collection(args.data)
     retriever = BM25Retriever(coll)
     scorer, saved = load_encoder_scorer(path, coll, retriever, args.k)
-    train_q, test_q = split_queries(coll, saved.test_fraction, saved.split_seed)
-    qids = {"train": train_q, "test": test_q, "all": coll.judged_qids}[args.split][: args.max_queries]
-    run = rerank_run(scorer, coll, qids, args.k, retriever)
-    bm25 = rerank_run(lambda q, d: [0.0] * len(d), coll, qids, args.k, retriever)
     out = Path(args.run) if args.run else path / f"run.{args.split}.trec"
-    return _report_eval(run, bm25, coll, qids, out, "encoder", f"{len(qids)} {args.split} queries, top-{args.k}")
+    return _eval_scorer(scorer, args, coll, retriever, saved.test_fraction, saved.split_seed, out, "encoder")
