@@ -403,7 +403,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "rerank.json"))
     ap.add_argument("--runs-dir", default=None, help="also write each row's TREC run file here")
     ap.add_argument("--bi-max-length", type=int, default=256)
-    ap.add_argument("--enc-steps", type=int, default=150, help="minilm-grpo: GRPO steps")
+    ap.add_argument("--enc-steps", type=int, default=125, help="minilm-grpo: GRPO steps")
     ap.add_argument("--enc-lr", type=float, default=1e-4, help="minilm-grpo: LoRA learning rate")
     ap.add_argument("--enc-queries", type=int, default=8, help="minilm-grpo: queries per step")
     ap.add_argument("--enc-rollouts", type=int, default=16, help="minilm-grpo: rankings sampled per query")
