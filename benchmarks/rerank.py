@@ -93,23 +93,18 @@ REFERENCE = {
 
 # ---------------------------------------------------------------------------------------------- scorers
 def minilm_bi_scorer(max_length: int):
-    """Zero-shot sentence-transformers scoring: mean pooling over the attention mask, L2 norm, cosine."""
+    """Zero-shot sentence-transformers scoring: mean pooling over the attention mask, L2 norm, cosine (the same
+    embedding as the encoder GRPO policy's start)."""
     from rankrl.models import load_model
+    from rankrl.trainers.encoder_rerank import embed_texts
 
     lm = load_model("minilm")
     enc_model, tok = lm.model.base_model, lm.tokenizer  # the BertModel under the (unused) classification head
     enc_model.eval()
 
     @torch.no_grad()
-    def embed(texts: list[str]) -> torch.Tensor:
-        enc = tok(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        hidden = enc_model(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=-1)
-
     def score(query: str, docs: list[str]) -> list[float]:
-        e = embed([query, *docs])
+        e = embed_texts(enc_model, tok, [query, *docs], max_length)
         return (e[1:] @ e[0]).tolist()
 
     return score

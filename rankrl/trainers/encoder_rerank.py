@@ -44,6 +44,7 @@ __all__ = [
     "ENCODER_POLICY_FILE",
     "EncoderGRPOArgs",
     "EncoderPolicy",
+    "embed_texts",
     "load_encoder_scorer",
     "ndcg_of_order",
     "plackett_luce_logprob",
@@ -166,7 +167,7 @@ def _encoder_path(model: str) -> str:
     return model
 
 
-def _embed(encoder: Any, tokenizer: Any, texts: Sequence[str], max_length: int) -> Any:
+def embed_texts(encoder: Any, tokenizer: Any, texts: Sequence[str], max_length: int) -> Any:
     """Mean-pooled (over the attention mask), L2-normalised sentence embeddings, as sentence-transformers does."""
     import torch
 
@@ -192,7 +193,7 @@ def _doc_embeddings(encoder: Any, tokenizer: Any, coll: Collection, path: str, m
     out = []
     with torch.no_grad():
         for i in tqdm(range(0, len(ids), 64), desc="embedding documents", leave=False):
-            out.append(_embed(encoder, tokenizer, [coll.docs[d] for d in ids[i : i + 64]], max_length))
+            out.append(embed_texts(encoder, tokenizer, [coll.docs[d] for d in ids[i : i + 64]], max_length))
     emb = torch.cat(out)
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")
@@ -240,11 +241,11 @@ class EncoderPolicy:
         return {"log_scale": float(ls), "scale": float(ls.exp()), "w_bm25": float(w)}
 
     def queries(self, texts: Sequence[str]) -> Any:
-        return _embed(self.encoder, self.tokenizer, texts, self.args.max_length)
+        return embed_texts(self.encoder, self.tokenizer, texts, self.args.max_length)
 
     def documents(self, doc_ids: Sequence[str]) -> Any:
         """Embeddings of ``doc_ids`` by the adapted encoder, with gradients (``train_docs``)."""
-        return _embed(self.encoder, self.tokenizer, [self.coll.docs[d] for d in doc_ids], self.args.max_length)
+        return embed_texts(self.encoder, self.tokenizer, [self.coll.docs[d] for d in doc_ids], self.args.max_length)
 
     def refresh_documents(self) -> None:
         """Re-embed every document with the adapted encoder (``train_docs``: the cached ones are the base's)."""

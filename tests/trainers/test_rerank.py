@@ -517,7 +517,7 @@ def test_encoder_grpo_train_docs_adapts_documents_and_reloads(tmp_path, monkeypa
 
 def test_encoder_grpo_start_is_the_zero_shot_bi_encoder(tmp_path, monkeypatch):
     """Adapter B = 0 and w_bm25 = 0: the untrained policy ranks exactly like mean-pooled cosine MiniLM."""
-    from rankrl.trainers.encoder_rerank import EncoderGRPOArgs, EncoderPolicy, _embed
+    from rankrl.trainers.encoder_rerank import EncoderGRPOArgs, EncoderPolicy, embed_texts
 
     monkeypatch.setenv("RANKRL_CACHE", str(tmp_path / "cache"))
     coll = _collection()
@@ -527,8 +527,8 @@ def test_encoder_grpo_start_is_the_zero_shot_bi_encoder(tmp_path, monkeypatch):
         q = policy.queries(["wing lift"])[0]
         docs = list(coll.docs)
         got = policy.logits(q, docs, [1.0] * len(docs))
-        ref = _embed(base.eval(), policy.tokenizer, [coll.docs[d] for d in docs], 256) @ \
-            _embed(base, policy.tokenizer, ["wing lift"], 256)[0]  # fmt: skip
+        ref = embed_texts(base.eval(), policy.tokenizer, [coll.docs[d] for d in docs], 256) @ \
+            embed_texts(base, policy.tokenizer, ["wing lift"], 256)[0]  # fmt: skip
     assert got.tolist() == pytest.approx((20.0 * ref).tolist(), abs=1e-4)
 
 
