@@ -532,13 +532,16 @@ def test_encoder_grpo_start_is_the_zero_shot_bi_encoder(tmp_path, monkeypatch):
     assert got.tolist() == pytest.approx((20.0 * ref).tolist(), abs=1e-4)
 
 
-def test_encoder_grpo_bad_input():
+def test_encoder_grpo_bad_input(capsys):
     from rankrl.trainers.encoder_rerank import EncoderGRPOArgs
 
     with pytest.raises(ValueError, match="--rollouts"):
         EncoderGRPOArgs(rollouts=1)
     with pytest.raises(ValueError, match="--report_to"):
         EncoderGRPOArgs(report_to="tensorboard")
+    with pytest.raises(SystemExit):  # the CLI reaches the same check (tyro prints it and exits)
+        main(["rerank", "train-encoder", "--rollouts", "1"])
+    assert "--rollouts must be >= 2" in capsys.readouterr().err
 
 
 def test_encoder_grpo_refuses_a_collection_without_relevant_candidates(tmp_path, monkeypatch):
