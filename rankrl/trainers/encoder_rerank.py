@@ -17,7 +17,8 @@ so document embeddings are computed once (and cached) and a step costs only the 
 asymmetric setup, which also leaves a document index valid. At step 0 the adapter's B is 0 and ``w_bm25`` is 0:
 the policy's greedy order is the zero-shot bi-encoder's, so the benchmark's ``minilm-bi`` row is its start.
 ``--train_docs`` adapts the document side too (one shared adapter): candidates are then embedded with gradients
-every step (~50x the cost of a query-only step on CPU) and all documents are re-embedded before each evaluation.
+every step (~100x the cost per query of a query-only step on CPU) and all documents are re-embedded before
+each evaluation.
 
 Written by hand because TRL's ``GRPOTrainer`` trains causal LMs that emit text and SB3 has no ranking action
 space; the encoder, the adapter and the metric come from transformers, PEFT and ir-measures.
