@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from rankrl.atomic import atomic_write_text
+from rankrl.atomic import atomic_write, atomic_write_text
 from rankrl.trainers.ir import BM25Retriever, Collection, load_collection, split_queries
 from rankrl.trainers.rerank_rewards import _ndcg
 
@@ -198,10 +198,7 @@ def _doc_embeddings(encoder: Any, tokenizer: Any, coll: Collection, path: str, m
         for i in tqdm(range(0, len(ids), 64), desc="embedding documents", leave=False):
             out.append(embed_texts(encoder, tokenizer, [coll.docs[d] for d in ids[i : i + 64]], max_length))
     emb = torch.cat(out)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp")
-    torch.save(emb, tmp)
-    tmp.replace(cached)
+    atomic_write(cached, lambda tmp: torch.save(emb, tmp))
     return emb
 
 
@@ -271,13 +268,12 @@ class EncoderPolicy:
 # ---------------------------------------------------------------------------------------------- train / load
 def _held_out_ndcg(policy: EncoderPolicy, coll: Collection, qids: Sequence[str], retriever: BM25Retriever,
                    k: int, refresh: bool = True) -> float:  # fmt: skip
-    from rankrl.envs.rerank import rerank_run
-    from rankrl.trainers.ir import evaluate
+    from rankrl.envs.rerank import rank_with
 
     if refresh and policy.args.train_docs:
         policy.refresh_documents()
-    run = rerank_run(_scorer(policy, retriever, k), coll, qids, k, retriever)
-    return evaluate(run, coll.qrels, ("nDCG@10",), qids=list(qids))["nDCG@10"]
+    scorer = _scorer(policy, retriever, k)
+    return rank_with(scorer, coll, qids, k, retriever=retriever, measures=("nDCG@10",))["nDCG@10"]
 
 
 def _scorer(policy: EncoderPolicy, retriever: BM25Retriever, k: int):
