@@ -117,7 +117,7 @@ def minilm_grpo_row(coll, qids, retriever, a, bm25_pq) -> dict:
     with tempfile.TemporaryDirectory(prefix="rerank-enc-") as tmp:
         args = EncoderGRPOArgs(data=str(a.data), output_dir=tmp, k=a.k, steps=a.enc_steps, lr=a.enc_lr,
                                queries_per_step=a.enc_queries, rollouts=a.enc_rollouts, max_length=a.bi_max_length,
-                               dev_queries=a.dev, report_to="none", eval_every=25,
+                               dev_queries=a.dev, report_to="none", eval_every=25, train_k=a.enc_train_k,
                                train_docs=a.enc_train_docs)  # fmt: skip
         start = time.perf_counter()
         summary = run_encoder_grpo(args)
@@ -269,8 +269,14 @@ def train_grpo(sft_dir: Path, a, out_dir: Path, n_train_queries: int) -> tuple[f
     args = RerankArgs(recipe="erank", model=str(sft_dir), data=str(a.data), group_size=m, rollouts=g, sft_steps=0,
                       lora_r=8, max_doc_chars=a.max_chars, first_stage_rank=a.first_stage_rank,
                       candidate_depth=a.k if a.first_stage_rank else None, max_queries=n_train_queries)  # fmt: skip
-    cfg = GRPOConfig(output_dir=str(out_dir), max_steps=a.grpo_steps,
-                     per_device_train_batch_size=m * g * a.grpo_queries, num_generations=g, max_completion_length=8,
+    rows = m * g * a.grpo_queries  # one generation round = one optimizer step, whole queries in one reward call
+    micro = a.grpo_micro_batch or rows
+    if rows % micro:
+        raise SystemExit(f"--grpo-micro-batch {micro} must divide M x G x queries = {rows}")
+    # the loss runs in rows/micro micro-batches whose gradients accumulate (TRL: steps_per_generation defaults to
+    # gradient_accumulation_steps): the memory of M 20 x G 4 at the cost of several backward passes
+    cfg = GRPOConfig(output_dir=str(out_dir), max_steps=a.grpo_steps, per_device_train_batch_size=micro,
+                     gradient_accumulation_steps=rows // micro, num_generations=g, max_completion_length=8,
                      temperature=a.grpo_temperature, learning_rate=a.grpo_lr,
                      use_cpu=a.device == "cpu", bf16=False, report_to="none", logging_steps=1, save_strategy="no",
                      gradient_checkpointing=False, disable_tqdm=True, seed=0)  # fmt: skip
@@ -283,7 +289,7 @@ def train_grpo(sft_dir: Path, a, out_dir: Path, n_train_queries: int) -> tuple[f
     rewards = [r["reward"] for r in read_metrics(out_dir / "metrics.jsonl") if "reward" in r]
     half = max(1, len(rewards) // 2)
     info = {"grpo_steps": a.grpo_steps, "group_size_M": m, "rollouts_G": g, "queries_per_step": a.grpo_queries,
-            "lr": a.grpo_lr, "temperature": a.grpo_temperature, "lora_r": 8,
+            "lr": a.grpo_lr, "temperature": a.grpo_temperature, "lora_r": 8, "micro_batch": micro,
             "candidate_depth": a.k if a.first_stage_rank else m,
             "first_stage_rank": a.first_stage_rank, "device": a.device, "seconds": seconds,
             "unparsable_completions": int(UNPARSABLE["erank"]), "reward_per_step": rewards,
@@ -398,8 +404,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "rerank.json"))
     ap.add_argument("--runs-dir", default=None, help="also write each row's TREC run file here")
     ap.add_argument("--bi-max-length", type=int, default=256)
-    ap.add_argument("--enc-steps", type=int, default=125, help="minilm-grpo: GRPO steps")
-    ap.add_argument("--enc-lr", type=float, default=1e-4, help="minilm-grpo: LoRA learning rate")
+    ap.add_argument("--enc-steps", type=int, default=200, help="minilm-grpo: GRPO steps")
+    ap.add_argument("--enc-lr", type=float, default=5e-5, help="minilm-grpo: LoRA learning rate")
+    ap.add_argument("--enc-train-k", type=int, default=100, help="minilm-grpo: BM25 candidates per training query "
+                    "(evaluation reranks the top --k)")  # fmt: skip
     ap.add_argument("--enc-queries", type=int, default=8, help="minilm-grpo: queries per step")
     ap.add_argument("--enc-rollouts", type=int, default=16, help="minilm-grpo: rankings sampled per query")
     ap.add_argument("--enc-train-docs", action="store_true", help="minilm-grpo: adapt the document side too "
@@ -423,6 +431,8 @@ def main() -> None:
     ap.add_argument("--grpo-group", type=int, default=4, help="docs M per query in one listwise reward call")
     ap.add_argument("--grpo-rollouts", type=int, default=4, help="completions G per (query, doc) prompt")
     ap.add_argument("--grpo-queries", type=int, default=1, help="queries per GRPO step (batch = queries x M x G)")
+    ap.add_argument("--grpo-micro-batch", type=int, default=0, help="rows per loss micro-batch (0: the whole "
+                    "queries x M x G batch); gradients accumulate, one optimizer step per batch")  # fmt: skip
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="where SmolLM2 trains and scores (default: cuda when available)")  # fmt: skip
     ap.add_argument("--dev", type=int, default=0, help="model selection: hold out the last N train queries, "

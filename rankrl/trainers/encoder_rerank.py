@@ -23,7 +23,7 @@ each evaluation.
 Written by hand because TRL's ``GRPOTrainer`` trains causal LMs that emit text and SB3 has no ranking action
 space; the encoder, the adapter and the metric come from transformers, PEFT and ir-measures.
 
-    rankrl rerank train-encoder --data ../shared/data/cranfield            # 125 steps, ~1 min on CPU
+    rankrl rerank train-encoder --data ../shared/data/cranfield            # 200 steps, ~2 min on CPU
     rankrl rerank eval --model runs/rerank-encoder --data ../shared/data/cranfield --split test
 """
 
@@ -70,17 +70,20 @@ class EncoderGRPOArgs:
     output_dir: str = "runs/rerank-encoder"
     """adapter, encoder_policy.json, metrics.jsonl and reward.png go here"""
     k: int = 20
-    """BM25 candidates per query (training and evaluation)"""
-    steps: int = 125
-    """optimizer steps (125 at lr 1e-4: the peak on 30 Cranfield dev queries; 300 overfits)"""
+    """BM25 candidates per query that are reranked (evaluation, and training unless --train_k)"""
+    train_k: int = 100
+    """BM25 candidates per *training* query (0: --k); deeper pools hold more relevant documents, so more rankings
+    differ in reward, while evaluation stays on the top --k"""
+    steps: int = 200
+    """optimizer steps (200 at lr 5e-5 with --train_k 100: mid-plateau on 30 Cranfield dev queries)"""
     queries_per_step: int = 8
     """queries per step (each with its own group of rankings)"""
     rollouts: int = 16
     """rankings G sampled per query (the GRPO group)"""
     top_m: int = 10
     """positions of a ranking whose Plackett-Luce log-probability is trained (nDCG@10 sees only these)"""
-    lr: float = 1e-4
-    """AdamW learning rate of the LoRA adapter (3e-4 overfits Cranfield after 50 steps)"""
+    lr: float = 5e-5
+    """AdamW learning rate of the LoRA adapter (on the top-20 pool, 3e-4 overfits Cranfield after 50 steps)"""
     head_lr: float = 1e-2
     """AdamW learning rate of the two scalars (log scale, BM25 weight)"""
     lora_r: int = 8
@@ -114,8 +117,8 @@ class EncoderGRPOArgs:
     def __post_init__(self) -> None:
         if self.rollouts < 2:
             raise ValueError("--rollouts must be >= 2 (GRPO needs a group of rankings)")
-        if self.k < 2:
-            raise ValueError("--k must be >= 2 (one candidate has nothing to rank)")
+        if self.k < 2 or self.train_k == 1 or self.train_k < 0:
+            raise ValueError("--k must be >= 2 and --train_k 0 (= --k) or >= 2: one candidate has nothing to rank")
         if self.queries_per_step < 1 or self.steps < 1 or self.top_m < 1:
             raise ValueError("--queries_per_step, --steps and --top_m must be >= 1")
         if self.report_to not in ("wandb", "none"):
@@ -310,11 +313,12 @@ def run_encoder_grpo(args: EncoderGRPOArgs) -> dict[str, Any]:
     if args.dev_queries:
         train_q, test_q = train_q[: -args.dev_queries], train_q[-args.dev_queries :]
     retriever = BM25Retriever(coll)
-    first = retriever.search(train_q, k=args.k)
+    train_k = args.train_k or args.k
+    first = retriever.search(train_q, k=train_k)
     # queries without a relevant candidate give every ranking the same reward: no signal, so they are left out
     pool = [q for q in train_q if len(first[q]) >= 2 and any(coll.qrels.get(q, {}).get(d, 0) > 0 for d in first[q])]
     if not pool:
-        raise ValueError(f"no training query has a relevant document in its BM25 top-{args.k}; raise --k")
+        raise ValueError(f"no training query has a relevant document in its BM25 top-{train_k}; raise --train_k")
     policy = EncoderPolicy(args, coll)
     policy.encoder.eval()  # no dropout: the rankings are sampled from, and trained on, the same logits
     trainable = [p for p in policy.encoder.parameters() if p.requires_grad]
@@ -326,7 +330,7 @@ def run_encoder_grpo(args: EncoderGRPOArgs) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     print(f"rerank train-encoder | {args.model} + LoRA r={args.lora_r} | {len(pool)} of {len(train_q)} train queries "
-          f"have a relevant doc in the BM25 top-{args.k} | {args.steps} steps x {args.queries_per_step} queries x "
+          f"have a relevant doc in the BM25 top-{train_k} | {args.steps} steps x {args.queries_per_step} queries x "
           f"{args.rollouts} rankings")  # fmt: skip
     start = _held_out_ndcg(policy, coll, test_q, retriever, args.k, refresh=False)  # untrained: base embeddings
     order: list[str] = []

@@ -552,6 +552,26 @@ def test_encoder_grpo_refuses_a_collection_without_relevant_candidates(tmp_path,
     unreachable = Collection(docs={**coll.docs, "zz": "unrelated text"}, queries=coll.queries, name="unreachable",
                              qrels={q: {**{d: 0 for d in j}, "zz": 1} for q, j in coll.qrels.items()})  # fmt: skip
     _write_trec(unreachable, tmp_path / "data")
-    with pytest.raises(ValueError, match="raise --k"):
+    with pytest.raises(ValueError, match="raise --train_k"):
         run_encoder_grpo(EncoderGRPOArgs(data=str(tmp_path / "data"), output_dir=str(tmp_path / "o"), k=3,
                                          report_to="none"))  # fmt: skip
+
+
+def test_encoder_grpo_train_k_trains_on_a_deeper_pool_than_it_reranks(tmp_path, monkeypatch, capsys):
+    """Relevant documents only at BM25 ranks 3-5: the top-2 pool has nothing to learn from, the top-5 pool has."""
+    from rankrl.trainers.encoder_rerank import EncoderGRPOArgs, run_encoder_grpo
+
+    monkeypatch.setenv("RANKRL_CACHE", str(tmp_path / "cache"))
+    coll = _collection()  # per topic: "<topic> study 0/1" (BM25 ranks 1-2), "<word> other paper 2-4" (ranks 3-5)
+    deep = Collection(docs=coll.docs, queries=coll.queries, name="deep",
+                      qrels={q: {d: int(d[-1] >= "2") for d in j} for q, j in coll.qrels.items()})  # fmt: skip
+    _write_trec(deep, tmp_path / "data")
+    kw = dict(data=str(tmp_path / "data"), k=2, steps=2, queries_per_step=2, rollouts=4, report_to="none")
+    with pytest.raises(ValueError, match="BM25 top-2; raise --train_k"):
+        run_encoder_grpo(EncoderGRPOArgs(output_dir=str(tmp_path / "shallow"), train_k=0, **kw))  # 0: = --k
+    summary = run_encoder_grpo(EncoderGRPOArgs(output_dir=str(tmp_path / "deep"), train_k=5, **kw))
+    assert "relevant doc in the BM25 top-5" in capsys.readouterr().out
+    assert summary["train_queries_used"] > 0 and max(summary["reward_per_step"]) > 0  # rankings of 5 candidates
+    assert summary["heldout_nDCG@10_start"] == 0.0  # held-out reranks only the top --k 2: nothing relevant there
+    with pytest.raises(ValueError, match="--train_k"):
+        EncoderGRPOArgs(train_k=1)
