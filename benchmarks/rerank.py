@@ -21,7 +21,10 @@ Rows (``--parts``, comma-separated):
 * ``sft``           (row ``smollm2-sft``) ERank stage-1 LoRA SFT for ``--sft-minutes``, then expected score;
 * ``erank``         (row ``smollm2-erank``) that SFT model + ``--grpo-steps`` listwise-reward GRPO steps
                     (:func:`rankrl.trainers.rerank.run_rerank_train`, ``sft_steps=0``);
-* ``rank-r1``       setwise tournaments (``make_scorer("rank-r1", ...)``) with the untrained SmolLM2.
+* ``rank-r1``       setwise tournaments (``make_scorer("rank-r1", ...)``) with the untrained SmolLM2: each
+                    pick generates a reasoning and an answer (~220 s/query on CPU);
+* ``rank-r1-likelihood`` the same tournaments, each pick the most probable label after the prefilled
+                    ``<think></think><answer>[`` (``setwise_pick="likelihood"``: one forward pass per window).
 
 ``--first-stage-rank`` shows each candidate's BM25 rank in the ERank prompts ("First-stage (BM25) rank: 3 of
 20") of ``smollm2-zero``, ``sft`` and ``erank`` (training data and evaluation alike); their rows are then named
@@ -71,12 +74,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CRANFIELD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cranfield"
 PART_ROW = {"bm25": "bm25", "minilm-bi": "minilm-bi", "minilm-grpo": "minilm-grpo", "minilm-cross": "minilm-cross",
             "smollm2-zero": "smollm2-zero", "sft": "smollm2-sft", "smollm2-sft": "smollm2-sft",
-            "erank": "smollm2-erank", "smollm2-erank": "smollm2-erank", "rank-r1": "rank-r1"}  # fmt: skip
+            "erank": "smollm2-erank", "smollm2-erank": "smollm2-erank", "rank-r1": "rank-r1",
+            "rank-r1-likelihood": "rank-r1-likelihood", "minilm-grpo-cv": "minilm-grpo-cv"}  # fmt: skip
 #: rows whose ERank prompts can show the BM25 rank (--first-stage-rank); those rows get RANK_SUFFIX
 RANKED_ROWS = ("smollm2-zero", "smollm2-sft", "smollm2-erank")
 RANK_SUFFIX = "+bm25rank"
-ROWS = ("bm25", "minilm-bi", "minilm-grpo", "minilm-grpo+docs", "minilm-cross", "smollm2-zero", "smollm2-zero+bm25rank",
-        "smollm2-sft", "smollm2-sft+bm25rank", "smollm2-erank", "smollm2-erank+bm25rank", "rank-r1")  # fmt: skip
+ROWS = ("bm25", "minilm-bi", "minilm-grpo", "minilm-grpo+docs", "minilm-grpo-cv", "minilm-bi@3fold",
+        "minilm-grpo@3fold", "minilm-cross", "smollm2-zero", "smollm2-zero+bm25rank", "smollm2-sft",
+        "smollm2-sft+bm25rank", "smollm2-erank", "smollm2-erank+bm25rank", "rank-r1", "rank-r1-likelihood")  # fmt: skip
 DEFAULT_PARTS = "bm25,minilm-bi,minilm-cross,smollm2-zero"
 MEASURES = ("nDCG@10", "RR@10")
 
@@ -112,13 +117,10 @@ def minilm_bi_scorer(max_length: int):
 
 def minilm_grpo_row(coll, qids, retriever, a, bm25_pq) -> dict:
     """Train the encoder policy (GRPO over Plackett-Luce rankings) on the train queries, measure it on ``qids``."""
-    from rankrl.trainers.encoder_rerank import EncoderGRPOArgs, load_encoder_scorer, run_encoder_grpo
+    from rankrl.trainers.encoder_rerank import load_encoder_scorer, run_encoder_grpo
 
     with tempfile.TemporaryDirectory(prefix="rerank-enc-") as tmp:
-        args = EncoderGRPOArgs(data=str(a.data), output_dir=tmp, k=a.k, steps=a.enc_steps, lr=a.enc_lr,
-                               queries_per_step=a.enc_queries, rollouts=a.enc_rollouts, max_length=a.bi_max_length,
-                               dev_queries=a.dev, report_to="none", eval_every=25, train_k=a.enc_train_k,
-                               train_docs=a.enc_train_docs)  # fmt: skip
+        args = enc_args(a, tmp)
         start = time.perf_counter()
         summary = run_encoder_grpo(args)
         seconds = time.perf_counter() - start
@@ -128,13 +130,90 @@ def minilm_grpo_row(coll, qids, retriever, a, bm25_pq) -> dict:
 
         curve = [(r["step"], r["heldout/nDCG@10"]) for r in read_metrics(Path(tmp) / "metrics.jsonl")
                  if "heldout/nDCG@10" in r]  # fmt: skip
-        n = max(1, len(rewards) // 10)
         config = {**{k: v for k, v in dataclasses.asdict(args).items() if k not in ("data", "output_dir")},
-                  "reward_per_step": rewards, "reward_first_tenth_mean": float(np.mean(rewards[:n])),
-                  "reward_last_tenth_mean": float(np.mean(rewards[-n:])), "heldout_curve": curve,
+                  "reward_per_step": rewards, "reward_first_tenth_mean": _tenth(rewards, 0),
+                  "reward_last_tenth_mean": _tenth(rewards, -1), "heldout_curve": curve,
                   "heldout_curve_note": "reported only, never used to pick a step", **summary}  # fmt: skip
         return measure(enc_row(a), scorer, coll, qids, retriever, a, bm25_pq, train_seconds=seconds,
                        config=config)  # fmt: skip
+
+
+def minilm_grpo_cv_rows(coll, retriever, a, folds: int = 3) -> dict[str, dict]:
+    """k-fold cross-validation over queries (``split_queries(..., fold=f)``): the encoder policy is trained on each
+    fold's train queries and measured on its held-out third, so every judged query is held out exactly once and
+    the paired test vs the zero-shot start runs over all of them (3x the queries of the fixed test split)."""
+    from rankrl.trainers.encoder_rerank import EncoderPolicy, load_encoder_scorer, run_encoder_grpo
+    from rankrl.trainers.ir import split_queries
+
+    per: dict[str, dict] = {"minilm-bi@3fold": {}, "minilm-grpo@3fold": {}}
+    rr: dict[str, list] = {name: [] for name in per}
+    secs: dict[str, list] = {name: [] for name in per}
+    summaries, seconds = [], 0.0
+    for f in range(folds):
+        _, test_f = split_queries(coll, 1 / folds, seed=0, fold=f)
+        with tempfile.TemporaryDirectory(prefix="rerank-enc-cv-") as tmp:
+            args = enc_args(a, tmp, fold=f, test_fraction=1 / folds)
+            start = time.perf_counter()
+            summaries.append(run_encoder_grpo(args))
+            seconds += time.perf_counter() - start
+            scorers = {"minilm-bi@3fold": EncoderPolicy(args, coll).scorer(retriever, a.k),  # untrained: zero-shot
+                       "minilm-grpo@3fold": load_encoder_scorer(tmp, coll, retriever, a.k)[0]}  # fmt: skip
+            for name, scorer in scorers.items():
+                row = measure(f"{name} fold {f}", scorer, coll, test_f, retriever, a, None)
+                per[name].update(row["per_query_nDCG@10"])
+                rr[name] += [row["RR@10"]] * len(test_f)
+                secs[name].append(row["sec_per_query"])
+    qids = list(per["minilm-bi@3fold"])
+    bm25_pq = bm25_per_query(coll, qids, retriever, a.k)
+    config = {**{k: v for k, v in dataclasses.asdict(args).items() if k not in ("data", "output_dir", "fold")},
+              "folds": folds, "split": f"split_queries(coll, 1/{folds}, seed=0, fold=f), f = 0..{folds - 1}",
+              "reward_first_tenth_mean_per_fold": [_tenth(s["reward_per_step"], 0) for s in summaries],
+              "reward_last_tenth_mean_per_fold": [_tenth(s["reward_per_step"], -1) for s in summaries],
+              "heldout_nDCG@10_start_end_per_fold": [(s["heldout_nDCG@10_start"], s["heldout_nDCG@10_end"])
+                                                     for s in summaries],
+              "w_bm25_per_fold": [s["w_bm25"] for s in summaries],
+              "note": "hyper-parameters (train_k, lr, steps) were picked on dev queries of fold 0's train set, "
+                      "which are held-out queries of folds 1-2: the weights never see their test queries, the "
+                      "selection did"}  # fmt: skip
+    out = {}
+    for name, pq in per.items():
+        out[name] = {"nDCG@10": float(np.mean([pq[q] for q in qids])), "RR@10": float(np.mean(rr[name])),
+                     "sec_per_query": float(np.mean(secs[name])), "n_queries": len(qids), "k": a.k,
+                     "paired_vs_bm25": paired(pq, bm25_pq),
+                     "date": datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+                     "per_query_nDCG@10": pq}  # fmt: skip
+    out["minilm-grpo@3fold"].update(train_seconds=seconds, config=config,
+                                    paired_vs_zero_shot=paired(per["minilm-grpo@3fold"], per["minilm-bi@3fold"]))
+    return out
+
+
+def _tenth(values: list[float], which: int) -> float:
+    n = max(1, len(values) // 10)
+    return float(np.mean(values[:n] if which == 0 else values[-n:]))
+
+
+def bm25_per_query(coll, qids, retriever, k: int) -> dict[str, float]:
+    from rankrl.envs.rerank import rerank_run
+    from rankrl.trainers.ir import evaluate_per_query
+
+    return evaluate_per_query(rerank_run(keep_bm25_order, coll, qids, k, retriever), coll.qrels, MEASURES,
+                              qids=list(qids))["nDCG@10"]  # fmt: skip
+
+
+def keep_bm25_order(query: str, docs: list[str]) -> list[float]:
+    """Constant scores: the rerank keeps the first-stage (BM25) order."""
+    return [0.0] * len(docs)
+
+
+def enc_args(a, output_dir: str, **over):
+    """The benchmark's encoder GRPO configuration (``--enc-*`` flags)."""
+    from rankrl.trainers.encoder_rerank import EncoderGRPOArgs
+
+    kw = dict(data=str(a.data), output_dir=output_dir, k=a.k, steps=a.enc_steps, lr=a.enc_lr,
+              queries_per_step=a.enc_queries, rollouts=a.enc_rollouts, max_length=a.bi_max_length,
+              dev_queries=a.dev, report_to="none", eval_every=25, train_k=a.enc_train_k,
+              train_docs=a.enc_train_docs)  # fmt: skip
+    return EncoderGRPOArgs(**{**kw, **over})
 
 
 def enc_row(a) -> str:
@@ -461,8 +540,7 @@ def main() -> None:
     torch.set_num_threads(a.threads or os.cpu_count() or 1)
     torch.manual_seed(0)
 
-    from rankrl.envs.rerank import rerank_run
-    from rankrl.trainers.ir import BM25Retriever, evaluate_per_query, load_collection, split_queries
+    from rankrl.trainers.ir import BM25Retriever, load_collection, split_queries
 
     coll = load_collection(a.data)
     train_q, test_q = split_queries(coll, 1 / 3, seed=0)
@@ -473,9 +551,7 @@ def main() -> None:
     print(f"{coll.name}: {len(train_q)} train / {len(test_q)} test queries, evaluating {len(qids)}, BM25 top-{a.k}; "
           f"rows {[row_name(r, fsr) for r in sorted(wanted, key=ROWS.index)]}; {torch.get_num_threads()} threads",
           flush=True)  # fmt: skip
-    zero = lambda q, docs: [0.0] * len(docs)  # noqa: E731  (constant scores keep the BM25 order)
-    bm25_pq = evaluate_per_query(rerank_run(zero, coll, qids, a.k, retriever), coll.qrels, MEASURES,
-                                 qids=list(qids))["nDCG@10"]  # fmt: skip
+    bm25_pq = bm25_per_query(coll, qids, retriever, a.k)
     rows: dict[str, dict] = {}
 
     def save(final: bool = False) -> None:
@@ -508,7 +584,7 @@ def main() -> None:
             print(f"wrote {out} and {plot(results, out.with_suffix('.png'))}")
 
     if "bm25" in wanted:
-        rows["bm25"] = measure("bm25", zero, coll, qids, retriever, a, None,
+        rows["bm25"] = measure("bm25", keep_bm25_order, coll, qids, retriever, a, None,
                                config={"bm25": "bm25s lucene k1=1.2 b=0.75, no stemming/stopwords"})  # fmt: skip
         save()
     if "minilm-bi" in wanted:
@@ -520,12 +596,15 @@ def main() -> None:
     if "minilm-grpo" in wanted:
         rows[enc_row(a)] = minilm_grpo_row(coll, qids, retriever, a, bm25_pq)
         save()
+    if "minilm-grpo-cv" in wanted:
+        rows.update(minilm_grpo_cv_rows(coll, retriever, a))
+        save()
     if "minilm-cross" in wanted:
         scorer, secs, info = train_minilm_cross(coll, train_q, retriever, a)
         rows["minilm-cross"] = measure("minilm-cross", scorer, coll, qids, retriever, a, bm25_pq,
                                        train_seconds=secs, config=info)  # fmt: skip
         save()
-    if wanted & {"smollm2-zero", "rank-r1"}:
+    if wanted & {"smollm2-zero", "rank-r1", "rank-r1-likelihood"}:
         from rankrl.trainers.rerank import make_scorer
 
         model, tok = smollm2(a.device)
@@ -536,13 +615,18 @@ def main() -> None:
             rows[name] = measure(name, erank(model, tok), coll, qids, retriever,
                                  a, bm25_pq, config=info, first_stage_rank=fsr)  # fmt: skip
             save()
-        if "rank-r1" in wanted:
-            scorer = make_scorer("rank-r1", model, tok, window=a.r1_window, max_new_tokens=a.r1_tokens)
-            rows["rank-r1"] = measure("rank-r1", scorer, coll, qids, retriever, a, bm25_pq,
-                                      config={"model": "SmolLM2-135M-Instruct (untrained)", "recipe": "rank-r1",
-                                              "window": a.r1_window, "top": 10, "max_new_tokens": a.r1_tokens,
-                                              "note": "unparsable picks fall back to the window's first "
-                                                      "(BM25-earliest) candidate"})  # fmt: skip
+        for row, how in (("rank-r1", "generate"), ("rank-r1-likelihood", "likelihood")):
+            if row not in wanted:
+                continue
+            scorer = make_scorer("rank-r1", model, tok, window=a.r1_window, max_new_tokens=a.r1_tokens,
+                                 setwise_pick=how)  # fmt: skip
+            rows[row] = measure(row, scorer, coll, qids, retriever, a, bm25_pq,
+                                config={"model": "SmolLM2-135M-Instruct (untrained)", "recipe": "rank-r1",
+                                        "window": a.r1_window, "top": 10, "setwise_pick": how,
+                                        "max_new_tokens": a.r1_tokens if how == "generate" else None,
+                                        "note": "unparsable picks fall back to the window's first (BM25-earliest) "
+                                                "candidate" if how == "generate" else "argmax of the label tokens' "
+                                                "probability after <think></think>\\n<answer>["})  # fmt: skip
             save()
         del model, tok
     if wanted & {"smollm2-sft", "smollm2-erank"}:

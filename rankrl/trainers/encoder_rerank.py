@@ -103,6 +103,8 @@ class EncoderGRPOArgs:
     """share of judged queries held out (split_queries); training never sees them"""
     split_seed: int = 0
     """seed of the train/test query split"""
+    fold: int = 0
+    """which slice of the seeded query permutation is held out (0: the plain split; 0..2 at 1/3: 3-fold CV)"""
     eval_every: int = 0
     """every N steps also log held-out nDCG@10 (reported only; never used for selection); 0: start and end"""
     dev_queries: int = 0
@@ -267,6 +269,23 @@ class EncoderPolicy:
             out = out + self.w_bm25 * torch.as_tensor(_bm25_z(bm25), dtype=out.dtype)
         return out
 
+    def scorer(self, retriever: BM25Retriever, k: int):
+        """A Rerank-v0 :data:`~rankrl.envs.rerank.Scorer` (query text, candidate texts) -> greedy logits."""
+        import torch
+
+        by_text: dict[str, str] = {}
+        for d, text in retriever.collection.docs.items():
+            by_text.setdefault(text, d)  # identical texts embed identically and get the same BM25 score
+
+        def score(query: str, docs: list[str]) -> list[float]:
+            ids = [by_text[t] for t in docs]
+            bm25 = retriever.search_text(query, k=max(k, len(docs)))
+            with torch.no_grad():
+                q = self.queries([query])[0]
+                return self.logits(q, ids, [bm25.get(d, 0.0) for d in ids]).tolist()
+
+        return score
+
 
 # ---------------------------------------------------------------------------------------------- train / load
 def _held_out_ndcg(policy: EncoderPolicy, coll: Collection, qids: Sequence[str], retriever: BM25Retriever,
@@ -275,26 +294,7 @@ def _held_out_ndcg(policy: EncoderPolicy, coll: Collection, qids: Sequence[str],
 
     if refresh and policy.args.train_docs:
         policy.refresh_documents()
-    scorer = _scorer(policy, retriever, k)
-    return rank_with(scorer, coll, qids, k, retriever=retriever, measures=("nDCG@10",))["nDCG@10"]
-
-
-def _scorer(policy: EncoderPolicy, retriever: BM25Retriever, k: int):
-    """A Rerank-v0 :data:`~rankrl.envs.rerank.Scorer` (query text, candidate texts) -> the policy's greedy logits."""
-    import torch
-
-    by_text: dict[str, str] = {}
-    for d, text in retriever.collection.docs.items():
-        by_text.setdefault(text, d)  # identical texts embed identically and get the same BM25 score
-
-    def score(query: str, docs: list[str]) -> list[float]:
-        ids = [by_text[t] for t in docs]
-        bm25 = retriever.search_text(query, k=max(k, len(docs)))
-        with torch.no_grad():
-            q = policy.queries([query])[0]
-            return policy.logits(q, ids, [bm25.get(d, 0.0) for d in ids]).tolist()
-
-    return score
+    return rank_with(policy.scorer(retriever, k), coll, qids, k, retriever=retriever, measures=("nDCG@10",))["nDCG@10"]
 
 
 def run_encoder_grpo(args: EncoderGRPOArgs) -> dict[str, Any]:
@@ -309,7 +309,7 @@ def run_encoder_grpo(args: EncoderGRPOArgs) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     coll = load_collection(args.data)
-    train_q, test_q = split_queries(coll, args.test_fraction, args.split_seed)
+    train_q, test_q = split_queries(coll, args.test_fraction, args.split_seed, fold=args.fold)
     if args.dev_queries:
         train_q, test_q = train_q[: -args.dev_queries], train_q[-args.dev_queries :]
     retriever = BM25Retriever(coll)
@@ -390,4 +390,4 @@ def load_encoder_scorer(model_dir: str | Path, coll: Collection, retriever: BM25
     args = EncoderGRPOArgs(**{key: v for key, v in saved["args"].items() if key in known})
     policy = EncoderPolicy(args, coll, adapter_dir=str(Path(model_dir) / "adapter"), heads=saved["heads"])
     policy.encoder.eval()
-    return _scorer(policy, retriever, k), args
+    return policy.scorer(retriever, k), args

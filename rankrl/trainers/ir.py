@@ -369,12 +369,15 @@ def load_collection(path: str | os.PathLike, *, split: str = "test", drop_unknow
 
 # ---------------------------------------------------------------------------------------------- splits, runs
 def split_queries(collection: Collection, test_fraction: float = 1 / 3, seed: int = 0, *,
-                  judged_only: bool = True) -> tuple[list[str], list[str]]:  # fmt: skip
+                  judged_only: bool = True, fold: int = 0) -> tuple[list[str], list[str]]:  # fmt: skip
     """Deterministic train/test split of query ids.
 
     ``round(test_fraction * n)`` queries, drawn by ``np.random.default_rng(seed).permutation``, go to test;
     both lists keep the collection's query order. With ``judged_only`` only :attr:`Collection.judged_qids`
     are split (queries no metric can score are left out). Cranfield, 1/3, seed 0: 150 train / 75 test.
+
+    ``fold`` f takes the f-th slice of that permutation as the test set (fold 0 is the split above), so folds
+    0 .. ``n // n_test - 1`` hold out disjoint query sets: k-fold cross-validation over queries.
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
@@ -382,7 +385,12 @@ def split_queries(collection: Collection, test_fraction: float = 1 / 3, seed: in
     n_test = round(test_fraction * len(qids))
     if not 0 < n_test < len(qids):
         raise ValueError(f"test_fraction {test_fraction} of {len(qids)} queries leaves an empty split")
-    test = set(np.random.default_rng(seed).permutation(len(qids))[:n_test].tolist())
+    n_folds = len(qids) // n_test
+    if not 0 <= fold < n_folds:
+        raise ValueError(f"fold {fold} out of range: test_fraction {test_fraction} of {len(qids)} queries gives "
+                         f"folds 0..{n_folds - 1}")  # fmt: skip
+    perm = np.random.default_rng(seed).permutation(len(qids))
+    test = set(perm[fold * n_test : (fold + 1) * n_test].tolist())
     return [q for i, q in enumerate(qids) if i not in test], [q for i, q in enumerate(qids) if i in test]
 
 

@@ -64,6 +64,8 @@ __all__ = [
     "run_rerank_eval",
     "run_rerank_train",
     "score_tokens",
+    "SETWISE_PICKS",
+    "setwise_label_picks",
     "setwise_rank",
 ]
 
@@ -316,20 +318,50 @@ def expected_scores(model: Any, tokenizer: Any, query: str, docs: Sequence[str],
     n = len(docs)
     messages = [erank_messages(query, d, max_chars, first_rank=i + 1 if first_stage_rank else None,
                                n_candidates=n if first_stage_rank else None) for i, d in enumerate(docs)]  # fmt: skip
-    prompts = _chat_prompts(tokenizer, messages)
+    p = torch.softmax(_next_token_logits(model, tokenizer, _chat_prompts(tokenizer, messages), batch_size)[:, ids], -1)
+    return (p @ vals).tolist()
+
+
+def _next_token_logits(model: Any, tokenizer: Any, prompts: Sequence[str], batch_size: int = 16) -> Any:
+    """Logits (float32, CPU) of the token after each prompt: one left-padded forward pass per batch."""
+    import torch
+
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    out: list[float] = []
+    out = []
     try:
         model.eval()
         for i in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tokenizer(list(prompts[i : i + batch_size]), return_tensors="pt", padding=True,
+                            add_special_tokens=False)  # fmt: skip
             with torch.no_grad():
-                logits = model(**enc.to(model.device)).logits[:, -1, :].float().cpu()
-            p = torch.softmax(logits[:, ids], dim=-1)
-            out += (p @ vals).tolist()
+                out.append(model(**enc.to(model.device)).logits[:, -1, :].float().cpu())
     finally:
         tokenizer.padding_side = side
-    return out
+    return torch.cat(out)
+
+
+#: the assistant turn's opening for setwise likelihood picks: empty reasoning, the answer's label opened
+SETWISE_PREFILL = "<think></think>\n<answer>["
+
+
+def setwise_label_picks(model: Any, tokenizer: Any, query: str, windows: Sequence[Sequence[str]],
+                        max_chars: int = 300) -> list[int]:  # fmt: skip
+    """Setwise picks by likelihood (the generation-free Setwise prompting of Zhuang et al., SIGIR 2024) in Rank-R1's
+    format: after the Rank-R1 prompt and the prefilled ``<think></think>\\n<answer>[``, the pick is the window's
+    label (``1`` .. ``len(window)``) with the most probable next token. One forward pass per window instead of a
+    generated reasoning (~100x cheaper on CPU), at the price of not reasoning."""
+    labels = [tokenizer.encode(str(i), add_special_tokens=False) for i in range(1, max(map(len, windows)) + 1)]
+    if any(len(t) != 1 for t in labels):
+        raise ValueError(f"setwise likelihood picks need single-token labels; this tokenizer splits some of "
+                         f"1..{len(labels)}: use a smaller --window or --setwise_pick generate")  # fmt: skip
+    prompts = [p + SETWISE_PREFILL for p in _chat_prompts(tokenizer, [rank_r1_messages(query, w, max_chars)
+                                                                       for w in windows])]  # fmt: skip
+    logits = _next_token_logits(model, tokenizer, prompts)
+    return [int(logits[i, [t[0] for t in labels[: len(w)]]].argmax()) for i, w in enumerate(windows)]
+
+
+#: how ``rank-r1`` setwise inference picks a window's winner (see :func:`make_scorer`)
+SETWISE_PICKS = ("generate", "likelihood")
 
 
 def _generate(model: Any, tokenizer: Any, messages: Sequence[list[dict]], max_new_tokens: int) -> list[str]:
@@ -371,16 +403,24 @@ def setwise_rank(pick, docs: Sequence[str], window: int = 4, top: int = 10) -> l
 
 
 def make_scorer(recipe: str, model: Any, tokenizer: Any, *, window: int = 4, group_size: int = 4,
-                max_chars: int = 300, max_new_tokens: int = 64, first_stage_rank: bool = False):  # fmt: skip
+                max_chars: int = 300, max_new_tokens: int = 64, first_stage_rank: bool = False,
+                setwise_pick: str = "generate"):  # fmt: skip
     """A :data:`rankrl.envs.rerank.Scorer` ``(query, docs) -> scores`` for ``recipe``; ``first_stage_rank``
-    (erank only): prompts show each doc's position in ``docs``, which must be the first-stage (BM25) order."""
+    (erank only): prompts show each doc's position in ``docs``, which must be the first-stage (BM25) order;
+    ``setwise_pick`` (rank-r1): ``generate`` (reason, then answer; Rank-R1) or ``likelihood``
+    (:func:`setwise_label_picks`)."""
     _check_first_stage_rank(recipe, first_stage_rank)
+    if setwise_pick not in SETWISE_PICKS:
+        raise ValueError(f"setwise_pick must be one of {SETWISE_PICKS}, got {setwise_pick!r}")
     if recipe == "erank":
         return lambda q, docs: expected_scores(model, tokenizer, q, docs, max_chars,
                                                first_stage_rank=first_stage_rank)  # fmt: skip
     if recipe == "rank-r1":
 
         def pick_fn(q):
+            if setwise_pick == "likelihood":
+                return lambda windows: setwise_label_picks(model, tokenizer, q, windows, max_chars)
+
             def pick(windows):
                 texts = _generate(model, tokenizer, [rank_r1_messages(q, w, max_chars) for w in windows],
                                   max_new_tokens)  # fmt: skip
@@ -502,10 +542,15 @@ class EvalArgs:
     """TREC run file to write (default: <model>/run.<split>.trec or ./rerank.<split>.trec)"""
     first_stage_rank: bool | None = None
     """erank: BM25 rank in the prompt; default: the value in the model's rerank.json, else False (overriding warns)"""
+    setwise_pick: str = "generate"
+    """rank-r1: ``generate`` (reason, then answer) or ``likelihood`` (most probable label after an empty
+    reasoning; one forward pass per window, ~100x faster on CPU)"""
 
     def __post_init__(self) -> None:
         if self.split not in ("test", "train", "all"):
             raise ValueError("--split must be test, train or all")
+        if self.setwise_pick not in SETWISE_PICKS:
+            raise ValueError(f"--setwise_pick must be one of {SETWISE_PICKS}, got {self.setwise_pick!r}")
 
 
 def _eval_first_stage_rank(given: bool | None, saved: dict, model_dir: Path, recipe: str) -> bool:
@@ -538,7 +583,7 @@ def run_rerank_eval(args: EvalArgs) -> dict[str, float]:
     lm = _load(train_args, 0)
     scorer = make_scorer(train_args.recipe, lm.model, lm.tokenizer, window=train_args.window,
                          group_size=train_args.group_size, max_chars=train_args.max_doc_chars,
-                         first_stage_rank=train_args.first_stage_rank)  # fmt: skip
+                         first_stage_rank=train_args.first_stage_rank, setwise_pick=args.setwise_pick)  # fmt: skip
     out = Path(args.run) if args.run else (model_dir.parent if model_dir.name == "merged" else Path.cwd()) / \
         f"run.{args.split}.trec"  # fmt: skip
     note = ", BM25 rank in prompts" if train_args.first_stage_rank else ""

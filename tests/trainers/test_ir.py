@@ -174,6 +174,18 @@ def test_split_is_deterministic_and_disjoint(tmp_path, cranfield):
         split_queries(load_collection(tiny_trec(tmp_path / "t")), 0.1)
 
 
+def test_split_folds_partition_the_queries_and_fold_0_is_the_plain_split():
+    coll = Collection(docs={"d": "x"}, queries={str(i): f"q{i}" for i in range(10)},
+                      qrels={str(i): {"d": 1} for i in range(10)}, name="ten")  # fmt: skip
+    tests = [split_queries(coll, 1 / 3, seed=4, fold=f)[1] for f in range(3)]
+    assert split_queries(coll, 1 / 3, seed=4, fold=0) == split_queries(coll, 1 / 3, seed=4)
+    assert [len(t) for t in tests] == [3, 3, 3] and len(set().union(*tests)) == 9  # disjoint; one query never held out
+    train, test = split_queries(coll, 1 / 3, seed=4, fold=2)
+    assert sorted(train + test, key=int) == coll.judged_qids and not set(train) & set(test)
+    with pytest.raises(ValueError, match="fold 3 out of range: .* gives folds 0..2"):
+        split_queries(coll, 1 / 3, seed=4, fold=3)
+
+
 def test_run_file_round_trip_and_errors(tmp_path):
     run = {"q1": {"d1": 1.5, "d3": 2.0000000000000004, "d2": -0.1}, "q2": {"d2": 3.0}}
     path = write_run(run, tmp_path / "runs" / "bm25.run", tag="bm25")

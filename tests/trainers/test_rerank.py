@@ -575,3 +575,49 @@ def test_encoder_grpo_train_k_trains_on_a_deeper_pool_than_it_reranks(tmp_path, 
     assert summary["heldout_nDCG@10_start"] == 0.0  # held-out reranks only the top --k 2: nothing relevant there
     with pytest.raises(ValueError, match="--train_k"):
         EncoderGRPOArgs(train_k=1)
+
+
+class _PrefersLabels:
+    """A stand-in causal LM whose next-token logits rank the label tokens 3 > 2 > others, and an unrelated token
+    highest of all (only the window's labels may be picked)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.vocab = tokenizer, len(tokenizer)
+        self.prompts: list[str] = []
+
+    def eval(self):
+        return self
+
+    def __call__(self, input_ids, attention_mask, **_):
+        from types import SimpleNamespace
+
+        self.prompts += self.tokenizer.batch_decode(input_ids, skip_special_tokens=True)
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        for label, value in (("3", 2.0), ("2", 1.0), ("x", 9.0)):
+            logits[:, -1, self.tokenizer.encode(label, add_special_tokens=False)[0]] = value
+        return SimpleNamespace(logits=logits)
+
+
+def test_setwise_label_picks_take_the_most_probable_label_of_each_window():
+    lm = load_model("tiny-qwen", task_kind="causal_lm")
+    model = _PrefersLabels(lm.tokenizer)
+    picks = rr.setwise_label_picks(model, lm.tokenizer, "wing lift", [["a", "b", "c", "d"], ["e", "f"], ["g"]])
+    assert picks == [2, 1, 0]  # label [3]; [3] is not in a window of 2 -> [2]; a window of one -> [1]
+    assert len(model.prompts) == 3 and all(p.endswith(rr.SETWISE_PREFILL) for p in model.prompts)
+    assert "[4] d" in model.prompts[0] and "[3]" not in model.prompts[1]
+    # through the scorer: every tournament's winner is the 3rd of its window, so the scores are a full ranking
+    scores = rr.make_scorer("rank-r1", model, lm.tokenizer, setwise_pick="likelihood")("q", list("abcdefgh"))
+    assert sorted(scores) == sorted(set(scores)) and len(scores) == 8
+    with pytest.raises(ValueError, match="setwise_pick must be one of"):
+        rr.make_scorer("rank-r1", model, lm.tokenizer, setwise_pick="vote")
+    with pytest.raises(ValueError, match="--setwise_pick must be one of"):
+        rr.EvalArgs(setwise_pick="vote")
+
+
+def test_setwise_label_picks_refuse_multi_token_labels():
+    lm = load_model("tiny-qwen", task_kind="causal_lm")
+    long_label = next(i for i in range(2, 400) if len(lm.tokenizer.encode(str(i), add_special_tokens=False)) > 1)
+    with pytest.raises(ValueError, match="single-token labels.*smaller --window"):
+        rr.setwise_label_picks(lm.model, lm.tokenizer, "q", [["d"] * long_label])
