@@ -81,10 +81,12 @@ def rerank(doc_ids: Sequence[str], scores: Sequence[float]) -> dict[str, float]:
 def rerank_run(scorer: Scorer, collection: Collection, qids: Sequence[str], k: int = 20,
                retriever: BM25Retriever | None = None) -> dict[str, dict[str, float]]:  # fmt: skip
     """Run of ``scorer`` reranking the BM25 top-``k`` of each query in ``qids`` (no candidates: empty ranking)."""
+    from tqdm.auto import tqdm
+
     retriever = retriever or BM25Retriever(collection)
     first = retriever.search(list(qids), k=k)
     run = {}
-    for qid in qids:
+    for qid in tqdm(qids, desc=f"reranking BM25 top-{k}", unit="query", leave=False, disable=len(qids) < 2):
         doc_ids = list(first[qid])
         scores = scorer(collection.queries[qid], [collection.docs[d] for d in doc_ids]) if doc_ids else []
         run[qid] = rerank(doc_ids, scores)

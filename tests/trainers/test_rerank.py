@@ -211,6 +211,18 @@ def test_cli_eval_writes_run(tmp_path, capsys):
     assert lines and len(lines[0].split()) == 6
 
 
+def test_cli_eval_rank_r1_likelihood_picks(tmp_path, capsys, monkeypatch):
+    data = _write_trec(_collection(), tmp_path / "coll")
+    picked = []
+    real = rr.setwise_label_picks
+    monkeypatch.setattr(rr, "setwise_label_picks", lambda *a, **kw: picked.append(len(a[3])) or real(*a, **kw))
+    assert main(["rerank", "eval", "--model", "tiny-qwen", "--recipe", "rank-r1", "--setwise_pick", "likelihood",
+                 "--data", str(data), "--k", "5", "--run", str(tmp_path / "r1.trec")]) == 0  # fmt: skip
+    assert "nDCG@10" in capsys.readouterr().out and picked  # the tournaments went through the likelihood picks
+    ranks = [line.split() for line in (tmp_path / "r1.trec").read_text().splitlines()]
+    assert {len(r) for r in ranks} == {6} and len({(r[0], r[2]) for r in ranks}) == len(ranks)
+
+
 def test_cranfield_dataset_has_hard_negatives():
     from tests.conftest import shared_data
 
@@ -575,6 +587,26 @@ def test_encoder_grpo_train_k_trains_on_a_deeper_pool_than_it_reranks(tmp_path, 
     assert summary["heldout_nDCG@10_start"] == 0.0  # held-out reranks only the top --k 2: nothing relevant there
     with pytest.raises(ValueError, match="--train_k"):
         EncoderGRPOArgs(train_k=1)
+
+
+def test_setwise_rank_is_a_memoised_tournament_tree():
+    rng = torch.Generator().manual_seed(3)
+    values = torch.randperm(20, generator=rng).tolist()
+    asked: list[tuple[str, ...]] = []
+
+    def oracle(windows):  # the largest value wins its window
+        asked.extend(tuple(w) for w in windows)
+        return [max(range(len(w)), key=lambda i: int(w[i])) for w in windows]
+
+    scores = rr.setwise_rank(oracle, [str(v) for v in values], window=4, top=10)
+    order = sorted(range(20), key=lambda i: -scores[i])
+    assert [values[i] for i in order[:10]] == list(range(19, 9, -1))  # the exact top-10, best first
+    assert [values[i] for i in order[10:]] == [v for v in values if v < 10]  # the rest keep first-stage order
+    assert len(asked) == len(set(asked)) <= 5 + 9 * 3  # no window asked twice; ~3 prompts per later pick
+    # a picker that always answers [1] (or nonsense: fallback [1]) keeps the first-stage order
+    for answer in (0, 7):
+        s = rr.setwise_rank(lambda ws, a=answer: [a] * len(ws), list("abcdefghij"), window=3, top=5)
+        assert s == sorted(s, reverse=True) and len(set(s)) == 10
 
 
 class _PrefersLabels:
