@@ -14,6 +14,10 @@ Rows (``--parts``, comma-separated):
 * ``minilm-grpo``   MiniLM bi-encoder policy trained by GRPO over sampled rankings of the BM25 top-k (reward:
                     nDCG@10; :mod:`rankrl.trainers.encoder_rerank`): LoRA query encoder + a learned BM25 weight,
                     starting exactly at ``minilm-bi``; its row carries a paired test against ``minilm-bi``;
+                    trained on the BM25 top ``--enc-train-k`` (100), evaluated on the top ``--k``;
+* ``minilm-grpo-cv`` (rows ``minilm-bi@3fold``, ``minilm-grpo@3fold``) the same policy under 3-fold
+                    cross-validation over queries (``split_queries(..., fold=f)``): all 225 judged queries held
+                    out once, zero-shot start and trained policy paired over all of them;
 * ``minilm-cross``  MiniLM fine-tuned as a cross-encoder ("query [SEP] doc" -> relevant?) with
                     :class:`rankrl.trainers.finetune.FineTuneRun` (LoRA r=8 + trained head) on the train
                     queries' BM25 top-k pairs (label: gain > 0); score = P(relevant);
@@ -22,9 +26,10 @@ Rows (``--parts``, comma-separated):
 * ``erank``         (row ``smollm2-erank``) that SFT model + ``--grpo-steps`` listwise-reward GRPO steps
                     (:func:`rankrl.trainers.rerank.run_rerank_train`, ``sft_steps=0``);
 * ``rank-r1``       setwise tournaments (``make_scorer("rank-r1", ...)``) with the untrained SmolLM2: each
-                    pick generates a reasoning and an answer (~220 s/query on CPU);
+                    pick generates a reasoning and an answer (~110 s/query on 2 CPU threads);
 * ``rank-r1-likelihood`` the same tournaments, each pick the most probable label after the prefilled
-                    ``<think></think><answer>[`` (``setwise_pick="likelihood"``: one forward pass per window).
+                    ``<think></think><answer>[`` (``setwise_pick="likelihood"``: one forward pass per window,
+                    ~19 s/query).
 
 ``--first-stage-rank`` shows each candidate's BM25 rank in the ERank prompts ("First-stage (BM25) rank: 3 of
 20") of ``smollm2-zero``, ``sft`` and ``erank`` (training data and evaluation alike); their rows are then named
@@ -44,6 +49,8 @@ its own date, machine, query count and per-query nDCG@10.
     python benchmarks/rerank.py --first-stage-rank --parts sft --dev 30 --sft-epochs 2 --out /tmp/dev.json   # GPU
     python benchmarks/rerank.py --first-stage-rank --parts sft,erank --sft-epochs 2 --sft-lora-r 16 --sft-batch 16 \
         --grpo-steps 100 --grpo-lr 3e-5 --grpo-group 10 --grpo-rollouts 4                           # GPU rows
+    python benchmarks/rerank.py --device cuda --first-stage-rank --parts sft,erank ... --grpo-group 20 \
+        --grpo-rollouts 4 --grpo-micro-batch 20    # M 20 x G 4 per step, loss in 4 micro-batches (memory)
     python benchmarks/rerank.py --queries 5 --cross-steps 4 --threads 1 --out /tmp/rerank-smoke.json
 """
 
