@@ -644,6 +644,8 @@ def test_setwise_label_picks_take_the_most_probable_label_of_each_window():
     assert sorted(scores) == sorted(set(scores)) and len(scores) == 8
     with pytest.raises(ValueError, match="setwise_pick must be one of"):
         rr.make_scorer("rank-r1", model, lm.tokenizer, setwise_pick="vote")
+    with pytest.raises(ValueError, match="only applies to the rank-r1 recipe, not 'erank'"):
+        rr.make_scorer("erank", model, lm.tokenizer, setwise_pick="likelihood")
     with pytest.raises(ValueError, match="--setwise_pick must be one of"):
         rr.EvalArgs(setwise_pick="vote")
 
