@@ -605,13 +605,15 @@ def run_rerank_eval(args: EvalArgs) -> dict[str, float]:
 
 
 def _eval_scorer(scorer: Any, args: EvalArgs, coll: Collection, retriever: BM25Retriever, test_fraction: float,
-                 split_seed: int, out: Path, label: str, note: str = "") -> dict[str, float]:  # fmt: skip
+                 split_seed: int, out: Path, label: str, note: str = "",
+                 fold: int = 0) -> dict[str, float]:  # fmt: skip
     """Rerank ``args.split``'s queries with ``scorer``, write the TREC run, print its metrics next to BM25's;
-    returns the reranker's metrics."""
+    returns the reranker's metrics. ``test_fraction``, ``split_seed`` and ``fold`` are the model's own split, so
+    ``test`` is exactly the queries its training never saw."""
     from rankrl.envs.rerank import RERANK_MEASURES, rerank_run
     from rankrl.trainers.ir import evaluate, write_run
 
-    train_q, test_q = split_queries(coll, test_fraction, split_seed)
+    train_q, test_q = split_queries(coll, test_fraction, split_seed, fold=fold)
     qids = {"train": train_q, "test": test_q, "all": coll.judged_qids}[args.split][: args.max_queries]
     run = rerank_run(scorer, coll, qids, args.k, retriever)
     bm25 = rerank_run(lambda q, d: [0.0] * len(d), coll, qids, args.k, retriever)
@@ -634,4 +636,5 @@ def _run_encoder_eval(args: EvalArgs, path: Path) -> dict[str, float]:
     retriever = BM25Retriever(coll)
     scorer, saved = load_encoder_scorer(path, coll, retriever, args.k)
     out = Path(args.run) if args.run else path / f"run.{args.split}.trec"
-    return _eval_scorer(scorer, args, coll, retriever, saved.test_fraction, saved.split_seed, out, "encoder")
+    return _eval_scorer(scorer, args, coll, retriever, saved.test_fraction, saved.split_seed, out, "encoder",
+                        fold=saved.fold)  # fmt: skip

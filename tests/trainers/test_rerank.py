@@ -527,6 +527,24 @@ def test_encoder_grpo_train_docs_adapts_documents_and_reloads(tmp_path, monkeypa
     assert got == pytest.approx(summary["heldout_nDCG@10_end"], abs=1e-4)
 
 
+def test_rerank_eval_of_an_encoder_uses_its_training_fold(tmp_path, monkeypatch, capsys):
+    """A model trained with --fold 1 is evaluated on fold 1's held-out queries, never on its own train queries."""
+    from rankrl.trainers.encoder_rerank import EncoderGRPOArgs, run_encoder_grpo
+    from rankrl.trainers.ir import read_run, split_queries
+
+    monkeypatch.setenv("RANKRL_CACHE", str(tmp_path / "cache"))
+    coll = _collection()
+    _write_trec(coll, tmp_path / "data")
+    summary = run_encoder_grpo(EncoderGRPOArgs(data=str(tmp_path / "data"), output_dir=str(tmp_path / "enc"), k=5,
+                                               steps=1, queries_per_step=2, rollouts=2, fold=1, report_to="none"))
+    assert main(["rerank", "eval", "--model", str(tmp_path / "enc"), "--data", str(tmp_path / "data"),
+                 "--split", "test", "--run", str(tmp_path / "r.trec")]) == 0  # fmt: skip
+    want = split_queries(load_collection(tmp_path / "data"), 1 / 3, 0, fold=1)[1]
+    assert sorted(read_run(tmp_path / "r.trec")) == sorted(want) != sorted(split_queries(coll, 1 / 3, 0)[1])
+    got = float(next(line for line in capsys.readouterr().out.splitlines() if line.startswith("nDCG@10")).split()[-1])
+    assert got == pytest.approx(summary["heldout_nDCG@10_end"], abs=1e-4)
+
+
 def test_encoder_grpo_start_is_the_zero_shot_bi_encoder(tmp_path, monkeypatch):
     """Adapter B = 0 and w_bm25 = 0: the untrained policy ranks exactly like mean-pooled cosine MiniLM."""
     from rankrl.trainers.encoder_rerank import EncoderGRPOArgs, EncoderPolicy, embed_texts
