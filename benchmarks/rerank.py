@@ -18,6 +18,9 @@ Rows (``--parts``, comma-separated):
 * ``minilm-grpo-cv`` (rows ``minilm-bi@3fold``, ``minilm-grpo@3fold``) the same policy under 3-fold
                     cross-validation over queries (``split_queries(..., fold=f)``): all 225 judged queries held
                     out once, zero-shot start and trained policy paired over all of them;
+                    ``--enc-train-docs`` names the rows ``minilm-grpo+docs...`` (both sides adapted) and
+                    ``--enc-objective listnet`` ``minilm-listnet...``: the *supervised* reference (softmax
+                    cross-entropy against the gains) on the same policy, pools and steps;
 * ``minilm-cross``  MiniLM fine-tuned as a cross-encoder ("query [SEP] doc" -> relevant?) with
                     :class:`rankrl.trainers.finetune.FineTuneRun` (LoRA r=8 + trained head) on the train
                     queries' BM25 top-k pairs (label: gain > 0); score = P(relevant);
@@ -86,9 +89,10 @@ PART_ROW = {"bm25": "bm25", "minilm-bi": "minilm-bi", "minilm-grpo": "minilm-grp
 #: rows whose ERank prompts can show the BM25 rank (--first-stage-rank); those rows get RANK_SUFFIX
 RANKED_ROWS = ("smollm2-zero", "smollm2-sft", "smollm2-erank")
 RANK_SUFFIX = "+bm25rank"
-ROWS = ("bm25", "minilm-bi", "minilm-grpo", "minilm-grpo+docs", "minilm-grpo-cv", "minilm-bi@3fold",
-        "minilm-grpo@3fold", "minilm-cross", "smollm2-zero", "smollm2-zero+bm25rank", "smollm2-sft",
-        "smollm2-sft+bm25rank", "smollm2-erank", "smollm2-erank+bm25rank", "rank-r1", "rank-r1-likelihood")  # fmt: skip
+ROWS = ("bm25", "minilm-bi", "minilm-grpo", "minilm-grpo+docs", "minilm-listnet", "minilm-grpo-cv",
+        "minilm-bi@3fold", "minilm-grpo@3fold", "minilm-grpo+docs@3fold", "minilm-listnet@3fold", "minilm-cross",
+        "smollm2-zero", "smollm2-zero+bm25rank", "smollm2-sft", "smollm2-sft+bm25rank", "smollm2-erank",
+        "smollm2-erank+bm25rank", "rank-r1", "rank-r1-likelihood")  # fmt: skip
 DEFAULT_PARTS = "bm25,minilm-bi,minilm-cross,smollm2-zero"
 MEASURES = ("nDCG@10", "RR@10")
 
@@ -152,25 +156,27 @@ def minilm_grpo_cv_rows(coll, retriever, a, folds: int = 3) -> dict[str, dict]:
     from rankrl.trainers.encoder_rerank import EncoderPolicy, load_encoder_scorer, run_encoder_grpo
     from rankrl.trainers.ir import split_queries
 
-    per: dict[str, dict] = {"minilm-bi@3fold": {}, "minilm-grpo@3fold": {}}
+    grpo = f"{enc_row(a)}@{folds}fold"
+    per: dict[str, dict] = {f"minilm-bi@{folds}fold": {}, grpo: {}}
     rr: dict[str, list] = {name: [] for name in per}
     secs: dict[str, list] = {name: [] for name in per}
     summaries, seconds = [], 0.0
     for f in range(folds):
         _, test_f = split_queries(coll, 1 / folds, seed=0, fold=f)
         with tempfile.TemporaryDirectory(prefix="rerank-enc-cv-") as tmp:
-            args = enc_args(a, tmp, fold=f, test_fraction=1 / folds)
+            # eval_every 0: the CV rows need only the end; with --enc-train-docs each evaluation re-embeds every doc
+            args = enc_args(a, tmp, fold=f, test_fraction=1 / folds, eval_every=0)
             start = time.perf_counter()
             summaries.append(run_encoder_grpo(args))
             seconds += time.perf_counter() - start
-            scorers = {"minilm-bi@3fold": EncoderPolicy(args, coll).scorer(retriever, a.k),  # untrained: zero-shot
-                       "minilm-grpo@3fold": load_encoder_scorer(tmp, coll, retriever, a.k)[0]}  # fmt: skip
+            scorers = {f"minilm-bi@{folds}fold": EncoderPolicy(args, coll).scorer(retriever, a.k),  # zero-shot
+                       grpo: load_encoder_scorer(tmp, coll, retriever, a.k)[0]}  # fmt: skip
             for name, scorer in scorers.items():
                 row = measure(f"{name} fold {f}", scorer, coll, test_f, retriever, a, None)
                 per[name].update(row["per_query_nDCG@10"])
                 rr[name] += [row["RR@10"]] * len(test_f)
                 secs[name].append(row["sec_per_query"])
-    qids = list(per["minilm-bi@3fold"])
+    qids = list(per[f"minilm-bi@{folds}fold"])
     bm25_pq = bm25_per_query(coll, qids, retriever, a.k)
     config = {**{k: v for k, v in dataclasses.asdict(args).items() if k not in ("data", "output_dir", "fold")},
               "folds": folds, "split": f"split_queries(coll, 1/{folds}, seed=0, fold=f), f = 0..{folds - 1}",
@@ -179,9 +185,11 @@ def minilm_grpo_cv_rows(coll, retriever, a, folds: int = 3) -> dict[str, dict]:
               "heldout_nDCG@10_start_end_per_fold": [(s["heldout_nDCG@10_start"], s["heldout_nDCG@10_end"])
                                                      for s in summaries],
               "w_bm25_per_fold": [s["w_bm25"] for s in summaries],
-              "note": "hyper-parameters (train_k, lr, steps) were picked on dev queries of fold 0's train set, "
-                      "which are held-out queries of folds 1-2: the weights never see their test queries, the "
-                      "selection did"}  # fmt: skip
+              "note": ("a-priori configuration (its only earlier run is the fixed split's minilm-grpo+docs row = "
+                       "fold 0; nothing was selected)" if a.enc_train_docs else
+                       "hyper-parameters (train_k, lr, steps) were picked on dev queries of fold 0's train set, "
+                       "which are held-out queries of folds 1-2: the weights never see their test queries, the "
+                       "selection did")}  # fmt: skip
     out = {}
     for name, pq in per.items():
         out[name] = {"nDCG@10": float(np.mean([pq[q] for q in qids])), "RR@10": float(np.mean(rr[name])),
@@ -189,8 +197,8 @@ def minilm_grpo_cv_rows(coll, retriever, a, folds: int = 3) -> dict[str, dict]:
                      "paired_vs_bm25": paired(pq, bm25_pq),
                      "date": datetime.now().isoformat(timespec="seconds"), "machine": machine(),
                      "per_query_nDCG@10": pq}  # fmt: skip
-    out["minilm-grpo@3fold"].update(train_seconds=seconds, config=config,
-                                    paired_vs_zero_shot=paired(per["minilm-grpo@3fold"], per["minilm-bi@3fold"]))
+    out[grpo].update(train_seconds=seconds, config=config,
+                     paired_vs_zero_shot=paired(per[grpo], per[f"minilm-bi@{folds}fold"]))
     return out
 
 
@@ -219,12 +227,13 @@ def enc_args(a, output_dir: str, **over):
     kw = dict(data=str(a.data), output_dir=output_dir, k=a.k, steps=a.enc_steps, lr=a.enc_lr,
               queries_per_step=a.enc_queries, rollouts=a.enc_rollouts, max_length=a.bi_max_length,
               dev_queries=a.dev, report_to="none", eval_every=25, train_k=a.enc_train_k,
-              train_docs=a.enc_train_docs)  # fmt: skip
+              train_docs=a.enc_train_docs, objective=a.enc_objective)  # fmt: skip
     return EncoderGRPOArgs(**{**kw, **over})
 
 
 def enc_row(a) -> str:
-    return "minilm-grpo+docs" if a.enc_train_docs else "minilm-grpo"
+    """``minilm-grpo`` or ``minilm-listnet`` (the supervised reference), ``+docs`` when both sides adapt."""
+    return f"minilm-{a.enc_objective}" + ("+docs" if a.enc_train_docs else "")
 
 
 def cross_pair(query: str, doc: str) -> str:
@@ -498,6 +507,8 @@ def main() -> None:
     ap.add_argument("--enc-rollouts", type=int, default=16, help="minilm-grpo: rankings sampled per query")
     ap.add_argument("--enc-train-docs", action="store_true", help="minilm-grpo: adapt the document side too "
                     "(row minilm-grpo+docs)")  # fmt: skip
+    ap.add_argument("--enc-objective", default="grpo", choices=("grpo", "listnet"), help="minilm-grpo parts: "
+                    "grpo, or listnet = supervised on the same policy/pools/steps (rows minilm-listnet...)")
     ap.add_argument("--cross-steps", type=int, default=250)
     ap.add_argument("--cross-batch", type=int, default=16)
     ap.add_argument("--cross-seq", type=int, default=256)
@@ -571,7 +582,7 @@ def main() -> None:
             if name.startswith(("smollm2-sft", "smollm2-erank")) and start and start["n_queries"] == row["n_queries"]:
                 row["paired_vs_zero_shot"] = paired(row["per_query_nDCG@10"], start["per_query_nDCG@10"])
             bi = merged.get("minilm-bi")  # the encoder policy's zero-shot start
-            if name.startswith("minilm-grpo") and bi and bi["n_queries"] == row["n_queries"]:
+            if name.startswith(("minilm-grpo", "minilm-listnet")) and bi and bi["n_queries"] == row["n_queries"]:
                 row["paired_vs_zero_shot"] = paired(row["per_query_nDCG@10"], bi["per_query_nDCG@10"])
             sft = merged.get(name.replace("smollm2-erank", "smollm2-sft"))  # what GRPO added to its SFT start
             if name.startswith("smollm2-erank") and sft and sft["n_queries"] == row["n_queries"]:

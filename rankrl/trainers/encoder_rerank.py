@@ -82,6 +82,10 @@ class EncoderGRPOArgs:
     """rankings G sampled per query (the GRPO group)"""
     top_m: int = 10
     """positions of a ranking whose Plackett-Luce log-probability is trained (nDCG@10 sees only these)"""
+    objective: str = "grpo"
+    """``grpo`` (reward only: group-relative advantages of sampled rankings) or ``listnet`` - the *supervised*
+    reference on the same policy, pools and steps: cross-entropy between softmax(logits) and the candidates' gains
+    (normalised), read straight from the qrels. Tells how much of a shortfall is the data and how much is RL."""
     lr: float = 5e-5
     """AdamW learning rate of the LoRA adapter (on the top-20 pool, 3e-4 overfits Cranfield after 50 steps)"""
     head_lr: float = 1e-2
@@ -123,6 +127,8 @@ class EncoderGRPOArgs:
             raise ValueError("--k must be >= 2 and --train_k 0 (= --k) or >= 2: one candidate has nothing to rank")
         if self.queries_per_step < 1 or self.steps < 1 or self.top_m < 1:
             raise ValueError("--queries_per_step, --steps and --top_m must be >= 1")
+        if self.objective not in ("grpo", "listnet"):
+            raise ValueError(f"--objective must be grpo or listnet (the supervised reference), got {self.objective!r}")
         if self.report_to not in ("wandb", "none"):
             raise ValueError(f"--report_to must be wandb or none, got {self.report_to!r}")
 
@@ -349,8 +355,12 @@ def run_encoder_grpo(args: EncoderGRPOArgs) -> dict[str, Any]:
                 logits = policy.logits(q_emb[i], docs, list(first[q].values()), d_emb)
                 rankings = plackett_luce_sample(logits, args.rollouts, gen)
                 r = torch.tensor([ndcg_of_order([docs[j] for j in row], coll.qrels[q]) for row in rankings.tolist()])
-                adv = (r - r.mean()) / (r.std() + 1e-6)
-                losses.append(-(adv * plackett_luce_logprob(logits, rankings, args.top_m)).mean())
+                if args.objective == "listnet":  # supervised: the gains themselves, no sampling in the loss
+                    gain = torch.tensor([float(coll.qrels[q].get(d, 0)) for d in docs], dtype=logits.dtype)
+                    losses.append(-(gain / gain.sum() * torch.log_softmax(logits, 0)).sum())
+                else:
+                    adv = (r - r.mean()) / (r.std() + 1e-6)
+                    losses.append(-(adv * plackett_luce_logprob(logits, rankings, args.top_m)).mean())
                 rewards.append(float(r.mean()))
                 greedy.append(ndcg_of_order([docs[j] for j in torch.argsort(logits.detach(), descending=True)],
                                             coll.qrels[q]))  # fmt: skip

@@ -562,6 +562,27 @@ def test_encoder_grpo_start_is_the_zero_shot_bi_encoder(tmp_path, monkeypatch):
     assert got.tolist() == pytest.approx((20.0 * ref).tolist(), abs=1e-4)
 
 
+def test_encoder_listnet_is_the_supervised_reference_on_the_same_policy(tmp_path, monkeypatch):
+    """--objective listnet: softmax cross-entropy against the gains; over the same queries every step it falls."""
+    from rankrl.trainers.encoder_rerank import EncoderGRPOArgs, run_encoder_grpo
+    from rankrl.trainers.ir import split_queries
+
+    monkeypatch.setenv("RANKRL_CACHE", str(tmp_path / "cache"))
+    coll = _collection()
+    _write_trec(coll, tmp_path / "data")
+    train_q = split_queries(coll, 1 / 3, 0)[0]
+    summary = run_encoder_grpo(EncoderGRPOArgs(data=str(tmp_path / "data"), output_dir=str(tmp_path / "enc"), k=5,
+                                               steps=6, queries_per_step=len(train_q), rollouts=2, lr=1e-3,
+                                               objective="listnet", report_to="none"))  # fmt: skip
+    rows = [r for r in read_metrics(tmp_path / "enc" / "metrics.jsonl") if "loss" in r]
+    losses = [r["loss"] for r in rows]
+    assert all(x > 0 for x in losses) and losses[-1] < losses[0]  # a cross-entropy, minimised
+    assert rows[-1]["train/greedy_nDCG@10"] >= rows[0]["train/greedy_nDCG@10"]
+    assert summary["w_bm25"] != 0.0
+    with pytest.raises(ValueError, match="--objective must be grpo or listnet"):
+        EncoderGRPOArgs(objective="ppo")
+
+
 def test_encoder_grpo_bad_input(capsys):
     from rankrl.trainers.encoder_rerank import EncoderGRPOArgs
 
