@@ -468,19 +468,21 @@ def plot(results: dict, out: Path) -> Path:
     curves = {n: c for n, c in curves.items() if c}
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     names = list(rows)
-    ax.barh(names, [rows[n]["nDCG@10"] for n in names], color="tab:blue")
+    n_q = rows[names[0]]["n_queries"]
+    labels = [n if rows[n]["n_queries"] == n_q else f"{n} ({rows[n]['n_queries']} q)" for n in names]  # CV rows
+    ax.barh(labels, [rows[n]["nDCG@10"] for n in names], color="tab:blue")
     if "bm25" in rows:
         ax.axvline(rows["bm25"]["nDCG@10"], color="k", ls="--", lw=1, label="BM25")
         ax.legend(loc="lower right")
     ax.invert_yaxis()
-    n_q = rows[names[0]]["n_queries"]
     ax.set_xlabel(f"nDCG@10 ({results['collection']}, {n_q} test queries, BM25 top-{results['k']})")
     for n, c in curves.items():
         w = max(1, len(c) // 25)  # moving average over ~4% of the run
         bx.plot(np.convolve(c, np.ones(w) / w, mode="valid"), label=n)
     bx.set_xlabel("GRPO step")
     bx.set_ylabel("mean reward (moving average)")
-    bx.legend(fontsize=7)
+    if curves:
+        bx.legend(fontsize=7)
     fig.tight_layout()
     try:
         return atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
