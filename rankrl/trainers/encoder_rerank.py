@@ -18,7 +18,8 @@ asymmetric setup, which also leaves a document index valid. At step 0 the adapte
 the policy's greedy order is the zero-shot bi-encoder's, so the benchmark's ``minilm-bi`` row is its start.
 ``--train_docs`` adapts the document side too (one shared adapter): candidates are then embedded with gradients
 every step (~100x the cost per query of a query-only step on CPU) and all documents are re-embedded before
-each evaluation.
+each evaluation. ``--objective listnet`` swaps the GRPO loss for the supervised one (softmax cross-entropy against
+the candidates' gains) on the same policy and pools: the reference for what the data allows.
 
 Written by hand because TRL's ``GRPOTrainer`` trains causal LMs that emit text and SB3 has no ranking action
 space; the encoder, the adapter and the metric come from transformers, PEFT and ir-measures.
