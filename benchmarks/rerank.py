@@ -185,6 +185,10 @@ def minilm_grpo_cv_rows(coll, retriever, a, folds: int = 3) -> dict[str, dict]:
               "heldout_nDCG@10_start_end_per_fold": [(s["heldout_nDCG@10_start"], s["heldout_nDCG@10_end"])
                                                      for s in summaries],
               "w_bm25_per_fold": [s["w_bm25"] for s in summaries],
+              "train_pool_reward_start_end_per_fold": [(s["train_pool_reward_start"], s["train_pool_reward_end"])
+                                                       for s in summaries],
+              "train_pool_greedy_nDCG@10_start_end_per_fold": [(s["train_pool_greedy_nDCG@10_start"],
+                                                                s["train_pool_greedy_nDCG@10_end"]) for s in summaries],
               "note": ("a-priori configuration (its only earlier run is the fixed split's minilm-grpo+docs row = "
                        "fold 0; nothing was selected)" if a.enc_train_docs else
                        "hyper-parameters (train_k, lr, steps) were picked on dev queries of fold 0's train set, "

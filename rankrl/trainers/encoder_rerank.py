@@ -304,6 +304,25 @@ def _held_out_ndcg(policy: EncoderPolicy, coll: Collection, qids: Sequence[str],
     return rank_with(policy.scorer(retriever, k), coll, qids, k, retriever=retriever, measures=("nDCG@10",))["nDCG@10"]
 
 
+def _pool_reward(policy: EncoderPolicy, coll: Collection, pool: Sequence[str], first: Mapping, rollouts: int,
+                 seed: int) -> tuple[float, float]:  # fmt: skip
+    """Mean sampled reward (``rollouts`` rankings per query, a fixed seed) and greedy nDCG@10 over *every* training
+    query: the per-step reward mixes easy and hard queries, this is the same queries before and after training."""
+    import torch
+
+    gen, sampled, greedy = torch.Generator().manual_seed(seed), [], []
+    with torch.no_grad():
+        for i in range(0, len(pool), 32):
+            q_emb = policy.queries([coll.queries[q] for q in pool[i : i + 32]])
+            for q, e in zip(pool[i : i + 32], q_emb, strict=True):
+                docs = list(first[q])
+                logits = policy.logits(e, docs, list(first[q].values()))
+                rankings = plackett_luce_sample(logits, rollouts, gen).tolist()
+                sampled.append(np.mean([ndcg_of_order([docs[j] for j in row], coll.qrels[q]) for row in rankings]))
+                greedy.append(ndcg_of_order([docs[j] for j in torch.argsort(logits, descending=True)], coll.qrels[q]))
+    return float(np.mean(sampled)), float(np.mean(greedy))
+
+
 def run_encoder_grpo(args: EncoderGRPOArgs) -> dict[str, Any]:
     """Train the encoder policy with GRPO on the train queries; save it to ``args.output_dir``; returns the summary
     (held-out nDCG@10 at the start and the end, reward per step)."""
@@ -340,6 +359,7 @@ def run_encoder_grpo(args: EncoderGRPOArgs) -> dict[str, Any]:
           f"have a relevant doc in the BM25 top-{train_k} | {args.steps} steps x {args.queries_per_step} queries x "
           f"{args.rollouts} rankings")  # fmt: skip
     start = _held_out_ndcg(policy, coll, test_q, retriever, args.k, refresh=False)  # untrained: base embeddings
+    pool_start = _pool_reward(policy, coll, pool, first, args.rollouts, args.seed + 1)
     order: list[str] = []
     with Tracker(out, asdict(args), name=out.name, use_wandb=args.report_to == "wandb") as tracker:
         tracker.log({"heldout/nDCG@10": start, **policy.heads()}, step=0)
@@ -376,7 +396,8 @@ def run_encoder_grpo(args: EncoderGRPOArgs) -> dict[str, Any]:
                 row["heldout/nDCG@10"] = _held_out_ndcg(policy, coll, test_q, retriever, args.k)
             tracker.log(row, step=step)
             bar.set_postfix(reward=f"{row['reward']:.3f}", w_bm25=f"{row['w_bm25']:.2f}")
-        end = _held_out_ndcg(policy, coll, test_q, retriever, args.k)
+        end = _held_out_ndcg(policy, coll, test_q, retriever, args.k)  # (train_docs: re-embeds every document)
+        pool_end = _pool_reward(policy, coll, pool, first, args.rollouts, args.seed + 1)
         tracker.log({"heldout/nDCG@10": end}, step=args.steps)
         policy.encoder.save_pretrained(out / "adapter")
         saved = {"args": asdict(args), "heads": policy.heads(), "encoder_path": policy.path}
@@ -388,9 +409,13 @@ def run_encoder_grpo(args: EncoderGRPOArgs) -> dict[str, Any]:
         rewards = [r["reward"] for r in rows if "reward" in r]
         summary = {"heldout_nDCG@10_start": start, "heldout_nDCG@10_end": end, "n_heldout": len(test_q),
                    "heldout": f"last {args.dev_queries} train queries (dev)" if args.dev_queries else "test queries",
-                   "train_queries_used": len(pool), "reward_per_step": rewards, **policy.heads()}  # fmt: skip
+                   "train_queries_used": len(pool), "reward_per_step": rewards,
+                   "train_pool_reward_start": pool_start[0], "train_pool_reward_end": pool_end[0],
+                   "train_pool_greedy_nDCG@10_start": pool_start[1], "train_pool_greedy_nDCG@10_end": pool_end[1],
+                   **policy.heads()}  # fmt: skip
         tracker.summary(summary)
-    print(f"held-out nDCG@10 ({len(test_q)} queries): start {start:.4f} -> end {end:.4f}; saved -> {out}")
+    print(f"held-out nDCG@10 ({len(test_q)} queries): start {start:.4f} -> end {end:.4f}; reward over all "
+          f"{len(pool)} train queries {pool_start[0]:.4f} -> {pool_end[0]:.4f}; saved -> {out}")
     return summary
 
 
