@@ -578,6 +578,8 @@ def test_encoder_listnet_is_the_supervised_reference_on_the_same_policy(tmp_path
     losses = [r["loss"] for r in rows]
     assert all(x > 0 for x in losses) and losses[-1] < losses[0]  # a cross-entropy, minimised
     assert rows[-1]["train/greedy_nDCG@10"] >= rows[0]["train/greedy_nDCG@10"]
+    # the same training queries before and after: fitting them raises their expected reward
+    assert 0.0 < summary["train_pool_reward_start"] < summary["train_pool_reward_end"] <= 1.0
     assert summary["w_bm25"] != 0.0
     with pytest.raises(ValueError, match="--objective must be grpo or listnet"):
         EncoderGRPOArgs(objective="ppo")
