@@ -304,6 +304,17 @@ def _held_out_ndcg(policy: EncoderPolicy, coll: Collection, qids: Sequence[str],
     return rank_with(policy.scorer(retriever, k), coll, qids, k, retriever=retriever, measures=("nDCG@10",))["nDCG@10"]
 
 
+def _sample_and_score(logits: Any, docs: Sequence[str], judged: Mapping[str, int], rollouts: int,
+                      gen: Any) -> tuple[Any, Any, float]:  # fmt: skip
+    """``rollouts`` Plackett-Luce rankings of ``docs``, their rewards (nDCG@10) and the greedy order's nDCG@10."""
+    import torch
+
+    rankings = plackett_luce_sample(logits, rollouts, gen)
+    r = torch.tensor([ndcg_of_order([docs[j] for j in row], judged) for row in rankings.tolist()])
+    greedy = ndcg_of_order([docs[j] for j in torch.argsort(logits.detach(), descending=True)], judged)
+    return rankings, r, greedy
+
+
 def _pool_reward(policy: EncoderPolicy, coll: Collection, pool: Sequence[str], first: Mapping, rollouts: int,
                  seed: int) -> tuple[float, float]:  # fmt: skip
     """Mean sampled reward (``rollouts`` rankings per query, a fixed seed) and greedy nDCG@10 over *every* training
@@ -316,10 +327,10 @@ def _pool_reward(policy: EncoderPolicy, coll: Collection, pool: Sequence[str], f
             q_emb = policy.queries([coll.queries[q] for q in pool[i : i + 32]])
             for q, e in zip(pool[i : i + 32], q_emb, strict=True):
                 docs = list(first[q])
-                logits = policy.logits(e, docs, list(first[q].values()))
-                rankings = plackett_luce_sample(logits, rollouts, gen).tolist()
-                sampled.append(np.mean([ndcg_of_order([docs[j] for j in row], coll.qrels[q]) for row in rankings]))
-                greedy.append(ndcg_of_order([docs[j] for j in torch.argsort(logits, descending=True)], coll.qrels[q]))
+                _, r, g = _sample_and_score(policy.logits(e, docs, list(first[q].values())), docs, coll.qrels[q],
+                                            rollouts, gen)  # fmt: skip
+                sampled.append(float(r.mean()))
+                greedy.append(g)
     return float(np.mean(sampled)), float(np.mean(greedy))
 
 
@@ -374,8 +385,7 @@ def run_encoder_grpo(args: EncoderGRPOArgs) -> dict[str, Any]:
                 docs = list(first[q])
                 d_emb = policy.documents(docs) if args.train_docs else None
                 logits = policy.logits(q_emb[i], docs, list(first[q].values()), d_emb)
-                rankings = plackett_luce_sample(logits, args.rollouts, gen)
-                r = torch.tensor([ndcg_of_order([docs[j] for j in row], coll.qrels[q]) for row in rankings.tolist()])
+                rankings, r, g = _sample_and_score(logits, docs, coll.qrels[q], args.rollouts, gen)
                 if args.objective == "listnet":  # supervised: the gains themselves, no sampling in the loss
                     gain = torch.tensor([float(coll.qrels[q].get(d, 0)) for d in docs], dtype=logits.dtype)
                     losses.append(-(gain / gain.sum() * torch.log_softmax(logits, 0)).sum())
@@ -383,8 +393,7 @@ def run_encoder_grpo(args: EncoderGRPOArgs) -> dict[str, Any]:
                     adv = (r - r.mean()) / (r.std() + 1e-6)
                     losses.append(-(adv * plackett_luce_logprob(logits, rankings, args.top_m)).mean())
                 rewards.append(float(r.mean()))
-                greedy.append(ndcg_of_order([docs[j] for j in torch.argsort(logits.detach(), descending=True)],
-                                            coll.qrels[q]))  # fmt: skip
+                greedy.append(g)
             loss = torch.stack(losses).mean()
             opt.zero_grad()
             loss.backward()
