@@ -496,6 +496,8 @@ def plot(results: dict, out: Path) -> Path:
 
 
 def main() -> None:
+    from rankrl.trainers.encoder_rerank import OBJECTIVES
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default=DEFAULT_PARTS, help=f"comma-separated rows (default {DEFAULT_PARTS}; "
                     "optional: sft, erank, rank-r1)")  # fmt: skip
@@ -514,7 +516,7 @@ def main() -> None:
     ap.add_argument("--enc-rollouts", type=int, default=16, help="minilm-grpo: rankings sampled per query")
     ap.add_argument("--enc-train-docs", action="store_true", help="minilm-grpo: adapt the document side too "
                     "(row minilm-grpo+docs)")  # fmt: skip
-    ap.add_argument("--enc-objective", default="grpo", choices=("grpo", "listnet"), help="minilm-grpo parts: "
+    ap.add_argument("--enc-objective", default="grpo", choices=OBJECTIVES, help="minilm-grpo parts: "
                     "grpo, or listnet = supervised on the same policy/pools/steps (rows minilm-listnet...)")
     ap.add_argument("--cross-steps", type=int, default=250)
     ap.add_argument("--cross-batch", type=int, default=16)

@@ -46,6 +46,7 @@ from rankrl.trainers.rerank_rewards import _ndcg
 
 __all__ = [
     "ENCODER_POLICY_FILE",
+    "OBJECTIVES",
     "EncoderGRPOArgs",
     "EncoderPolicy",
     "embed_texts",
@@ -56,6 +57,8 @@ __all__ = [
     "run_encoder_grpo",
 ]
 
+#: ``--objective`` values: the RL objective and its supervised reference
+OBJECTIVES = ("grpo", "listnet")
 #: the file that marks a directory as an encoder reranker (read back by ``rankrl rerank eval``)
 ENCODER_POLICY_FILE = "encoder_policy.json"
 
@@ -128,7 +131,7 @@ class EncoderGRPOArgs:
             raise ValueError("--k must be >= 2 and --train_k 0 (= --k) or >= 2: one candidate has nothing to rank")
         if self.queries_per_step < 1 or self.steps < 1 or self.top_m < 1:
             raise ValueError("--queries_per_step, --steps and --top_m must be >= 1")
-        if self.objective not in ("grpo", "listnet"):
+        if self.objective not in OBJECTIVES:
             raise ValueError(f"--objective must be grpo or listnet (the supervised reference), got {self.objective!r}")
         if self.report_to not in ("wandb", "none"):
             raise ValueError(f"--report_to must be wandb or none, got {self.report_to!r}")
