@@ -1,4 +1,4 @@
-"""Speed and effect of the exact Knapsack RL rollout allocator (``rankrl.policies.knapsack.allocate``).
+"""Speed and effect of the exact Knapsack RL rollout allocator (``rankrl.rollouts.knapsack.allocate``).
 
 1,000 prompts with success rates p ~ Beta(0.5, 0.5) (U-shaped: many nearly-always-solved and
 nearly-never-solved prompts, as in Li et al. 2025, Knapsack RL), bounds n_min = 2 (the official ``min_n``)
@@ -28,8 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rankrl.policies import knapsack  # noqa: E402
-from rankrl.policies.knapsack import (  # noqa: E402
+from rankrl.rollouts import knapsack  # noqa: E402
+from rankrl.rollouts.knapsack import (  # noqa: E402
     allocate,
     allocate_uniform,
     expected_effective_rollout_ratio,

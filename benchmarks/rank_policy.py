@@ -1,6 +1,6 @@
 """Rank policies vs rank baselines on live MiniLM fine-tunes: SST-2 and TREC 6/50, extreme budgets, bits frontier.
 
-Everything is a live :class:`~rankrl.trainers.finetune.FineTuneRun` (MiniLM-L6, LoRA on all 36 linear modules, seq 64,
+Everything is a live :class:`~rankrl.ranks.finetune.FineTuneRun` (MiniLM-L6, LoRA on all 36 linear modules, seq 64,
 batch 16, ``--steps`` optimizer steps, grid 0/1/2/4/8): the budget caps adapter parameters at a mean rank (1 =
 *extreme*: uniform is rank 1 everywhere, every non-uniform method must leave some modules at rank 0).
 
@@ -8,7 +8,7 @@ Methods (all at the same budget, paired seeds: same data order and same init of 
 
 * ``uniform`` - rank r everywhere; ``spectrum`` (effective rank of the weights, LaMDA++-like); ``importance``
   (first-order gradient sensitivity, AdaLoRA-like); ``random`` (drawn per seed);
-* ``policy-sst2`` - PPO set policy trained by :func:`rankrl.policies.train.train_policy` on the sim calibrated from
+* ``policy-sst2`` - PPO set policy trained by :func:`rankrl.ranks.train.train_policy` on the sim calibrated from
   live probes of minilm/SST-2 (one-shot allocation, quality-only reward: the budget is enforced by projection);
 * ``policy-default`` - the ``rankrl train-policy`` default policy (trained on minilm/embedded default task, budget
   mean rank 4, 4 decisions), applied unchanged: the TRANSFER row (another task; on TREC both policies transfer).
@@ -102,7 +102,7 @@ class Allocations:
         self.policy_info: dict[str, dict] = {}
 
     def policy(self, name: str):
-        from rankrl.policies.apply import load_policy
+        from rankrl.ranks.apply import load_policy
 
         if name not in self._policies:
             given = {"policy-sst2": self.a.policy_sst2, "policy-default": self.a.policy_default}[name]
@@ -122,9 +122,9 @@ class Allocations:
 
     def cell(self, cell: str) -> dict:
         if cell not in self._cells:
-            from rankrl.budgets import Budget, check_grid, pow2_grid
-            from rankrl.envs.lora_rank_sim import new_live_run
-            from rankrl.trainers.finetune import FineTuneConfig
+            from rankrl.ranks.budgets import Budget, check_grid, pow2_grid
+            from rankrl.ranks.sim import new_live_run
+            from rankrl.ranks.finetune import FineTuneConfig
 
             _, labels, rank = CELLS[cell]
             cfg = FineTuneConfig(model=MODEL, task=task_dir(cell), labels=labels, r_max=R_MAX, seed=0, batch_size=16,
@@ -137,7 +137,7 @@ class Allocations:
         return self._cells[cell]
 
     def ranks(self, cell: str, method: str, seed: int) -> dict[str, int]:
-        from rankrl.policies import baselines as B
+        from rankrl.ranks import baselines as B
 
         c = self.cell(cell)
         t, f, b, g = c["targets"], c["feats"], c["budget"], c["grid"]
@@ -145,7 +145,7 @@ class Allocations:
             return B.random_allocation(t, b, g, seed, r_max=R_MAX)
         if method not in c["fixed"]:
             if method.startswith("policy-"):
-                from rankrl.policies.apply import allocate
+                from rankrl.ranks.apply import allocate
 
                 caps = {"budget_rank": None, "max_params": c["cap"], "max_flops": None, "max_tx_seconds": None}
                 c["fixed"][method] = dict(allocate(self.policy(method), t, f.static, caps).ranks)
@@ -159,7 +159,7 @@ class Allocations:
 def train_rank_policy(name: str, out: Path, threads: int) -> dict:
     """policy-sst2: one-shot allocation at mean rank 1 on the minilm/SST-2 sim, quality-only reward.
     policy-default: exactly ``rankrl train-policy``'s defaults (what ``make demo`` trains)."""
-    from rankrl.policies.train import TrainPolicyConfig, train_policy
+    from rankrl.ranks.train import TrainPolicyConfig, train_policy
 
     if name == "policy-sst2":
         cfg = TrainPolicyConfig(model=MODEL, task=task_dir("sst2-r1"), steps=60, lr=2e-3, batch_size=16, max_eval=256,
@@ -182,9 +182,9 @@ def train_rank_policy(name: str, out: Path, threads: int) -> dict:
 
 # ---------------------------------------------------------------------------------------------- runs
 def one_run(allocs: Allocations, cell: str, method: str, lr: float, seed: int, split: str, steps: int) -> dict:
-    from rankrl.costs import allocation_cost
+    from rankrl.ranks.costs import allocation_cost
     from rankrl.tasks import load_task
-    from rankrl.trainers.finetune import FineTuneConfig, FineTuneRun
+    from rankrl.ranks.finetune import FineTuneConfig, FineTuneRun
 
     _, labels, _ = CELLS[cell]
     cfg = FineTuneConfig(model=MODEL, task=task_dir(cell), labels=labels, steps=steps, lr=lr, batch_size=16,
@@ -213,10 +213,10 @@ def one_run(allocs: Allocations, cell: str, method: str, lr: float, seed: int, s
 
 def adalora_run(allocs: Allocations, cfg, task, cell: str, lr: float, seed: int, split: str, steps: int) -> dict:
     """PEFT AdaLoRA (``update_and_allocate`` every step, target_r from the same budget) through
-    :func:`rankrl.policies.baselines.run_adalora`; the scored split is handed in as the task's eval split."""
+    :func:`rankrl.ranks.baselines.run_adalora`; the scored split is handed in as the task's eval split."""
     from dataclasses import replace
 
-    from rankrl.policies.baselines import run_adalora
+    from rankrl.ranks.baselines import run_adalora
 
     scored = by_length(task.splits["eval" if split == "dev" else "test"])
     t0 = time.time()
@@ -384,9 +384,9 @@ def sim_vs_live(runs: dict, steps: int) -> dict:
     """How well policy-sst2's sim (cached calibration: no new live runs) orders live runs it never saw: Spearman
     rho between the sim's predicted eval loss and the live dev loss after ``steps`` steps, over the selection runs
     at the calibration's own lr (different seeds from the probes; allocations uniform/spectrum/importance/random/
-    policies). :func:`rankrl.envs.lora_rank_sim.sim_vs_live_rank_correlation` does the comparison."""
-    from rankrl.envs.lora_rank_sim import calibrate, sim_vs_live_rank_correlation
-    from rankrl.policies.train import TrainPolicyConfig
+    policies). :func:`rankrl.ranks.sim.sim_vs_live_rank_correlation` does the comparison."""
+    from rankrl.ranks.sim import calibrate, sim_vs_live_rank_correlation
+    from rankrl.ranks.train import TrainPolicyConfig
 
     meta = CACHE / "bench-rank-policy" / "policy-sst2" / "policy.json"
     if not meta.exists():

@@ -2,7 +2,7 @@
 (ERank expected score zero-shot / after SFT / after SFT + GRPO, Rank-R1 setwise zero-shot).
 
 Test queries: the 75 of ``split_queries(coll, 1/3, seed=0)``; training rows come only from its 150 train
-queries. Every row reranks the same BM25 top-``k`` candidates through :func:`rankrl.envs.rerank.rerank_run`
+queries. Every row reranks the same BM25 top-``k`` candidates through :func:`rankrl.rerank.env.rerank_run`
 and is scored by ``ir-measures`` (nDCG@10, RR@10) against all judgments; each row also gets a paired test over
 queries against BM25 (t-test and Wilcoxon signed-rank on per-query nDCG@10) and the seconds per query of
 reranking (training time is reported separately).
@@ -12,7 +12,7 @@ Rows (``--parts``, comma-separated):
 * ``bm25``          first-stage order (Lucene BM25, k1 = 1.2, b = 0.75);
 * ``minilm-bi``     packaged all-MiniLM-L6-v2 zero-shot bi-encoder: mean-pooled, L2-normalised, cosine;
 * ``minilm-grpo``   MiniLM bi-encoder policy trained by GRPO over sampled rankings of the BM25 top-k (reward:
-                    nDCG@10; :mod:`rankrl.trainers.encoder_rerank`): LoRA query encoder + a learned BM25 weight,
+                    nDCG@10; :mod:`rankrl.rerank.encoder`): LoRA query encoder + a learned BM25 weight,
                     starting exactly at ``minilm-bi``; its row carries a paired test against ``minilm-bi``;
                     trained on the BM25 top ``--enc-train-k`` (100), evaluated on the top ``--k``;
 * ``minilm-grpo-cv`` (rows ``minilm-bi@3fold``, ``minilm-grpo@3fold``) the same policy under 3-fold
@@ -22,12 +22,12 @@ Rows (``--parts``, comma-separated):
                     ``--enc-objective listnet`` ``minilm-listnet...``: the *supervised* reference (softmax
                     cross-entropy against the gains) on the same policy, pools and steps;
 * ``minilm-cross``  MiniLM fine-tuned as a cross-encoder ("query [SEP] doc" -> relevant?) with
-                    :class:`rankrl.trainers.finetune.FineTuneRun` (LoRA r=8 + trained head) on the train
+                    :class:`rankrl.ranks.finetune.FineTuneRun` (LoRA r=8 + trained head) on the train
                     queries' BM25 top-k pairs (label: gain > 0); score = P(relevant);
 * ``smollm2-zero``  SmolLM2-135M-Instruct, ERank expected score (``make_scorer("erank", ...)``), untrained;
 * ``sft``           (row ``smollm2-sft``) ERank stage-1 LoRA SFT for ``--sft-minutes``, then expected score;
 * ``erank``         (row ``smollm2-erank``) that SFT model + ``--grpo-steps`` listwise-reward GRPO steps
-                    (:func:`rankrl.trainers.rerank.run_rerank_train`, ``sft_steps=0``);
+                    (:func:`rankrl.rerank.job.run_rerank_train`, ``sft_steps=0``);
 * ``rank-r1``       setwise tournaments (``make_scorer("rank-r1", ...)``) with the untrained SmolLM2: each
                     pick generates a reasoning and an answer (~110 s/query on 2 CPU threads);
 * ``rank-r1-likelihood`` the same tournaments, each pick the most probable label after the prefilled
@@ -112,7 +112,7 @@ def minilm_bi_scorer(max_length: int):
     """Zero-shot sentence-transformers scoring: mean pooling over the attention mask, L2 norm, cosine (the same
     embedding as the encoder GRPO policy's start)."""
     from rankrl.models import load_model
-    from rankrl.trainers.encoder_rerank import embed_texts
+    from rankrl.rerank.encoder import embed_texts
 
     lm = load_model("minilm")
     enc_model, tok = lm.model.base_model, lm.tokenizer  # the BertModel under the (unused) classification head
@@ -128,7 +128,7 @@ def minilm_bi_scorer(max_length: int):
 
 def minilm_grpo_row(coll, qids, retriever, a, bm25_pq) -> dict:
     """Train the encoder policy (GRPO over Plackett-Luce rankings) on the train queries, measure it on ``qids``."""
-    from rankrl.trainers.encoder_rerank import load_encoder_scorer, run_encoder_grpo
+    from rankrl.rerank.encoder import load_encoder_scorer, run_encoder_grpo
 
     with tempfile.TemporaryDirectory(prefix="rerank-enc-") as tmp:
         args = enc_args(a, tmp)
@@ -153,8 +153,8 @@ def minilm_grpo_cv_rows(coll, retriever, a, folds: int = 3) -> dict[str, dict]:
     """k-fold cross-validation over queries (``split_queries(..., fold=f)``): the encoder policy is trained on each
     fold's train queries and measured on its held-out third, so every judged query is held out exactly once and
     the paired test vs the zero-shot start runs over all of them (3x the queries of the fixed test split)."""
-    from rankrl.trainers.encoder_rerank import EncoderPolicy, load_encoder_scorer, run_encoder_grpo
-    from rankrl.trainers.ir import split_queries
+    from rankrl.rerank.encoder import EncoderPolicy, load_encoder_scorer, run_encoder_grpo
+    from rankrl.rerank.collections import split_queries
 
     grpo = f"{enc_row(a)}@{folds}fold"
     per: dict[str, dict] = {f"minilm-bi@{folds}fold": {}, grpo: {}}
@@ -213,8 +213,8 @@ def _tenth(values: list[float], which: int) -> float:
 
 
 def bm25_per_query(coll, qids, retriever, k: int) -> dict[str, float]:
-    from rankrl.envs.rerank import rerank_run
-    from rankrl.trainers.ir import evaluate_per_query
+    from rankrl.rerank.env import rerank_run
+    from rankrl.rerank.collections import evaluate_per_query
 
     return evaluate_per_query(rerank_run(keep_bm25_order, coll, qids, k, retriever), coll.qrels, MEASURES,
                               qids=list(qids))["nDCG@10"]  # fmt: skip
@@ -227,7 +227,7 @@ def keep_bm25_order(query: str, docs: list[str]) -> list[float]:
 
 def enc_args(a, output_dir: str, **over):
     """The benchmark's encoder GRPO configuration (``--enc-*`` flags)."""
-    from rankrl.trainers.encoder_rerank import EncoderGRPOArgs
+    from rankrl.rerank.encoder import EncoderGRPOArgs
 
     kw = dict(data=str(a.data), output_dir=output_dir, k=a.k, steps=a.enc_steps, lr=a.enc_lr,
               queries_per_step=a.enc_queries, rollouts=a.enc_rollouts, max_length=a.bi_max_length,
@@ -248,7 +248,7 @@ def cross_pair(query: str, doc: str) -> str:
 def train_minilm_cross(coll, train_q, retriever, a) -> tuple:
     """LoRA fine-tune of MiniLM as a relevance classifier on the train queries' BM25 top-k pairs."""
     from rankrl.tasks import Example, Task
-    from rankrl.trainers.finetune import FineTuneConfig, FineTuneRun
+    from rankrl.ranks.finetune import FineTuneConfig, FineTuneRun
 
     first = retriever.search(list(train_q), k=a.k)
     rows = [Example(cross_pair(coll.queries[q], coll.docs[d]), label=int(coll.qrels[q].get(d, 0) > 0))
@@ -314,7 +314,7 @@ def train_sft(coll, train_q, retriever, a, out_dir: Path) -> tuple[float, dict]:
     from transformers import PrinterCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from rankrl.trainers.rerank import build_dataset, erank_sft_dataset
+    from rankrl.rerank.job import build_dataset, erank_sft_dataset
 
     model, tok = smollm2(a.device)
     rows = build_dataset("erank", coll, train_q, retriever, group_size=a.sft_group, max_chars=a.max_chars, seed=0,
@@ -361,8 +361,8 @@ def train_grpo(sft_dir: Path, a, out_dir: Path, n_train_queries: int) -> tuple[f
     """ERank stage 2 on the SFT model: listwise-reward GRPO through run_rerank_train (sft_steps=0)."""
     from trl import GRPOConfig
 
-    from rankrl.trainers.rerank import RerankArgs, run_rerank_train
-    from rankrl.trainers.rerank_rewards import UNPARSABLE
+    from rankrl.rerank.job import RerankArgs, run_rerank_train
+    from rankrl.rerank.rewards import UNPARSABLE
 
     m, g = a.grpo_group, a.grpo_rollouts
     # max_queries: the first n_train_queries of the split's train list (--dev holds out the rest for selection)
@@ -416,8 +416,8 @@ def paired(values: dict[str, float], base: dict[str, float]) -> dict:
 
 
 def measure(name: str, scorer, coll, qids, retriever, a, bm25_pq: dict | None, **extra) -> dict:
-    from rankrl.envs.rerank import rerank_run
-    from rankrl.trainers.ir import evaluate, evaluate_per_query, write_run
+    from rankrl.rerank.env import rerank_run
+    from rankrl.rerank.collections import evaluate, evaluate_per_query, write_run
 
     start = time.perf_counter()
     run = rerank_run(scorer, coll, qids, a.k, retriever)
@@ -496,7 +496,7 @@ def plot(results: dict, out: Path) -> Path:
 
 
 def main() -> None:
-    from rankrl.trainers.encoder_rerank import OBJECTIVES
+    from rankrl.rerank.encoder import OBJECTIVES
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default=DEFAULT_PARTS, help=f"comma-separated rows (default {DEFAULT_PARTS}; "
@@ -561,13 +561,13 @@ def main() -> None:
     fsr = a.first_stage_rank
 
     def erank(model, tok):
-        from rankrl.trainers.rerank import make_scorer
+        from rankrl.rerank.job import make_scorer
 
         return make_scorer("erank", model, tok, first_stage_rank=fsr, max_chars=a.max_chars)
     torch.set_num_threads(a.threads or os.cpu_count() or 1)
     torch.manual_seed(0)
 
-    from rankrl.trainers.ir import BM25Retriever, load_collection, split_queries
+    from rankrl.rerank.collections import BM25Retriever, load_collection, split_queries
 
     coll = load_collection(a.data)
     train_q, test_q = split_queries(coll, 1 / 3, seed=0)
@@ -632,7 +632,7 @@ def main() -> None:
                                        train_seconds=secs, config=info)  # fmt: skip
         save()
     if wanted & {"smollm2-zero", "rank-r1", "rank-r1-likelihood"}:
-        from rankrl.trainers.rerank import make_scorer
+        from rankrl.rerank.job import make_scorer
 
         model, tok = smollm2(a.device)
         if "smollm2-zero" in wanted:

@@ -26,8 +26,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def main() -> None:
     import rankrl  # noqa: F401  (registers the envs)
     from rankrl.atomic import atomic_write_text
-    from rankrl.envs.rollout_budget import DIFFICULTY_MIXES, RolloutBudgetEnv
-    from rankrl.envs.rollout_budget_calibrate import calibrate_sim
+    from rankrl.rollouts.env import DIFFICULTY_MIXES, RolloutBudgetEnv
+    from rankrl.rollouts.calibrate import calibrate_sim
     from rankrl.models import cache_dir
 
     torch.set_num_threads(1)

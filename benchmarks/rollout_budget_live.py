@@ -1,5 +1,5 @@
 """Live rollout budgets: uniform vs Knapsack RL (vs a learned allocator) at equal total rollouts, in real GRPO runs
-through :class:`rankrl.trainers.grpo_budget.BudgetGRPOTrainer`.
+through :class:`rankrl.rollouts.grpo.BudgetGRPOTrainer`.
 
 1. tiny-qwen on the embedded arithmetic task, after a short supervised warm-up so that success rates are mixed
    (a random model never answers, a trained one always does: neither has anything to allocate);
@@ -69,7 +69,7 @@ def grpo_run(model_path: str, dataset, allocator, *, steps: int, prompts_per_rou
     from trl import GRPOConfig
 
     from rankrl.rewards import numeric_answer_reward
-    from rankrl.trainers.grpo_budget import BudgetGRPOTrainer
+    from rankrl.rollouts.grpo import BudgetGRPOTrainer
 
     tok = AutoTokenizer.from_pretrained(model_path)
     if tok.pad_token is None:
@@ -120,17 +120,17 @@ def main() -> None:
     ap.add_argument("--warmup-steps", type=int, default=1500)
     ap.add_argument("--smollm2-steps", type=int, default=6)
     ap.add_argument("--skip-smollm2", action="store_true")
-    ap.add_argument("--allocator-dir", default=None, help="a trained allocator (rankrl.policies.budget_policy)")
+    ap.add_argument("--allocator-dir", default=None, help="a trained allocator (rankrl.rollouts.allocator)")
     a = ap.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
 
     from rankrl.models import cache_dir, load_model
     from rankrl.tasks import load_task
-    from rankrl.trainers.grpo_budget import knapsack_allocator, uniform_allocator
+    from rankrl.rollouts.grpo import knapsack_allocator, uniform_allocator
 
     allocators = {"uniform": uniform_allocator, "knapsack": knapsack_allocator(n_min=2, n_max=32)}
     if a.allocator_dir:
-        from rankrl.policies.budget_policy import trainer_allocator
+        from rankrl.rollouts.allocator import trainer_allocator
 
         allocators["learned"] = trainer_allocator(a.allocator_dir)
     results: dict = {"benchmark": "rollout_budget_live", "date": datetime.now().isoformat(),

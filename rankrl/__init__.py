@@ -12,15 +12,16 @@ __version__ = "0.1.0"
 
 #: id -> (entry point, default kwargs)
 ENVS: dict[str, tuple[str, dict]] = {
-    "rankrl/LoRARank-Sim-v0": ("rankrl.envs.lora_rank:LoRARankEnv", {"backend": "sim"}),
-    "rankrl/LoRARank-v0": ("rankrl.envs.lora_rank:LoRARankEnv", {"backend": "live"}),
-    "rankrl/RolloutBudget-Sim-v0": ("rankrl.envs.rollout_budget:RolloutBudgetEnv", {"backend": "sim"}),
-    "rankrl/RolloutBudget-v0": ("rankrl.envs.rollout_budget:RolloutBudgetEnv", {"backend": "live"}),
-    "rankrl/Rerank-v0": ("rankrl.envs.rerank:RerankEnv", {}),  # needs collection=<Collection or path>
+    "rankrl/LoRARank-Sim-v0": ("rankrl.ranks.env:LoRARankEnv", {"backend": "sim"}),
+    "rankrl/LoRARank-v0": ("rankrl.ranks.env:LoRARankEnv", {"backend": "live"}),
+    "rankrl/RolloutBudget-Sim-v0": ("rankrl.rollouts.env:RolloutBudgetEnv", {"backend": "sim"}),
+    "rankrl/RolloutBudget-v0": ("rankrl.rollouts.env:RolloutBudgetEnv", {"backend": "live"}),
+    "rankrl/Rerank-v0": ("rankrl.rerank.env:RerankEnv", {}),  # needs collection=<Collection or path>
 }
 
 
-def _register_envs() -> None:
+def register_envs() -> None:
+    """Register every rankrl env with Gymnasium (idempotent; runs on import)."""
     try:
         import gymnasium
     except ImportError:  # the package still imports; only gymnasium.make needs it
@@ -30,4 +31,4 @@ def _register_envs() -> None:
             gymnasium.register(id=env_id, entry_point=entry_point, kwargs=kwargs)
 
 
-_register_envs()
+register_envs()

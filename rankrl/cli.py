@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 
 from rankrl import __version__
-from rankrl.trainers.finetune import FineTuneConfig
+from rankrl.ranks.finetune import FineTuneConfig
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def cmd_finetune(argv: Sequence[str]) -> int:
     import tyro
 
     args = tyro.cli(FinetuneArgs, args=list(argv), prog="rankrl finetune")
-    from rankrl.trainers.finetune_job import run_finetune
+    from rankrl.ranks.finetune_job import run_finetune
 
     config = FineTuneConfig(**{f.name: getattr(args, f.name) for f in fields(FineTuneConfig)})
     extra = {k: v for k, v in asdict(args).items() if k not in asdict(config)}
@@ -59,7 +59,7 @@ def cmd_budget(argv: Sequence[str]) -> int:
         return 2
     from trl import GRPOConfig, TrlParser
 
-    from rankrl.trainers.budget_job import BudgetArgs, grpo_defaults, run_budget_train
+    from rankrl.rollouts.job import BudgetArgs, grpo_defaults, run_budget_train
 
     rest = argv[1:]
     if "-h" in rest or "--help" in rest:
@@ -97,7 +97,7 @@ def cmd_train_allocator(argv: Sequence[str]) -> int:
     import tyro
 
     a = tyro.cli(TrainAllocatorArgs, args=list(argv), prog="rankrl budget train-allocator")
-    from rankrl.policies.budget_policy import save_allocator, train_allocator
+    from rankrl.rollouts.allocator import save_allocator, train_allocator
 
     base = dict(prompts_per_round=a.prompts_per_round, rollouts_per_prompt=a.rollouts_per_prompt, n_min=a.n_min,
                 n_max=a.n_max)  # fmt: skip
@@ -110,13 +110,13 @@ def cmd_train_allocator(argv: Sequence[str]) -> int:
 
 def make_allocator(args):
     """The allocator named by ``--allocator``: uniform, knapsack, or a trained policy directory."""
-    from rankrl.trainers.grpo_budget import knapsack_allocator, uniform_allocator
+    from rankrl.rollouts.grpo import knapsack_allocator, uniform_allocator
 
     if args.allocator == "uniform":
         return uniform_allocator
     if args.allocator == "knapsack":
         return knapsack_allocator(n_min=args.n_min, n_max=args.n_max)
-    from rankrl.policies.budget_policy import trainer_allocator
+    from rankrl.rollouts.allocator import trainer_allocator
 
     return trainer_allocator(args.allocator)
 
@@ -125,21 +125,21 @@ def cmd_train_policy(argv: Sequence[str]) -> int:
     """``rankrl train-policy``: PPO rank allocator on LoRARank(-Sim), checkpoints/resume, live evaluation."""
     import tyro
 
-    from rankrl.policies.train import TrainPolicyConfig
+    from rankrl.ranks.train import TrainPolicyConfig
 
     config = tyro.cli(TrainPolicyConfig, args=list(argv), prog="rankrl train-policy")
-    from rankrl.policies.train import train_policy
+    from rankrl.ranks.train import train_policy
 
     train_policy(config)
     return 0
 
 
 def _policy_command(argv: Sequence[str], config_name: str, fn_name: str, prog: str) -> int:
-    """Parse ``rankrl.policies.apply.<config_name>`` with tyro and run ``<fn_name>``; a policy file from another
+    """Parse ``rankrl.ranks.apply.<config_name>`` with tyro and run ``<fn_name>``; a policy file from another
     observation layout is a clear message and exit status 2, not a traceback."""
     import tyro
 
-    from rankrl.policies import apply
+    from rankrl.ranks import apply
 
     config = tyro.cli(getattr(apply, config_name), args=list(argv), prog=prog)
     try:
@@ -177,14 +177,14 @@ def cmd_rerank(argv: Sequence[str]) -> int:
     if argv[0] == "eval":
         import tyro
 
-        from rankrl.trainers.rerank import EvalArgs, run_rerank_eval
+        from rankrl.rerank.job import EvalArgs, run_rerank_eval
 
         run_rerank_eval(tyro.cli(EvalArgs, args=argv[1:], prog="rankrl rerank eval"))
         return 0
     if argv[0] == "train-encoder":
         import tyro
 
-        from rankrl.trainers.encoder_rerank import EncoderGRPOArgs, run_encoder_grpo
+        from rankrl.rerank.encoder import EncoderGRPOArgs, run_encoder_grpo
 
         run_encoder_grpo(tyro.cli(EncoderGRPOArgs, args=argv[1:], prog="rankrl rerank train-encoder"))
         return 0
@@ -193,7 +193,7 @@ def cmd_rerank(argv: Sequence[str]) -> int:
         return 2
     from trl import GRPOConfig, TrlParser
 
-    from rankrl.trainers.rerank import RerankArgs, grpo_defaults, run_rerank_train
+    from rankrl.rerank.job import RerankArgs, grpo_defaults, run_rerank_train
 
     parser = TrlParser((RerankArgs, GRPOConfig), prog="rankrl rerank train")
     if "-h" in argv[1:] or "--help" in argv[1:]:

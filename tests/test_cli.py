@@ -48,7 +48,7 @@ def test_finetune_runs_logs_exports_and_resumes(tmp_path, capsys):
 
 
 def test_interrupted_finetune_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    from rankrl.trainers.finetune import FineTuneRun
+    from rankrl.ranks.finetune import FineTuneRun
 
     out = tmp_path / "run"
     args = ["finetune", "--model", "tiny-bert", "--ranks", "uniform:2", "--r-max", "2", "--steps", "6",

@@ -1,0 +1,1 @@
+"""LoRA rank allocation for training: targets, costs, budgets, the live masked-LoRA run, the rank env, policies, baselines."""

@@ -1,0 +1,429 @@
+"""LoRARankEnv: choose the LoRA rank of every adapted projection during a live fine-tuning run, under
+parameter, compute and bandwidth budgets.
+
+One episode is one fine-tuning run (:class:`~rankrl.ranks.finetune.FineTuneRun`) with ``decisions`` decision
+points. At each one the policy scores every module, the scores become grid ranks, the ranks are *projected*
+onto the feasible set of all budgets (:func:`rankrl.ranks.budgets.project`: budgets are enforced, not only
+penalised), the run trains ``steps // decisions`` steps at that allocation and is evaluated, and the adapter
+update is sent over that round's wireless channel (AirLLM-style remote fine-tuning: SNR drawn per round,
+optional Rayleigh fading). ``decisions=1`` is a one-shot allocation; more re-allocate mid-run (AdaLoRA /
+DR-RL style) while learned directions and their optimizer state survive (:mod:`rankrl.ranks.lora`).
+
+Backends: ``live`` trains for real (``rankrl/LoRARank-v0``); ``sim`` steps a surrogate calibrated from short
+live probes of the same (model, task) (``rankrl/LoRARank-Sim-v0``, :mod:`rankrl.ranks.sim`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from numbers import Integral
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from rankrl.ranks.budgets import Budget, budget_metrics, check_grid, pow2_grid, project, unit_costs, violations
+from rankrl.ranks.costs import Channel, allocation_cost, uniform_ranks
+from rankrl.ranks.sim import SimCalibration, SimRun, calibrate, new_live_run
+from rankrl.ranks.features import FEATURE_NAMES
+from rankrl.ranks.finetune import FineTuneConfig
+
+__all__ = ["GLOBAL_NAMES", "LOSS_HIGH", "QUALITY_TERMS", "ROW_HIGH", "LoRARankConfig", "LoRARankEnv"]
+
+#: the observation's global features, in order
+GLOBAL_NAMES: tuple[str, ...] = ("budget_left", "step_frac", "snr", "bandwidth", "loss")
+#: feature rows are clipped to [0, ROW_HIGH] (gradient columns are relative to their mean, so rarely above ~5)
+ROW_HIGH = 10.0
+#: eval loss / initial eval loss is clipped to [0, LOSS_HIGH]
+LOSS_HIGH = 4.0
+#: what the quality reward measures
+QUALITY_TERMS = ("loss", "accuracy")
+
+
+@dataclass(frozen=True)
+class LoRARankConfig:
+    """Rank-allocation episode: the run, the decision grid, the budgets, the channel and the reward weights."""
+
+    run: FineTuneConfig = field(default_factory=FineTuneConfig)
+    """the fine-tuning run of one episode (model, task, r_max, lr, steps, ...); its `ranks` is ignored"""
+    decisions: int = 4
+    """decision points per episode, each followed by steps // decisions training steps (last takes the rest)"""
+    rank_grid: tuple[int, ...] | None = None
+    """ranks a module may get (None: 0 and powers of two up to run.r_max)"""
+    max_modules: int = 64
+    """observation/action rows; models with fewer adapted modules are padded and masked"""
+    budget_rank: float | None = 4.0
+    """parameter cap as a mean rank: the parameters of LoRA at this rank on every module (None: no cap)"""
+    max_params: int | None = None
+    """absolute parameter cap; when set it replaces the budget_rank cap"""
+    max_flops: float | None = None
+    """cap on adapter FLOPs per token, forward + backward (None: no cap)"""
+    max_tx_seconds: float | None = None
+    """cap on seconds to send one update at the round's average (fading-free) capacity (None: no cap)"""
+    snr_range_db: tuple[float, float] = (0.0, 20.0)
+    """each round's average SNR is drawn uniformly from this range, in dB"""
+    bandwidth_range_hz: tuple[float, float] = (1e6, 1e6)
+    """each round's channel bandwidth is drawn uniformly from this range, in Hz"""
+    rayleigh: bool = True
+    """Rayleigh fading on each transmission (the budget uses the average capacity, the cost the faded one)"""
+    quality: str = "loss"
+    """quality reward: 'loss' (eval-loss decrease / initial loss) or 'accuracy' (eval-accuracy gain)"""
+    w_quality: float = 1.0
+    """weight of the quality reward"""
+    w_params: float = 0.1
+    """weight of the parameter cost (params / cap, or / params at uniform r_max when uncapped)"""
+    w_flops: float = 0.0
+    """weight of the FLOPs cost (flops / cap, or / flops at uniform r_max when uncapped)"""
+    w_tx: float = 0.1
+    """weight of the transmit cost (seconds / cap, or / seconds of uniform r_max on the mean channel)"""
+    tx_cost_clip: float = 5.0
+    """the normalised transmit cost is clipped here (deep Rayleigh fades make transmit seconds heavy-tailed)"""
+    nan_penalty: float = 1.0
+    """reward subtracted when the loss turns NaN/inf (the episode then ends)"""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.run, FineTuneConfig):
+            raise TypeError(f"run must be a FineTuneConfig, got {type(self.run).__name__}")
+        if not 1 <= self.decisions <= self.run.steps:
+            raise ValueError(f"decisions must be in [1, run.steps={self.run.steps}], got {self.decisions}")
+        if self.max_modules < 1:
+            raise ValueError(f"max_modules must be >= 1, got {self.max_modules}")
+        if self.rank_grid is not None:
+            bad = [g for g in self.rank_grid if isinstance(g, bool) or not isinstance(g, Integral) or g < 0]
+            if not self.rank_grid or bad:
+                raise ValueError(f"rank_grid must be non-empty ints >= 0, got {self.rank_grid}")
+            if max(self.rank_grid) > self.run.r_max:
+                raise ValueError(f"rank_grid max {max(self.rank_grid)} exceeds run.r_max={self.run.r_max}; "
+                                 "raise r_max or drop it")  # fmt: skip
+        for name in ("budget_rank", "max_params", "max_flops", "max_tx_seconds"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0 or None, got {value}")
+        for name in ("snr_range_db", "bandwidth_range_hz"):
+            lo, hi = getattr(self, name)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise ValueError(f"{name} must be finite (low, high) with low <= high, got {(lo, hi)}")
+        if self.bandwidth_range_hz[0] <= 0:
+            raise ValueError(f"bandwidth must be > 0, got {self.bandwidth_range_hz}")
+        if self.quality not in QUALITY_TERMS:
+            raise ValueError(f"quality must be one of {QUALITY_TERMS}, got {self.quality!r}")
+        if not self.tx_cost_clip > 0:
+            raise ValueError(f"tx_cost_clip must be > 0, got {self.tx_cost_clip}")
+        for name in ("w_quality", "w_params", "w_flops", "w_tx", "nan_penalty"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be finite and >= 0, got {getattr(self, name)}")
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """The rank grid, sorted and without duplicates."""
+        return tuple(sorted(set(self.rank_grid))) if self.rank_grid is not None else pow2_grid(self.run.r_max)
+
+
+class LoRARankEnv(gym.Env):
+    """Allocate LoRA ranks over a model's adapted projections while it fine-tunes, under budgets.
+
+    ## Action Space
+    ``Box(-1, 1, (max_modules,), float32)``: one score per module row (padded rows ignored). Score ``a`` picks
+    the grid rank ``grid[round((a + 1) / 2 * (len(grid) - 1))]``; the allocation is then projected onto the
+    round's feasible set (:func:`rankrl.ranks.budgets.project`: never above the request, lowering first where the
+    least value per unit cost is lost). :meth:`step_allocation` takes a ``{module: rank}`` request directly
+    (baselines); it is projected the same way.
+
+    ## Observation Space
+    ``Dict(rows=Box(0, 10, (max_modules, 21)), mask=Box(0, 1, (max_modules,)), globals=Box(0, high, (5,)))``,
+    float32, the layout of RolloutBudgetEnv so the same set policy runs on both. ``rows`` are the
+    model-agnostic feature rows of :data:`rankrl.ranks.features.FEATURE_NAMES` (shape, spectrum, gradient
+    sensitivity, current ``rank_frac``), clipped to [0, 10]; ``mask`` marks real rows. ``globals``
+    (:data:`GLOBAL_NAMES`): budget left (1 - the largest used share of any cap by the current allocation under
+    the coming round's budget), step fraction, the coming round's SNR and bandwidth scaled to [0, 1] within
+    their ranges (0.5 for a fixed value), and eval loss / initial eval loss (clipped to [0, 4]).
+
+    ## Rewards
+    Sum of the terms in ``info`` (``reward/*``): ``reward/quality`` = ``w_quality`` x (eval-loss decrease since
+    the previous decision / initial eval loss) for ``quality="loss"``, or x the eval-accuracy gain for
+    ``"accuracy"``; both telescope over an episode to the total improvement. Cost terms are negative and
+    weighted by the fraction of training steps the allocation ran, so their episode sums are time averages
+    comparable across ``decisions``: ``reward/params`` = -``w_params`` x params / cap, ``reward/flops`` =
+    -``w_flops`` x FLOPs / cap, ``reward/tx`` = -``w_tx`` x min(transmit seconds (faded) / cap, ``tx_cost_clip``);
+    an uncapped quantity is divided by its value at uniform ``r_max`` (tx: on the mean channel) instead.
+    ``reward/nan`` = -``nan_penalty`` when the loss diverged, else 0.
+
+    ## Episode End
+    Terminated after the last decision (the run has trained all its steps), or at once when the training or
+    eval loss is NaN/inf (``info["reason"] = "nan_loss"``; nothing is transmitted). Never truncated by the env
+    itself (wrap it in ``TimeLimit`` for that).
+
+    ## Arguments
+    ``backend``: "live" or "sim". ``config``: a :class:`LoRARankConfig`; its fields and those of its ``run``
+    (:class:`FineTuneConfig`) may also be given as keywords, e.g.
+    ``gym.make("rankrl/LoRARank-v0", model="tiny-bert", steps=6, decisions=2)``; unknown keywords raise.
+    ``calibration``: the sim backend's :class:`SimCalibration` (default: :func:`calibrate` the run's model and
+    task, from cache or short live probes); given one, the run's model and task are not used, only its
+    ``r_max`` (must match), ``steps`` and ``warmup_steps``. ``tracker``: an optional
+    :class:`rankrl.tracking.Tracker` that receives every step's numeric ``info`` (step = training steps across
+    episodes). Bad grids and budgets below the minimum allocation (at the worst channel) raise ``ValueError``
+    at construction.
+
+    ## Version History
+    * v0: initial version (live and calibrated-sim backends).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, backend: str = "live", config: LoRARankConfig | None = None,
+                 calibration: SimCalibration | None = None, tracker: Any = None, render_mode: str | None = None,
+                 **overrides: Any) -> None:  # fmt: skip
+        env_keys = {f.name for f in fields(LoRARankConfig)} - {"run"}
+        run_keys = {f.name for f in fields(FineTuneConfig)}
+        if unknown := sorted(set(overrides) - env_keys - run_keys):
+            raise ValueError(f"unknown LoRARankEnv arguments {unknown}; valid: {sorted(env_keys | run_keys)}")
+        base = config or LoRARankConfig()
+        run = FineTuneConfig(**{**_asdict(base.run), **{k: v for k, v in overrides.items() if k in run_keys}})
+        env_over = {k: v for k, v in overrides.items() if k in env_keys}
+        self.config = LoRARankConfig(**{**_asdict(base), **env_over, "run": run})
+        if backend not in ("live", "sim"):
+            raise ValueError(f"backend must be 'live' or 'sim', got {backend!r}")
+        if calibration is not None and backend != "sim":
+            raise ValueError("a calibration is only used by backend='sim'")
+        if render_mode is not None:
+            raise ValueError("LoRARankEnv has no render modes")
+        self.backend, self.render_mode, self.tracker = backend, render_mode, tracker
+        cfg = self.config
+        self._task = self._spare_model = None
+        if backend == "live":
+            from rankrl.models import load_model
+            from rankrl.ranks.targets import find_target_modules
+            from rankrl.tasks import load_task
+
+            c = cfg.run
+            if c.threads:  # before the model is built, not only when the run starts (FineTuneRun does it there)
+                import torch
+
+                torch.set_num_threads(c.threads)
+            self._task = load_task(c.task, seed=c.seed, labels=c.labels, max_train=c.max_train)
+            kind, labels = self._task.kind, max(self._task.num_labels, 2)
+            self._spare_model = load_model(c.model, task_kind=kind, num_labels=labels, seed=c.seed)
+            targets = find_target_modules(self._spare_model.model)
+        else:
+            self.calibration = calibration if calibration is not None else calibrate(cfg)
+            if self.calibration.r_max != cfg.run.r_max:
+                raise ValueError(f"the calibration has r_max={self.calibration.r_max} but run.r_max="
+                                 f"{cfg.run.r_max}; pass r_max={self.calibration.r_max} or recalibrate")  # fmt: skip
+            targets = self.calibration.targets
+        self.targets = tuple(targets)
+        if len(self.targets) > cfg.max_modules:
+            raise ValueError(f"the model has {len(self.targets)} adapted modules > max_modules={cfg.max_modules}; "
+                             "raise max_modules")  # fmt: skip
+        self.grid = check_grid(self.targets, cfg.grid, cfg.run.r_max)
+        self._param_cap = cfg.max_params
+        if self._param_cap is None and cfg.budget_rank is not None:
+            self._param_cap = Budget.mean_rank(self.targets, cfg.budget_rank).max_params
+        full = allocation_cost(self.targets, uniform_ranks(self.targets, cfg.run.r_max), precision_bits=self._bits)
+        mean_channel = Channel(float(np.mean(cfg.bandwidth_range_hz)), float(np.mean(cfg.snr_range_db)))
+        self._norm = {
+            "params": float(self._param_cap or full.params),
+            "flops": float(cfg.max_flops or full.flops),
+            "tx": float(cfg.max_tx_seconds or full.bits / mean_channel.capacity_bps()),
+        }
+        self._units = unit_costs(self.targets, Budget(precision_bits=self._bits), all_constraints=True)
+        worst = self.round_budget(cfg.snr_range_db[0], cfg.bandwidth_range_hz[0])
+        project(self.targets, [self.grid[0]] * len(self.targets), worst, self.grid)  # infeasible budget: raises
+        rows, n_feat = cfg.max_modules, len(FEATURE_NAMES)
+        self.action_space = spaces.Box(-1.0, 1.0, (rows,), dtype=np.float32)
+        glob_high = np.array([1.0, 1.0, 1.0, 1.0, LOSS_HIGH], dtype=np.float32)
+        self.observation_space = spaces.Dict({
+            "rows": spaces.Box(0.0, ROW_HIGH, (rows, n_feat), dtype=np.float32),
+            "mask": spaces.Box(0.0, 1.0, (rows,), dtype=np.float32),
+            "globals": spaces.Box(np.zeros(len(GLOBAL_NAMES), np.float32), glob_high, dtype=np.float32),
+        })  # fmt: skip
+        self.run: Any = None
+        self._log_step = 0
+        self._snr, self._bandwidth = cfg.snr_range_db[0], cfg.bandwidth_range_hz[0]  # redrawn on reset
+
+    @property
+    def _bits(self) -> int:
+        return self.config.run.precision_bits
+
+    # ---------------------------------------------------------------------------------------------- budgets
+    def round_budget(self, snr_db: float | None = None, bandwidth_hz: float | None = None) -> Budget:
+        """The feasible set of a round (default: the coming round's channel); tx uses the average capacity."""
+        cfg = self.config
+        snr = self._snr if snr_db is None else snr_db
+        bw = self._bandwidth if bandwidth_hz is None else bandwidth_hz
+        tx = cfg.max_tx_seconds is not None
+        return Budget(max_params=self._param_cap, max_flops=cfg.max_flops, max_tx_seconds=cfg.max_tx_seconds,
+                      channel=Channel(bw, snr) if tx else None, precision_bits=self._bits)  # fmt: skip
+
+    @property
+    def channel(self) -> dict[str, float]:
+        """The coming round's channel: ``{"snr_db": ..., "bandwidth_hz": ...}`` (drawn on reset and every step)."""
+        return {"snr_db": self._snr, "bandwidth_hz": self._bandwidth}
+
+    def set_channel(self, snr_db: float | None = None, bandwidth_hz: float | None = None) -> dict[str, float]:
+        """Fix the coming round's channel instead of drawing it (None: the middle of the config's range), e.g. to
+        allocate for a known link; the next step draws again. Returns :attr:`channel`."""
+        cfg = self.config
+        self._snr = float(np.mean(cfg.snr_range_db) if snr_db is None else snr_db)
+        self._bandwidth = float(np.mean(cfg.bandwidth_range_hz) if bandwidth_hz is None else bandwidth_hz)
+        if not (math.isfinite(self._snr) and math.isfinite(self._bandwidth) and self._bandwidth > 0):
+            raise ValueError(f"set_channel: need a finite SNR and a positive bandwidth, got {self.channel}")
+        return self.channel
+
+    def observation(self) -> dict[str, np.ndarray]:
+        """The observation of the coming decision (what the last ``reset``/``step`` returned, with the current
+        channel)."""
+        return self._obs()
+
+    def _draw_channel(self) -> None:
+        (s_lo, s_hi), (b_lo, b_hi) = self.config.snr_range_db, self.config.bandwidth_range_hz
+        self._snr = float(self.np_random.uniform(s_lo, s_hi)) if s_hi > s_lo else float(s_lo)
+        self._bandwidth = float(self.np_random.uniform(b_lo, b_hi)) if b_hi > b_lo else float(b_lo)
+
+    # ------------------------------------------------------------------------------------------------ reset
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        super().reset(seed=seed)
+        if options:
+            raise ValueError(f"LoRARankEnv.reset takes no options, got {sorted(options)}")
+        c = self.config.run
+        if self.backend == "live":
+            self.run = None  # free the previous run's model before loading the next
+            loaded, self._spare_model = self._spare_model, None
+            self.run = new_live_run(c, task=self._task, loaded=loaded)
+        else:
+            self.run = SimRun(self.calibration, c.steps, c.warmup_steps)
+            self.run.set_ranks(dict.fromkeys(self.run.ranks, 0))
+        self._features = self.run.features()
+        first = self.run.evaluate()
+        loss0 = first["quality/eval_loss"]
+        self._loss0 = loss0 if math.isfinite(loss0) and loss0 > 0 else 1.0
+        self._last = dict(first)
+        self._decision, self._done = 0, False
+        self._draw_channel()
+        info = {**first, "cost/snr_db": self._snr, "cost/bandwidth_hz": self._bandwidth}
+        return self._obs(), info
+
+    # ------------------------------------------------------------------------------------------------- step
+    def decode_action(self, action: np.ndarray) -> dict[str, int]:
+        """Grid rank per module for a score action (before projection; padded entries ignored)."""
+        a = np.asarray(action, dtype=np.float64).reshape(-1)[: len(self.targets)]
+        a = np.clip(np.nan_to_num(a, nan=0.0), -1.0, 1.0)
+        idx = np.rint((a + 1.0) / 2.0 * (len(self.grid) - 1)).astype(np.int64)
+        return {t.name: int(self.grid[i]) for t, i in zip(self.targets, idx, strict=True)}
+
+    def project(self, desired: Mapping[str, int]) -> dict[str, int]:
+        """The feasible allocation of the coming round for a request (see :func:`rankrl.ranks.budgets.project`)."""
+        return project(self.targets, desired, self.round_budget(), self.grid, r_max=self.config.run.r_max)
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        return self.step_allocation(self.decode_action(action))
+
+    def step_allocation(self, desired: Mapping[str, int]) -> tuple[dict, float, bool, bool, dict]:
+        """One decision with an explicit ``{module: rank}`` request (projected onto the round's budget)."""
+        if self.run is None or self._done:
+            raise RuntimeError("the episode is over (or never started); call reset() first")
+        cfg, budget = self.config, self.round_budget()
+        ranks = self.project(desired)
+        raw = max(violations(self.targets, {k: int(v) for k, v in desired.items()}, budget).values(), default=0.0)
+        self.run.set_ranks(ranks)
+        cost = allocation_cost(self.targets, ranks, precision_bits=self._bits)
+        start = self.run.state.step
+        last = self._decision == cfg.decisions - 1
+        stop = cfg.run.steps if last else (self._decision + 1) * cfg.run.steps // cfg.decisions
+        train = self.run.advance(stop - start)
+        k = self.run.state.step - start
+        nan = bool(train.get("train/nan")) or not math.isfinite(train.get("train/loss", 0.0))
+        ev = {"quality/eval_loss": math.nan, "quality/accuracy": math.nan} if nan else self.run.evaluate()
+        nan = nan or not math.isfinite(ev["quality/eval_loss"])
+        share = k / cfg.run.steps  # cost terms are time averages over the run
+        capacity = tx_seconds = 0.0
+        if not nan:  # a diverged update is not sent
+            capacity = Channel(self._bandwidth, self._snr, cfg.rayleigh).capacity_bps(self.np_random)
+            tx_seconds = cost.bits / capacity if cost.bits else 0.0
+        if nan:
+            quality = 0.0
+        elif cfg.quality == "loss":
+            quality = (self._last["quality/eval_loss"] - ev["quality/eval_loss"]) / self._loss0
+        else:
+            quality = ev["quality/accuracy"] - self._last["quality/accuracy"]
+        terms = {
+            "reward/quality": cfg.w_quality * quality,
+            "reward/params": -cfg.w_params * share * cost.params / self._norm["params"],
+            "reward/flops": -cfg.w_flops * share * cost.flops / self._norm["flops"],
+            "reward/tx": -cfg.w_tx * share * min(tx_seconds / self._norm["tx"], cfg.tx_cost_clip),
+            "reward/nan": -cfg.nan_penalty if nan else 0.0,
+        }
+        reward = float(sum(terms.values()))
+        info: dict[str, Any] = {
+            **terms,
+            "reward/total": reward,
+            **cost.as_metrics(),
+            **{f"rank/layer_{i}": ranks[t.name] for i, t in enumerate(self.targets)},
+            "cost/tx_seconds": tx_seconds,
+            "cost/capacity_bps": capacity,
+            "cost/snr_db": self._snr,
+            "cost/bandwidth_hz": self._bandwidth,
+            **budget_metrics(self.targets, ranks, budget),
+            "budget/raw_violation": raw,
+            "budget/projected": float(ranks != {t.name: int(desired[t.name]) for t in self.targets}),
+            **{k_: v for k_, v in train.items() if k_.startswith("train/")},
+            **ev,
+            "decision": self._decision,
+            "ranks": dict(ranks),
+            "desired_ranks": {t.name: int(desired[t.name]) for t in self.targets},
+        }
+        self._decision += 1
+        terminated = nan or self._decision >= cfg.decisions
+        if nan:
+            info["reason"] = "nan_loss"
+        else:
+            self._last = dict(ev)
+            if terminated:
+                info["reason"] = "finished"
+        self._done = terminated
+        if not terminated:
+            self._draw_channel()
+        self._log_step += max(k, 1)
+        if self.tracker is not None:
+            numeric = {k_: v for k_, v in info.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+            self.tracker.log(numeric, step=self._log_step)
+        return self._obs(), reward, terminated, False, info
+
+    # ---------------------------------------------------------------------------------------- observation
+    def _obs(self) -> dict[str, np.ndarray]:
+        cfg, n = self.config, len(self.targets)
+        ranks = self.run.ranks
+        rows = np.zeros((cfg.max_modules, len(FEATURE_NAMES)), dtype=np.float32)
+        rows[:n] = np.clip(self._features.matrix(ranks, cfg.run.r_max), 0.0, ROW_HIGH)
+        mask = np.zeros(cfg.max_modules, dtype=np.float32)
+        mask[:n] = 1.0
+        # costs are linear in rank (rankrl.ranks.budgets), so shares of the caps are dot products: no allocation_cost
+        r = np.array([ranks[t.name] for t in self.targets], dtype=np.float64)
+        totals = {name: float(u @ r) for name, u in self._units.items()}
+        shares = [totals[name] / cap for name, cap in (("params", self._param_cap), ("flops", cfg.max_flops)) if cap]
+        if cfg.max_tx_seconds:
+            shares.append(totals["bits"] / Channel(self._bandwidth, self._snr).capacity_bps() / cfg.max_tx_seconds)
+        shares = shares or [totals["params"] / self._norm["params"]]
+        glob = np.array([
+            1.0 - max(shares),
+            self.run.state.step / cfg.run.steps,
+            _unit(self._snr, cfg.snr_range_db),
+            _unit(self._bandwidth, cfg.bandwidth_range_hz),
+            self._last["quality/eval_loss"] / self._loss0,
+        ], dtype=np.float64)  # fmt: skip
+        glob = np.clip(np.nan_to_num(glob, nan=1.0), 0.0, [1.0, 1.0, 1.0, 1.0, LOSS_HIGH]).astype(np.float32)
+        return {"rows": rows, "mask": mask, "globals": glob}
+
+    def close(self) -> None:
+        self.run = None
+
+
+def _unit(x: float, bounds: tuple[float, float]) -> float:
+    lo, hi = bounds
+    return 0.5 if hi <= lo else (x - lo) / (hi - lo)
+
+
+def _asdict(cfg: object) -> dict[str, Any]:
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}  # shallow, unlike dataclasses.asdict

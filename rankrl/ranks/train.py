@@ -1,0 +1,539 @@
+"""``rankrl train-policy``: train a LoRA rank allocator (SB3 PPO + the set policy) on LoRARankEnv.
+
+The policy learns on ``rankrl/LoRARank-Sim-v0`` (a surrogate calibrated from short live probes of the same model
+and task, :func:`rankrl.ranks.sim.calibrate`, cached) or directly on the live env. SB3 is used as a
+library: the architecture comes in through ``policy_kwargs`` (:class:`~rankrl.set_policy.SetActorCriticPolicy`),
+logging and checkpoints through callbacks. Checkpoints are atomic (``model.save`` to a temp file, then
+``os.replace``) and taken right after a PPO update, so ``--resume`` (``PPO.load`` +
+``learn(reset_num_timesteps=False)``) loses nothing but the rollout in flight.
+
+Whatever it trained on, the policy is then run for one live episode (deterministic) next to uniform LoRA at the
+same budget, same seed and same channel draws: the sim is only a surrogate. Outputs in ``--out``: ``policy.zip``
+and ``policy.json`` (the observation layout that :mod:`rankrl.ranks.apply` checks), ``checkpoint.zip`` +
+``checkpoint.json``, ``metrics.jsonl`` (+ W&B), ``curves.png``, ``rank_heatmap*.png`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rankrl.atomic import atomic_write
+
+__all__ = [
+    "ENV_IDS",
+    "LAYOUT_VERSION",
+    "TrainPolicyConfig",
+    "TrainResult",
+    "make_env",
+    "plot_rank_heatmap",
+    "policy_meta",
+    "rollout_episode",
+    "save_policy",
+    "train_policy",
+    "uniform_allocator",
+]
+
+ENV_IDS: tuple[str, ...] = ("rankrl/LoRARank-Sim-v0", "rankrl/LoRARank-v0")
+POLICY_FILE, POLICY_META = "policy.zip", "policy.json"
+CHECKPOINT_FILE, CHECKPOINT_STATE = "checkpoint.zip", "checkpoint.json"
+#: policy.json format tag and version (bump when the observation/action contract changes)
+POLICY_FORMAT, LAYOUT_VERSION = "rankrl/ranks/lora-rank-policy", 1
+#: config fields that may change between a run and its --resume
+RESUMABLE_CHANGES = frozenset({"timesteps", "checkpoint_every", "resume", "wandb", "progress", "threads", "out"})
+REWARD_TERMS = ("quality", "params", "flops", "tx", "nan")
+
+
+@dataclass(frozen=True)
+class TrainPolicyConfig:
+    """Train a LoRA rank-allocation policy (PPO, one head shared by all modules) on the LoRARank env, evaluate it
+    live against uniform LoRA at the same budget, and save policy.zip + policy.json for `rankrl apply`."""
+
+    env: str = "rankrl/LoRARank-Sim-v0"
+    """training env: 'rankrl/LoRARank-Sim-v0' (calibrated surrogate) or 'rankrl/LoRARank-v0' (every step trains)"""
+    model: str = "minilm"
+    """model of the episodes (alias, local directory or hub id)"""
+    task: str = "default"
+    """task of the episodes ('default', 'arith', a local file/directory or a hub dataset)"""
+    steps: int = 40
+    """fine-tuning steps of one episode (one live run)"""
+    lr: float = 3e-3
+    """AdamW learning rate of the episode's fine-tuning run"""
+    batch_size: int = 16
+    """training batch size of the episode's fine-tuning run"""
+    max_eval: int | None = 128
+    """held-out rows evaluated at every decision"""
+    max_train: int | None = None
+    """use at most this many training rows"""
+    r_max: int = 8
+    """directions allocated per module (largest rank)"""
+    alpha: float = 16.0
+    """LoRA alpha (a module started at rank r has scaling alpha / r)"""
+    rank_grid: tuple[int, ...] | None = None
+    """ranks a module may get (default: 0 and powers of two up to r_max)"""
+    decisions: int = 4
+    """decision points per episode (re-allocations; 1 = one-shot allocation)"""
+    max_modules: int = 64
+    """observation rows of the policy (models with fewer adapted modules are padded)"""
+    budget_rank: float | None = 4.0
+    """parameter cap as a mean rank over all modules (None: no cap)"""
+    max_params: int | None = None
+    """absolute parameter cap (replaces budget_rank)"""
+    max_flops: float | None = None
+    """cap on adapter FLOPs per token, forward + backward"""
+    max_tx_seconds: float | None = None
+    """cap on seconds to send one adapter update at the round's average capacity"""
+    snr_range_db: tuple[float, float] = (0.0, 20.0)
+    """each round's average SNR is drawn uniformly from this range (dB)"""
+    bandwidth_range_hz: tuple[float, float] = (1e6, 1e6)
+    """each round's bandwidth is drawn uniformly from this range (Hz)"""
+    rayleigh: bool = True
+    """Rayleigh fading on every transmission"""
+    quality: str = "loss"
+    """quality reward: 'loss' (eval-loss decrease) or 'accuracy' (accuracy gain)"""
+    w_params: float = 0.1
+    """weight of the parameter cost in the reward"""
+    w_tx: float = 0.1
+    """weight of the transmit-time cost in the reward"""
+    probes: int = 3
+    """sim calibration: live probe runs (cached per model, task and run config)"""
+    # whole-episode probes by default: minilm on 'default' shows no learning before ~20 of 40 steps, so shorter
+    # probes leave the sim blind to what rank does (measured: 8-step probes fit rate0 = rate1 = 0)
+    probe_steps: int | None = None
+    """sim calibration: fine-tuning steps per probe (None: the whole episode)"""
+    probe_evals: int = 2
+    """sim calibration: evaluations per probe"""
+    timesteps: int = 4096
+    """PPO env steps (decisions) in total, over all runs of this --out"""
+    n_steps: int = 128
+    """PPO rollout length between updates (keep small on the live env: every step is real training)"""
+    ppo_batch_size: int = 64
+    """PPO minibatch size"""
+    n_epochs: int = 5
+    """PPO epochs per update"""
+    ppo_lr: float = 1e-3
+    """PPO Adam learning rate"""
+    gamma: float = 0.99
+    """discount (episodes are `decisions` steps long)"""
+    ent_coef: float = 0.0
+    """PPO entropy bonus"""
+    hidden: int = 64
+    """width of the policy's per-module encoder"""
+    context: str = "mean"
+    """how a module sees the others: 'mean' (masked mean-pool) or 'attention'"""
+    seed: int = 0
+    """seed of PPO, the envs and the fine-tuning runs"""
+    threads: int | None = None
+    """torch CPU threads of the live runs (PPO itself uses 1; None: torch's choice)"""
+    out: str = "runs/policy"
+    """run directory: policy.zip, policy.json, checkpoint.*, metrics.jsonl, PNGs, summary.json"""
+    checkpoint_every: int = 1024
+    """checkpoint after the first PPO update past every this many env steps (0: only at the end)"""
+    resume: bool = False
+    """continue from <out>/checkpoint.zip up to --timesteps (the other settings must match the checkpoint's)"""
+    wandb: bool = True
+    """log to W&B (offline unless WANDB_MODE / credentials say otherwise)"""
+    progress: bool = True
+    """show a progress bar"""
+
+    def __post_init__(self) -> None:
+        if self.env not in ENV_IDS:
+            raise ValueError(f"env must be one of {ENV_IDS}, got {self.env!r}")
+        for name in ("timesteps", "n_steps", "ppo_batch_size", "n_epochs", "hidden", "probes", "probe_evals"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if not (self.ppo_lr > 0 and 0 < self.gamma <= 1 and self.ent_coef >= 0):
+            raise ValueError("need ppo_lr > 0, 0 < gamma <= 1 and ent_coef >= 0")
+        if self.context not in ("mean", "attention"):
+            raise ValueError(f"context must be 'mean' or 'attention', got {self.context!r}")
+        if self.probe_steps is not None and not 1 <= self.probe_steps <= self.steps:
+            raise ValueError(f"probe_steps must be in [1, steps={self.steps}] or None, got {self.probe_steps}")
+        _ = self.env_config  # validates the run and env settings (LoRARankConfig / FineTuneConfig raise)
+
+    @property
+    def backend(self) -> str:
+        """'sim' or 'live'."""
+        return "sim" if "Sim" in self.env else "live"
+
+    @property
+    def run_config(self) -> Any:
+        """The :class:`~rankrl.ranks.finetune.FineTuneConfig` of one episode."""
+        from rankrl.ranks.finetune import FineTuneConfig
+
+        return FineTuneConfig(model=self.model, task=self.task, steps=self.steps, lr=self.lr, alpha=self.alpha,
+                              batch_size=self.batch_size, max_eval=self.max_eval, max_train=self.max_train,
+                              r_max=self.r_max, eval_every=0, seed=self.seed, threads=self.threads)  # fmt: skip
+
+    @property
+    def env_config(self) -> Any:
+        """The :class:`~rankrl.ranks.env.LoRARankConfig` of the training (and evaluation) env."""
+        from rankrl.ranks.env import LoRARankConfig
+
+        return LoRARankConfig(run=self.run_config, decisions=self.decisions, rank_grid=self.rank_grid,
+                              max_modules=self.max_modules, budget_rank=self.budget_rank, max_params=self.max_params,
+                              max_flops=self.max_flops, max_tx_seconds=self.max_tx_seconds,
+                              snr_range_db=self.snr_range_db, bandwidth_range_hz=self.bandwidth_range_hz,
+                              rayleigh=self.rayleigh, quality=self.quality, w_params=self.w_params,
+                              w_tx=self.w_tx)  # fmt: skip
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_policy` produced.
+
+    Attributes:
+        model: the trained SB3 ``PPO``.
+        out: the run directory.
+        timesteps_done: env steps PPO has taken over all runs of this directory.
+        live: live evaluation, ``{"policy": summary, "uniform": summary}`` (see :func:`episode_summary`).
+        sim: sim evaluation (sim training only), same layout.
+    """
+
+    model: Any
+    out: Path
+    timesteps_done: int
+    live: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sim: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------------ envs
+def make_env(config: TrainPolicyConfig, backend: str | None = None, calibration: Any = None) -> Any:
+    """A :class:`~rankrl.ranks.env.LoRARankEnv` of ``config`` (``backend`` defaults to ``config.env``'s)."""
+    from rankrl.ranks.env import LoRARankEnv
+
+    backend = backend or config.backend
+    return LoRARankEnv(backend, config=config.env_config, calibration=calibration if backend == "sim" else None)
+
+
+def uniform_allocator(obs: Any, env: Any) -> dict[str, int]:
+    """Uniform LoRA at the coming round's budget (:func:`rankrl.ranks.baselines.uniform`), for episodes."""
+    from rankrl.ranks.baselines import uniform
+
+    env = env.unwrapped
+    return uniform(env.targets, env.round_budget(), env.grid, r_max=env.config.run.r_max)
+
+
+def rollout_episode(env: Any, act: Callable[[Any, Any], Any], seed: int) -> list[dict[str, Any]]:
+    """Run one episode; ``act(obs, env)`` returns an action array (``env.step``) or a ``{module: rank}`` request
+    (``env.step_allocation``). Returns every step's ``info``."""
+    env = env.unwrapped
+    obs, _ = env.reset(seed=seed)
+    infos, done = [], False
+    while not done:
+        choice = act(obs, env)
+        step = env.step_allocation if isinstance(choice, Mapping) else env.step
+        obs, _, terminated, truncated, info = step(choice)
+        infos.append(info)
+        done = terminated or truncated
+    return infos
+
+
+def episode_summary(infos: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals of an episode: reward and its terms, final quality, mean params/bits, transmit seconds, worst
+    violation, and the rank allocation of every decision (``ranks``)."""
+    last = infos[-1]
+    out: dict[str, Any] = {"reward": float(sum(i["reward/total"] for i in infos))}
+    out.update({f"reward_{t}": float(sum(i[f"reward/{t}"] for i in infos)) for t in REWARD_TERMS})
+    out.update({"eval_loss": last["quality/eval_loss"], "accuracy": last["quality/accuracy"],
+                "params": float(np.mean([i["cost/params"] for i in infos])),
+                "bits": float(np.mean([i["cost/bits"] for i in infos])),
+                "tx_seconds": float(sum(i["cost/tx_seconds"] for i in infos)),
+                "violation": float(max(i["budget/violation"] for i in infos)),
+                "raw_violation": float(max(i["budget/raw_violation"] for i in infos)),
+                "ranks": [dict(i["ranks"]) for i in infos]})  # fmt: skip
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- plots
+def plot_rank_heatmap(targets: Any, allocations: list[Mapping[str, int]], out: str | os.PathLike,
+                      title: str = "", r_max: int | None = None) -> Path:  # fmt: skip
+    """Modules (rows) x decision points (columns) heatmap of ranks (colour scale 0..r_max), each cell annotated;
+    atomic PNG write."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.array([[a[t.name] for a in allocations] for t in targets], dtype=float)
+    labels = [f"L{t.layer_index} {t.kind}" for t in targets]
+    fig, ax = plt.subplots(figsize=(1.6 + 0.8 * len(allocations), 1.2 + 0.22 * len(targets)))
+    top = float(r_max or max(grid.max(), 1.0))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=top)
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6, color="w" if v < top / 2 else "k")
+    ax.set_yticks(range(len(targets)), labels, fontsize=6)
+    ax.set_xticks(range(len(allocations)), [f"d{j}" for j in range(len(allocations))])
+    ax.set_xlabel("decision point")
+    fig.colorbar(im, ax=ax, label="rank")
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return _save_fig(fig, Path(out))
+
+
+def _save_fig(fig: Any, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    try:
+        return atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------- saving
+def _save_model(model: Any, path: Path) -> Path:
+    return atomic_write(path, model.save, ".zip")  # the .zip suffix stops SB3 from appending one
+
+
+def _save_json(data: Any, path: Path) -> Path:
+    return atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=1, default=str)), ".json")
+
+
+def policy_meta(config: TrainPolicyConfig, timesteps_done: int = 0) -> dict[str, Any]:
+    """The ``policy.json`` record: the observation layout the policy reads (checked by ``rankrl apply``), its
+    action decoding (grid, ``r_max``), the budgets and channel it was trained under, and the training config."""
+    from rankrl.ranks.env import GLOBAL_NAMES, LOSS_HIGH, ROW_HIGH
+    from rankrl.ranks.features import FEATURE_NAMES
+
+    env = config.env_config
+    return {
+        "format": POLICY_FORMAT,
+        "layout_version": LAYOUT_VERSION,
+        "observation": {"feature_names": list(FEATURE_NAMES), "global_names": list(GLOBAL_NAMES),
+                        "n_features": len(FEATURE_NAMES), "n_globals": len(GLOBAL_NAMES),
+                        "max_modules": env.max_modules, "row_high": ROW_HIGH, "loss_high": LOSS_HIGH},  # fmt: skip
+        "action": {"rank_grid": list(env.grid), "r_max": env.run.r_max, "decode": "LoRARankEnv.decode_action"},
+        "budgets": {k: getattr(env, k) for k in ("budget_rank", "max_params", "max_flops", "max_tx_seconds")},
+        "channel": {"snr_range_db": list(env.snr_range_db), "bandwidth_range_hz": list(env.bandwidth_range_hz),
+                    "rayleigh": env.rayleigh},  # fmt: skip
+        "env_config": {f.name: getattr(env, f.name) for f in fields(env) if f.name != "run"},
+        "run_config": asdict(env.run),
+        "trained_on": {"env": config.env, "model": config.model, "task": config.task},
+        "timesteps": int(timesteps_done),
+        "train_config": asdict(config),
+    }
+
+
+def save_policy(model: Any, out: str | os.PathLike, config: TrainPolicyConfig, timesteps_done: int) -> Path:
+    """Write ``policy.zip`` (SB3) and ``policy.json`` (:func:`policy_meta`) into ``out``, atomically."""
+    out = Path(out)
+    _save_model(model, out / POLICY_FILE)
+    _save_json(policy_meta(config, timesteps_done), out / POLICY_META)
+    return out / POLICY_FILE
+
+
+# ---------------------------------------------------------------------------------------------- callbacks
+def _callbacks(tracker: Any, config: TrainPolicyConfig, out: Path) -> list[Any]:
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class EpisodeLogger(BaseCallback):
+        """Per rollout: mean episode reward and its terms, budget use/violation, costs, final quality; plus the
+        previous update's ``train/*`` values from SB3's logger."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.running: dict[int, list[dict]] = {}
+            self.finished: list[dict[str, Any]] = []
+
+        def _on_step(self) -> bool:
+            for k, (info, done) in enumerate(zip(self.locals["infos"], self.locals["dones"], strict=True)):
+                self.running.setdefault(k, []).append(info)
+                if done:
+                    self.finished.append(episode_summary(self.running.pop(k)))
+            return True
+
+        def _on_rollout_end(self) -> None:
+            metrics = {k: v for k, v in self.model.logger.name_to_value.items() if k.startswith("train/")}
+            if self.finished:
+                eps = self.finished
+                metrics["rollout/ep_reward"] = float(np.mean([e["reward"] for e in eps]))
+                metrics.update({f"rollout/ep_reward_{t}": float(np.mean([e[f"reward_{t}"] for e in eps]))
+                                for t in REWARD_TERMS})  # fmt: skip
+                metrics.update({"rollout/episodes": len(eps),
+                                "budget/violation": float(np.mean([e["violation"] for e in eps])),
+                                "budget/raw_violation": float(np.mean([e["raw_violation"] for e in eps])),
+                                "cost/params": float(np.mean([e["params"] for e in eps])),
+                                "cost/bits": float(np.mean([e["bits"] for e in eps])),
+                                "cost/tx_seconds": float(np.mean([e["tx_seconds"] for e in eps])),
+                                "quality/eval_loss": float(np.nanmean([e["eval_loss"] for e in eps])),
+                                "quality/accuracy": float(np.nanmean([e["accuracy"] for e in eps]))})  # fmt: skip
+                self.finished = []
+            if metrics:
+                tracker.log(metrics, step=self.num_timesteps)
+
+    class Checkpointer(BaseCallback):
+        """Atomic checkpoint right after a PPO update (rollout start): the weights then reflect every counted step."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.last = None
+
+        def _on_training_start(self) -> None:
+            self.last = self.num_timesteps
+
+        def _on_rollout_start(self) -> None:
+            every = config.checkpoint_every
+            if every and self.num_timesteps - self.last >= every:
+                save_checkpoint(self.model, out, config)
+                self.last = self.num_timesteps
+
+        def _on_step(self) -> bool:
+            return True
+
+    return [EpisodeLogger(), Checkpointer()]
+
+
+def save_checkpoint(model: Any, out: Path, config: TrainPolicyConfig) -> Path:
+    """``checkpoint.zip`` (SB3 weights + optimizer + timestep count) and ``checkpoint.json`` (config, steps done)."""
+    _save_model(model, out / CHECKPOINT_FILE)
+    _save_json({"timesteps_done": int(model.num_timesteps), "timesteps": config.timesteps, "saved_at": time.time(),
+                "config": asdict(config)}, out / CHECKPOINT_STATE)  # fmt: skip
+    return out / CHECKPOINT_FILE
+
+
+def _check_resumable(config: TrainPolicyConfig, out: Path) -> dict[str, Any]:
+    state_path, ckpt = out / CHECKPOINT_STATE, out / CHECKPOINT_FILE
+    if not (state_path.exists() and ckpt.exists()):
+        raise SystemExit(f"--resume: no checkpoint ({CHECKPOINT_FILE} + {CHECKPOINT_STATE}) in {out}; "
+                         "run without --resume first")  # fmt: skip
+    state = json.loads(state_path.read_text())
+    mine = json.loads(json.dumps(asdict(config), default=str))
+    diff = {k: (state["config"].get(k), v) for k, v in mine.items()
+            if k not in RESUMABLE_CHANGES and state["config"].get(k) != v}  # fmt: skip
+    if diff:
+        shown = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise SystemExit(f"--resume: settings differ from the checkpoint in {out} ({shown}); pass the same values "
+                         "(only timesteps, checkpoint_every, wandb, progress, threads may change) or use a new --out")
+    return state
+
+
+# -------------------------------------------------------------------------------------------------- train
+def train_policy(config: TrainPolicyConfig, *, calibration: Any = None) -> TrainResult:
+    """Train (or resume) a rank policy, save it, evaluate it on sim (when sim-trained) and always on live.
+
+    Args:
+        config: the run.
+        calibration: a :class:`~rankrl.ranks.sim.SimCalibration` for the sim env (default: calibrate
+            ``config``'s model and task from live probes, or read that calibration from cache).
+    """
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from rankrl.ranks.sim import calibrate
+    from rankrl.set_policy import SetActorCriticPolicy
+    from rankrl.tracking import Tracker, plot_curves, read_metrics
+
+    out = Path(config.out)
+    state = _check_resumable(config, out) if config.resume else None
+    threads = torch.get_num_threads()
+    if config.backend == "sim" and calibration is None:
+        t0 = time.time()
+        probe_steps = config.probe_steps or config.steps
+        print(f"calibrating the sim on {config.model}/{config.task}: {config.probes} live probes x "
+              f"{probe_steps} steps (cached per model, task and settings) ...", flush=True)  # fmt: skip
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        calibration = calibrate(config.env_config, config.probes, probe_steps, probe_evals=config.probe_evals)
+        print(f"  done in {time.time() - t0:.1f}s: loss0 {calibration.loss0:.3f}, floor {calibration.loss_inf:.3f}, "
+              f"rate0 {calibration.rate0:.4f}, rate1 {calibration.rate1:.4f}", flush=True)  # fmt: skip
+    tracker = Tracker(out, config=asdict(config) | {"job": "train-policy"}, use_wandb=config.wandb,
+                      resume=config.resume)  # fmt: skip
+    try:
+        vec = DummyVecEnv([lambda: make_env(config, calibration=calibration)])
+        vec.seed(config.seed)
+        targets = vec.envs[0].unwrapped.targets
+        if config.backend == "sim":
+            torch.set_num_threads(1)  # small policy nets and a numpy surrogate: one thread is fastest
+        if state is not None:
+            model = PPO.load(out / CHECKPOINT_FILE, env=vec, device="cpu")
+            print(f"resuming from {out / CHECKPOINT_FILE} at {model.num_timesteps} of {config.timesteps} env steps")
+        else:
+            model = PPO(SetActorCriticPolicy, vec, n_steps=config.n_steps, batch_size=min(config.ppo_batch_size,
+                        config.n_steps), n_epochs=config.n_epochs, learning_rate=config.ppo_lr, gamma=config.gamma,
+                        gae_lambda=0.95, ent_coef=config.ent_coef, seed=config.seed, device="cpu", verbose=0,
+                        policy_kwargs=dict(hidden=config.hidden, context=config.context,
+                                           log_std_init=-1.0))  # fmt: skip
+        print(f"{config.env}: {config.model}/{config.task}, {len(targets)} modules, grid {vec.envs[0].unwrapped.grid}, "
+              f"{config.decisions} decisions x {config.steps // config.decisions} steps, budget "
+              f"{_budget_text(config)}", flush=True)  # fmt: skip
+        remaining = config.timesteps - model.num_timesteps
+        if remaining > 0:
+            model.learn(remaining, callback=_callbacks(tracker, config, out), reset_num_timesteps=state is None,
+                        progress_bar=config.progress)  # fmt: skip
+        else:
+            print(f"checkpoint already at {model.num_timesteps} >= --timesteps {config.timesteps}: nothing to train")
+        torch.set_num_threads(threads)
+        done = int(model.num_timesteps)
+        save_checkpoint(model, out, config)
+        save_policy(model, out, config, done)
+        result = TrainResult(model, out, done)
+        summary: dict[str, Any] = {"timesteps_done": done}
+
+        def act(obs: Any, env: Any) -> np.ndarray:
+            return model.policy.predict(obs, deterministic=True)[0]
+
+        if config.backend == "sim":
+            sim_env = make_env(config, "sim", calibration)
+            result.sim = {name: episode_summary(rollout_episode(sim_env, fn, config.seed + 1))
+                          for name, fn in (("policy", act), ("uniform", uniform_allocator))}  # fmt: skip
+            png = plot_rank_heatmap(sim_env.targets, result.sim["policy"]["ranks"], out / "rank_heatmap.png",
+                                    title=f"policy ranks on sim {config.model} (reward "
+                                          f"{result.sim['policy']['reward']:.3f})", r_max=config.r_max)  # fmt: skip
+            tracker.image("rank/heatmap", png, step=done)
+            _print_table("sim evaluation (deterministic policy vs uniform, same seed)", result.sim)
+            summary.update(_flat("eval/sim", result.sim))
+        print(f"\nlive evaluation: one {config.steps}-step run of {config.model}/{config.task} per allocator ...",
+              flush=True)  # fmt: skip
+        live_env = make_env(config, "live")
+        result.live = {name: episode_summary(rollout_episode(live_env, fn, config.seed))
+                       for name, fn in (("policy", act), ("uniform", uniform_allocator))}  # fmt: skip
+        live_env.close()
+        png = plot_rank_heatmap(live_env.targets, result.live["policy"]["ranks"], out / "rank_heatmap_live.png",
+                                title=f"policy ranks, live {config.model}/{config.task} (acc "
+                                      f"{result.live['policy']['accuracy']:.3f})", r_max=config.r_max)  # fmt: skip
+        tracker.image("rank/heatmap_live", png, step=done)
+        _print_table("live evaluation (deterministic policy vs uniform at the same budget, same seed)", result.live)
+        summary.update(_flat("eval/live", result.live))
+        tracker.log({k: v for k, v in summary.items() if k.startswith("eval/")}, step=done)
+        rows = read_metrics(out)
+        if any("rollout/ep_reward" in r for r in rows):
+            curves = plot_curves(rows, ["rollout/ep_reward", "rollout/ep_reward_quality", "budget/violation",
+                                        "cost/params"], out / "curves.png", title=f"PPO on {config.env}")  # fmt: skip
+            tracker.image("curves", curves, step=done)
+        tracker.summary(summary)
+        print(f"policy -> {out / POLICY_FILE} (+ {POLICY_META})   heatmaps, curves, metrics -> {out}")
+        return result
+    finally:
+        torch.set_num_threads(threads)
+        tracker.finish()
+
+
+def _flat(prefix: str, rows: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    return {f"{prefix}_{name}_{k}": v for name, s in rows.items() for k, v in s.items() if k != "ranks"}
+
+
+def _budget_text(config: TrainPolicyConfig) -> str:
+    parts = [f"{k}={getattr(config, k)}" for k in ("budget_rank", "max_params", "max_flops", "max_tx_seconds")
+             if getattr(config, k) is not None]  # fmt: skip
+    return ", ".join(parts) or "none"
+
+
+def _print_table(title: str, rows: Mapping[str, Mapping[str, Any]]) -> None:
+    print(f"\n{title}")
+    print(f"  {'allocator':<10} {'eval_loss':>9} {'accuracy':>9} {'reward':>8} {'params(mean)':>13} "
+          f"{'bits(mean)':>12} {'tx_s(total)':>11} {'violation':>9}")  # fmt: skip
+    for name, s in rows.items():
+        loss, acc = (f"{s[k]:.4f}" if math.isfinite(s[k]) else "nan" for k in ("eval_loss", "accuracy"))
+        print(f"  {name:<10} {loss:>9} {acc:>9} {s['reward']:>8.4f} {s['params']:>13,.0f} {s['bits']:>12,.0f} "
+              f"{s['tx_seconds']:>11.4f} {s['violation']:>9.3f}")  # fmt: skip

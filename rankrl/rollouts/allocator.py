@@ -1,0 +1,223 @@
+"""The learned rollout allocator: train SB3 PPO with the set policy on RolloutBudgetEnv, save, load, apply.
+
+:func:`train_allocator` trains on one or several env configurations at once (one ``DummyVecEnv`` member per
+config, e.g. every difficulty mix x history length, so one policy covers them all). :class:`Allocator` turns
+a trained policy into the callable a GRPO trainer needs: prompt history in, integer allocation out, through
+the same observation builder and score -> allocation mapping as the env.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from rankrl.rollouts.env import (
+    PromptHistory,
+    RolloutBudgetConfig,
+    RolloutBudgetEnv,
+    build_observation,
+    scores_to_allocation,
+)
+from rankrl.set_policy import SetActorCriticPolicy
+
+__all__ = ["Allocator", "load_allocator", "save_allocator", "train_allocator"]
+
+#: config fields that shape the policy's inputs/outputs: they must agree across training envs
+_POLICY_FIELDS = ("max_prompts", "n_min", "n_max", "temperature", "prior_alpha", "prior_beta")
+MODEL_FILE, CONFIG_FILE = "model.zip", "env_config.json"
+
+
+def _env_config(kwargs: Mapping[str, Any]) -> RolloutBudgetConfig:
+    return RolloutBudgetEnv(**kwargs).config
+
+
+def train_allocator(
+    env_kwargs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    total_timesteps: int,
+    seed: int = 0,
+    *,
+    n_steps: int = 64,
+    batch_size: int = 256,
+    n_epochs: int = 5,
+    learning_rate: float = 1e-3,
+    gamma: float = 0.8,
+    ent_coef: float = 0.0,
+    policy_kwargs: Mapping[str, Any] | None = None,
+    ppo_kwargs: Mapping[str, Any] | None = None,
+    callback: BaseCallback | None = None,
+    torch_threads: int | None = 1,
+    verbose: int = 0,
+) -> PPO:
+    """Train a PPO allocator with :class:`~rankrl.set_policy.SetActorCriticPolicy`.
+
+    Args:
+        env_kwargs: ``RolloutBudgetEnv`` keyword arguments, or a list of them (one vec-env member each). Their
+            ``max_prompts`` (rows), bounds, temperature and prior must agree.
+        total_timesteps: Env steps (GRPO rounds) summed over members.
+        seed: Seed of PPO, torch and the envs.
+        n_steps: Rollout length per member between updates (small: live env steps are real training).
+        batch_size: PPO minibatch size (capped at the rollout buffer, ``n_steps`` x members).
+        n_epochs: PPO epochs per update.
+        learning_rate: Adam learning rate.
+        gamma: Discount; allocations affect later rounds only through history and learning, so it is short.
+        ent_coef: Entropy bonus.
+        policy_kwargs: Passed to the policy (``hidden``, ``context``, ``net_arch``, ``log_std_init``, ...).
+        ppo_kwargs: Any other ``PPO`` arguments.
+        callback: SB3 callback (budgets, logging).
+        torch_threads: ``torch.set_num_threads`` for training (None leaves it).
+        verbose: SB3 verbosity.
+
+    Returns:
+        The trained ``PPO`` model.
+    """
+    members = [dict(env_kwargs)] if isinstance(env_kwargs, Mapping) else [dict(k) for k in env_kwargs]
+    if not members:
+        raise ValueError("env_kwargs must name at least one env configuration")
+    configs = [_env_config(k) for k in members]
+    for name in _POLICY_FIELDS:
+        values = {getattr(c, name) if name != "max_prompts" else c.rows for c in configs}
+        if len(values) > 1:
+            raise ValueError(f"training envs disagree on {name} ({sorted(values)}); the policy needs one value")
+    if torch_threads is not None:
+        th.set_num_threads(torch_threads)
+    vec = DummyVecEnv([lambda k=k: RolloutBudgetEnv(**k) for k in members])
+    vec.seed(seed)
+    kwargs: dict[str, Any] = dict(
+        n_steps=n_steps, batch_size=min(batch_size, n_steps * len(members)), n_epochs=n_epochs,
+        learning_rate=learning_rate, gamma=gamma, gae_lambda=0.9, ent_coef=ent_coef, seed=seed, verbose=verbose,
+        device="cpu", policy_kwargs=dict({"log_std_init": -1.0}, **(policy_kwargs or {})),
+    )  # fmt: skip
+    kwargs.update(ppo_kwargs or {})
+    model = PPO(SetActorCriticPolicy, vec, **kwargs)
+    model.learn(total_timesteps=total_timesteps, callback=callback)
+    return model
+
+
+def save_allocator(model: PPO, directory: str | Path, env_kwargs: Mapping[str, Any]) -> Path:
+    """Write ``model.zip`` and the env config the policy was trained for (``env_config.json``) to a directory."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / MODEL_FILE)
+    cfg = _env_config(env_kwargs)
+    (out / CONFIG_FILE).write_text(json.dumps({f.name: getattr(cfg, f.name) for f in fields(cfg)}, indent=2))
+    return out
+
+
+def load_allocator(directory: str | Path, deterministic: bool = True) -> Allocator:
+    """Load what :func:`save_allocator` wrote as an :class:`Allocator` (CPU)."""
+    path = Path(directory)
+    config = RolloutBudgetConfig(**json.loads((path / CONFIG_FILE).read_text()))
+    model = PPO.load(path / MODEL_FILE, device="cpu")
+    return Allocator(model, config, deterministic=deterministic)
+
+
+class Allocator:
+    """A trained policy as a rollout allocator: prompt history -> integer allocation.
+
+    Args:
+        model: Trained ``PPO`` (or anything with SB3's ``predict(obs, deterministic=...)``).
+        config: The env config it was trained with (rows, bounds, temperature, prior, uniform group size).
+        deterministic: Use the policy's mean scores (True) or sample.
+
+    Example (a trainer's loop)::
+
+        allocator = load_allocator("runs/allocator")
+        history = PromptHistory(len(dataset))
+        alloc = allocator(history, batch_ids, budget=16 * 8, round_idx=step, horizon=total_steps)
+        history.record(batch_ids, rewards_per_prompt, step)
+    """
+
+    def __init__(self, model: Any, config: RolloutBudgetConfig, deterministic: bool = True) -> None:
+        self.model, self.config, self.deterministic = model, config, deterministic
+
+    def scores(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Per-row scores in [-1, 1] for one observation."""
+        action, _ = self.model.predict(dict(obs), deterministic=self.deterministic)
+        return np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
+
+    def __call__(
+        self,
+        history: PromptHistory,
+        prompt_ids: np.ndarray,
+        *,
+        budget: int | None = None,
+        round_idx: int = 0,
+        horizon: int | None = None,
+    ) -> np.ndarray:
+        """Allocation (int64, sums to ``budget``, within [n_min, n_max]) for the prompts ``prompt_ids``."""
+        cfg = self.config
+        ids = np.asarray(prompt_ids)
+        budget = cfg.rollouts_per_prompt * ids.size if budget is None else int(budget)
+        obs = build_observation(
+            history, ids, round_idx=round_idx, horizon=horizon or cfg.rounds, budget=budget, config=cfg
+        )
+        return scores_to_allocation(self.scores(obs)[: ids.size], budget, cfg.n_min, cfg.n_max, cfg.temperature)
+
+    def allocate_env(self, env: RolloutBudgetEnv) -> np.ndarray:
+        """Allocation for a :class:`RolloutBudgetEnv`'s current batch (benchmarks)."""
+        env = env.unwrapped
+        return self(env.history, env.batch, budget=env.config.budget, round_idx=env.round, horizon=env.config.rounds)
+
+
+class TrainerAllocator:
+    """A learned :class:`Allocator` as the ``(keys, history, budget) -> counts`` callable of
+    :class:`~rankrl.rollouts.grpo.BudgetGRPOTrainer`.
+
+    The trainer keeps per-prompt outcome lists keyed by prompt key (``RolloutHistory``); the policy reads the env's
+    array-based :class:`PromptHistory` (trials, successes, last-round fraction, last round seen). This adapter
+    keeps a ``PromptHistory`` in step with the trainer's: each call it folds in the outcomes that arrived since the
+    previous call, so the policy sees exactly the features it was trained on.
+    """
+
+    def __init__(self, allocator: Allocator, horizon: int | None = None) -> None:
+        self.allocator, self.horizon = allocator, horizon
+        self.ids: dict[str, int] = {}
+        self.seen: dict[str, int] = {}
+        self.history = PromptHistory(0)
+        self.round = 0
+
+    def _id(self, key: str) -> int:
+        if key not in self.ids:
+            self.ids[key] = len(self.ids)
+            h = self.history
+            grow = len(self.ids) - h.trials.size
+            if grow > 0:
+                h.trials, h.successes, h.last_frac = (np.concatenate([a, np.zeros(grow)]) for a in
+                                                      (h.trials, h.successes, h.last_frac))  # fmt: skip
+                h.last_seen = np.concatenate([h.last_seen, np.full(grow, -1_000_000, dtype=np.int64)])
+        return self.ids[key]
+
+    def __call__(self, keys: list[str], history: Any, budget: int) -> np.ndarray:
+        ids = np.array([self._id(k) for k in keys])
+        for key in history.keys():
+            fresh = history.total(key) - self.seen.get(key, 0)
+            new = history.outcomes(key)[-fresh:] if fresh > 0 else []
+            if new:
+                i = self._id(key)
+                self.history.trials[i] += len(new)
+                self.history.successes[i] += sum(new)
+                self.history.last_frac[i] = sum(new) / len(new)
+                self.history.last_seen[i] = self.round - 1
+                self.seen[key] = history.total(key)
+        counts = self.allocator(self.history, ids, budget=budget, round_idx=self.round, horizon=self.horizon)
+        self.round += 1
+        return counts
+
+
+def trainer_allocator(directory: str | Path, horizon: int | None = None) -> TrainerAllocator:
+    """Load a trained allocator (``save_allocator``) as a ``BudgetGRPOTrainer`` allocator."""
+    path = Path(directory)
+    if not (path / MODEL_FILE).exists():
+        raise FileNotFoundError(
+            f"--allocator {directory!r}: not 'uniform', 'knapsack' or a trained allocator directory with {MODEL_FILE}"
+        )
+    return TrainerAllocator(load_allocator(path), horizon=horizon)

@@ -1,0 +1,113 @@
+"""`rankrl apply` transfers a policy trained for tiny-bert to tiny-qwen (another architecture, more modules than
+the policy's rows) as a PEFT LoraConfig whose ranks PEFT applies exactly and that respects the budget; a policy of
+another observation layout is refused; `rankrl baselines` runs every method at equal budget."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from peft import LoraConfig, get_peft_model
+
+from rankrl.ranks.budgets import Budget, feasible
+from rankrl.cli import main
+from rankrl.ranks.sim import SimCalibration
+from rankrl.ranks.lora import check_adapter_ranks
+from rankrl.models import load_model
+from rankrl.ranks.apply import METHODS, PolicyLayoutError, load_policy, widen_policy
+from rankrl.ranks.train import TrainPolicyConfig, train_policy
+from rankrl.ranks.targets import find_target_modules
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory):
+    """A policy trained on a synthetic (tiny-bert-shaped) sim with 12 rows, evaluated live on tiny-bert."""
+    out = tmp_path_factory.mktemp("policy") / "run"
+    config = TrainPolicyConfig(model="tiny-bert", steps=8, decisions=2, batch_size=8, max_eval=16, max_train=128,
+                               probe_steps=4, max_modules=12, timesteps=32, n_steps=32, ppo_batch_size=32,
+                               n_epochs=1, threads=1, out=str(out), wandb=False, progress=False)  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:  # module fixtures run before conftest's per-test isolation
+        mp.setenv("RANKRL_CACHE", str(tmp_path_factory.mktemp("cache")))
+        train_policy(config, calibration=SimCalibration.synthetic(r_max=8, run_steps=8))
+    return out
+
+
+def test_apply_transfers_to_a_new_architecture_exactly_and_within_budget(policy_dir, tmp_path, capsys):
+    out = tmp_path / "qwen"
+    args = ["apply", "--policy", str(policy_dir), "--model", "tiny-qwen", "--out", str(out), "--budget-rank", "3",
+            "--threads", "1", "--finetune", "--steps", "3", "--max-eval", "16"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "model.layers.1.mlp.down_proj" in printed and "quality/accuracy" in printed
+    ranks = json.loads((out / "ranks.json").read_text())
+    fresh = load_model("tiny-qwen", seed=0).model
+    targets = find_target_modules(fresh)
+    assert len(targets) == len(ranks) == 14 > 12  # more modules than the policy has rows: widened, not refused
+    assert feasible(targets, ranks, Budget.mean_rank(targets, 3.0))
+    config = LoraConfig.from_pretrained(str(out))  # plain PEFT reads it
+    assert set(config.target_modules) == {n for n, r in ranks.items() if r > 0}
+    check_adapter_ranks(get_peft_model(fresh, config), ranks)  # every module got exactly its rank
+    with (out / "ranks.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert {r["module"]: int(r["rank"]) for r in table} == ranks and (out / "ranks.png").exists()
+    assert (out / "finetuned" / "adapter_model.safetensors").exists()
+
+
+def test_long_finetune_at_the_policy_lr_warns_and_a_flat_loss_is_reported(policy_dir, tmp_path, capsys):
+    base = ["apply", "--policy", str(policy_dir), "--model", "tiny-bert", "--threads", "1", "--max-eval", "16"]
+    args = [*base, "--out", str(tmp_path / "a"), "--finetune", "--steps", "9"]
+    with pytest.warns(UserWarning, match="lower --lr"):  # 9 > the policy's 8-step episodes, no --lr given
+        assert main(args) == 0
+    args = [*base, "--out", str(tmp_path / "b"), "--finetune", "--steps", "2", "--lr", "1e-9"]
+    assert main(args) == 0  # lr ~0: the loss can't fall; apply says so instead of a silent flat line
+    assert "WARNING: eval loss did not fall" in capsys.readouterr().out
+
+
+def test_widened_policy_acts_identically_on_the_real_rows(policy_dir):
+    policy = load_policy(policy_dir).policy
+    rng = np.random.default_rng(0)
+    rows, mask = np.zeros((12, policy.observation_space["rows"].shape[1]), np.float32), np.zeros(12, np.float32)
+    rows[:9], mask[:9] = rng.uniform(0, 2, (9, rows.shape[1])), 1.0
+    glob = rng.uniform(0, 1, policy.observation_space["globals"].shape).astype(np.float32)
+    narrow, _ = policy.predict({"rows": rows, "mask": mask, "globals": glob}, deterministic=True)
+    wide_policy = widen_policy(policy, 40)
+    pad = {"rows": np.concatenate([rows, np.zeros((28, rows.shape[1]), np.float32)]),
+           "mask": np.concatenate([mask, np.zeros(28, np.float32)]), "globals": glob}  # fmt: skip
+    wide, _ = wide_policy.predict(pad, deterministic=True)
+    np.testing.assert_allclose(wide[:9], narrow[:9], atol=1e-6)
+
+
+@pytest.mark.parametrize("change", ["features", "globals"])
+def test_policy_of_another_observation_layout_is_refused(policy_dir, tmp_path, capsys, change):
+    other = tmp_path / "other"
+    shutil.copytree(policy_dir, other)
+    meta = json.loads((other / "policy.json").read_text())
+    key = "feature_names" if change == "features" else "global_names"
+    meta["observation"][key] = meta["observation"][key][:-1] + ["something_else"]
+    (other / "policy.json").write_text(json.dumps(meta))
+    with pytest.raises(PolicyLayoutError, match="another observation layout.*rankrl train-policy"):
+        load_policy(other)
+    assert main(["apply", "--policy", str(other), "--model", "tiny-qwen", "--out", str(tmp_path / "x")]) == 2
+    assert "retrain the policy" in capsys.readouterr().err
+
+
+def test_baselines_table_has_every_method_at_equal_budget(policy_dir, tmp_path, capsys):
+    out = tmp_path / "baselines"
+    args = ["baselines", "--model", "tiny-bert", "--steps", "4", "--seeds", "0", "1", "--max-eval", "16",
+            "--batch-size", "8", "--max-train", "128", "--uniform-lrs", "1e-3", "1e-2", "--policy", str(policy_dir),
+            "--out", str(out), "--threads", "1", "--no-wandb"]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads((out / "results.json").read_text())
+    cap = result["budget"]["params"]
+    assert {r["method"] for r in result["table"]} == {*METHODS, "policy"}
+    assert [r["lr"] for r in result["table"] if r["method"] == "uniform"] == [1e-3, 1e-2]
+    assert sum(r["tuned"] for r in result["table"]) == 1
+    assert len(result["runs"]) == 2 * (len(METHODS) + 1 + 1)  # 2 seeds x (methods + policy + one more uniform lr)
+    assert all(r["params"] <= cap and np.isfinite(r["eval_loss"]) for r in result["runs"])
+    assert {r["seed"] for r in result["runs"]} == {0, 1}
+    with (out / "results.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(result["table"])
+    assert "tuned uniform" in capsys.readouterr().out
