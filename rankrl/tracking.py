@@ -1,5 +1,5 @@
 """Where every metric goes: W&B (offline unless the user configured it) plus a JSONL file that tests and
-plots read back, and PNG plots of the curves people look at.
+plots read back (the PNGs themselves are drawn by :mod:`rankrl.plots`).
 
 wandb 0.31 offline runs keep metrics only inside a binary ``.wandb`` file, so the JSONL copy is the record we
 assert on. Metric names are namespaced as in ARCHITECTURE.md (``quality/``, ``cost/``, ``rank/``, ...).
@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 import numbers
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-from rankrl.atomic import atomic_write
 
 
 def wandb_mode() -> str:
@@ -139,29 +137,3 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     if p.is_dir():
         p = p / "metrics.jsonl"
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-
-
-def plot_curves(
-    rows: Iterable[Mapping[str, Any]], keys: Iterable[str], out: str | os.PathLike, title: str = ""
-) -> Path:
-    """One subplot per metric key against ``step``; written atomically as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows, keys = list(rows), [k for k in keys]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=True):
-        pts = [(r["step"], r[key]) for r in rows if key in r]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", ms=3)
-        ax.set_title(key)
-        ax.set_xlabel("step")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        return atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    finally:
-        plt.close(fig)

@@ -7,8 +7,8 @@ import pytest
 import torch as th
 from gymnasium import spaces
 
-from rankrl.rollouts.env import PromptHistory, RolloutBudgetEnv
 from rankrl.rollouts.allocator import Allocator, load_allocator, save_allocator, train_allocator
+from rankrl.rollouts.env import PromptHistory, RolloutBudgetEnv
 from rankrl.set_policy import SetActorCriticPolicy
 
 ROWS, FEATS, GLOBS = 8, 5, 3

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import torch
 
-from rankrl.tracking import Tracker, plot_curves, read_metrics, wandb_mode
+from rankrl.plots import plot_curves
+from rankrl.tracking import Tracker, read_metrics, wandb_mode
 
 
 def test_jsonl_keeps_numbers_and_resume_appends(tmp_path):

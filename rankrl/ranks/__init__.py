@@ -1,1 +1,2 @@
-"""LoRA rank allocation for training: targets, costs, budgets, the live masked-LoRA run, the rank env, policies, baselines."""
+"""LoRA rank allocation for training: targets, costs, budgets, the live masked-LoRA run, the rank env, policies,
+baselines."""

@@ -155,12 +155,12 @@ def model_features(model: str, task: str | None, *, r_max: int, seed: int = 0, n
     """``(targets, LayerFeatures, task)`` of a model: with a task, from the same live run the env starts
     (:func:`~rankrl.ranks.sim.new_live_run` + ``run.features``, cached); ``task=None`` gives the
     neutral gradient columns (shape and spectrum only) and ``task`` None."""
-    from rankrl.ranks.sim import new_live_run
     from rankrl.ranks.finetune import FineTuneConfig
+    from rankrl.ranks.sim import new_live_run
 
     if task is None:
-        from rankrl.ranks.features import compute_features
         from rankrl.models import load_model
+        from rankrl.ranks.features import compute_features
         from rankrl.ranks.targets import find_target_modules
 
         loaded = load_model(model, seed=seed)
@@ -199,12 +199,12 @@ def allocate(loaded: LoadedPolicy, targets: tuple, static: np.ndarray, budgets: 
     """The policy's first-decision allocation for a model (its feature rows ``static``) under ``budgets``
     (``budget_rank``, ``max_params``, ``max_flops``, ``max_tx_seconds``; None = uncapped). The channel defaults to
     the middle of the policy's training ranges."""
+    from rankrl.ranks.baselines import uniform
     from rankrl.ranks.budgets import budget_metrics
     from rankrl.ranks.costs import allocation_cost
     from rankrl.ranks.env import LoRARankConfig, LoRARankEnv
-    from rankrl.ranks.sim import SimCalibration
-    from rankrl.ranks.baselines import uniform
     from rankrl.ranks.finetune import FineTuneConfig
+    from rankrl.ranks.sim import SimCalibration
 
     meta = loaded.meta
     env_kw = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["env_config"].items()}
@@ -259,8 +259,8 @@ def write_adapter_config(ranks: Mapping[str, int], out: str | os.PathLike, model
     """
     from peft import LoraConfig, get_peft_model
 
-    from rankrl.ranks.lora import check_adapter_ranks, check_pattern_keys
     from rankrl.models import load_model
+    from rankrl.ranks.lora import check_adapter_ranks, check_pattern_keys
 
     task_type = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}.get(task_kind or "")
     config = rank_lora_config(ranks, alpha=alpha, dropout=dropout, task_type=task_type)
@@ -283,12 +283,7 @@ def plot_rank_grid(targets: tuple, ranks: Mapping[str, int], out: str | os.PathL
                    r_max: int | None = None) -> Path:  # fmt: skip
     """Heatmap of ranks, layers (rows) x projection kinds (columns), colour scale 0..r_max, cells annotated;
     atomic PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rankrl.ranks.train import _save_fig
+    from rankrl.plots import annotated_heatmap
     from rankrl.ranks.targets import KINDS
 
     kinds = [k for k in KINDS if any(t.kind == k for t in targets)]
@@ -296,18 +291,7 @@ def plot_rank_grid(targets: tuple, ranks: Mapping[str, int], out: str | os.PathL
     grid = np.full((layers, len(kinds)), np.nan)
     for t in targets:
         grid[t.layer_index, kinds.index(t.kind)] = ranks[t.name]
-    fig, ax = plt.subplots(figsize=(1.5 + 0.7 * len(kinds), 1.2 + 0.3 * layers))
-    top = float(r_max or max(np.nanmax(grid), 1.0))
-    im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=top)
-    for (i, j), v in np.ndenumerate(grid):
-        if math.isfinite(v):
-            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="w" if v < top / 2 else "k")
-    ax.set_xticks(range(len(kinds)), kinds)
-    ax.set_yticks(range(layers), [f"layer {i}" for i in range(layers)], fontsize=7)
-    fig.colorbar(im, ax=ax, label="rank")
-    ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    return _save_fig(fig, Path(out))
+    return annotated_heatmap(grid, [f"layer {i}" for i in range(layers)], kinds, out, title=title, vmax=r_max)
 
 
 def _write_ranks(targets: tuple, ranks: Mapping[str, int], out: Path) -> None:
@@ -519,12 +503,12 @@ class BaselinesConfig:
 def run_baselines(config: BaselinesConfig) -> dict[str, Any]:
     """Run every method of ``config`` (see the module docstring); returns ``{"budget", "runs", "table"}`` and
     writes it to ``results.json`` / ``results.csv`` in ``config.out``."""
+    from rankrl.ranks.baselines import importance, random_allocation, run_adalora, spectrum, uniform
     from rankrl.ranks.budgets import Budget, check_grid, pow2_grid
     from rankrl.ranks.costs import allocation_cost
-    from rankrl.ranks.baselines import importance, random_allocation, run_adalora, spectrum, uniform
+    from rankrl.ranks.finetune import FineTuneConfig, FineTuneRun
     from rankrl.tasks import load_task
     from rankrl.tracking import Tracker
-    from rankrl.ranks.finetune import FineTuneConfig, FineTuneRun
 
     c = config
     base = FineTuneConfig(model=c.model, task=c.task, steps=c.steps, lr=c.lr, batch_size=c.batch_size, alpha=c.alpha,

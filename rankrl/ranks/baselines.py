@@ -29,8 +29,8 @@ from rankrl.ranks.budgets import Budget, allocate_by_scores, budget_metrics, che
 
 if TYPE_CHECKING:
     from rankrl.ranks.features import LayerFeatures
-    from rankrl.ranks.targets import TargetModule
     from rankrl.ranks.finetune import FineTuneConfig
+    from rankrl.ranks.targets import TargetModule
 
 __all__ = [
     "AdaLoraResult",
@@ -358,12 +358,12 @@ def run_adalora(
     import torch
     from peft import get_peft_model
 
-    from rankrl.ranks.costs import allocation_cost
-    from rankrl.ranks.lora import check_pattern_keys
     from rankrl.models import load_model
+    from rankrl.ranks.costs import allocation_cost
+    from rankrl.ranks.finetune import FineTuneRun
+    from rankrl.ranks.lora import check_pattern_keys
     from rankrl.ranks.targets import find_target_modules
     from rankrl.tasks import load_task
-    from rankrl.ranks.finetune import FineTuneRun
 
     # the same loading calls FineTuneRun makes, so the run below sees the same task and model
     task = task or load_task(config.task, seed=config.seed, labels=config.labels, max_train=config.max_train)

@@ -27,9 +27,9 @@ from gymnasium import spaces
 
 from rankrl.ranks.budgets import Budget, budget_metrics, check_grid, pow2_grid, project, unit_costs, violations
 from rankrl.ranks.costs import Channel, allocation_cost, uniform_ranks
-from rankrl.ranks.sim import SimCalibration, SimRun, calibrate, new_live_run
 from rankrl.ranks.features import FEATURE_NAMES
 from rankrl.ranks.finetune import FineTuneConfig
+from rankrl.ranks.sim import SimCalibration, SimRun, calibrate, new_live_run
 
 __all__ = ["GLOBAL_NAMES", "LOSS_HIGH", "QUALITY_TERMS", "ROW_HIGH", "LoRARankConfig", "LoRARankEnv"]
 

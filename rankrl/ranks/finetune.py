@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from rankrl.atomic import atomic_write
+from rankrl.models import LoadedModel, load_model
 from rankrl.ranks.costs import allocation_cost
 from rankrl.ranks.lora import RankedLoRA, parse_rank_spec
-from rankrl.models import LoadedModel, load_model
 from rankrl.tasks import Task, load_task
 
 CHECKPOINT = "checkpoint.pt"
@@ -303,8 +303,8 @@ class FineTuneRun:
     def features(self, n_batches: int = 4) -> Any:
         """Per-module feature rows (shape, spectrum, gradient sensitivity on ``n_batches`` real training batches),
         cached per (model, task) under :func:`rankrl.models.cache_dir`; see :mod:`rankrl.ranks.features`."""
-        from rankrl.ranks.features import compute_features
         from rankrl.models import cache_dir
+        from rankrl.ranks.features import compute_features
 
         key = f"{self.loaded.model_id}|{self.task.name}|{len(self.task.splits['train'])}|{n_batches}|{self.config.seed}"
         return compute_features(

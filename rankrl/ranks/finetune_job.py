@@ -19,7 +19,8 @@ def run_finetune(
     """Run (or resume) a fine-tune; returns 0 on success, 1 if the loss went NaN."""
     from tqdm.auto import tqdm
 
-    from rankrl.tracking import Tracker, plot_curves, read_metrics
+    from rankrl.plots import plot_curves
+    from rankrl.tracking import Tracker, read_metrics
 
     out_dir = Path(out)
     ckpt = out_dir / CHECKPOINT

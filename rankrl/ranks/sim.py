@@ -306,9 +306,9 @@ def new_live_run(run_config: Any, ranks: Mapping[str, int] | None = None, *, tas
     """A :class:`FineTuneRun` started with every rank 0 and then set to ``ranks`` (default: all 0), so that a
     module starts exactly as it does in LoRARankEnv (scaling ``alpha / r`` of its first non-zero rank)."""
     from rankrl.models import load_model
+    from rankrl.ranks.finetune import FineTuneRun
     from rankrl.ranks.targets import find_target_modules
     from rankrl.tasks import load_task
-    from rankrl.ranks.finetune import FineTuneRun
 
     c = run_config
     task = task or load_task(c.task, seed=c.seed, labels=c.labels, max_train=c.max_train)

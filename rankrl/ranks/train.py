@@ -259,35 +259,12 @@ def plot_rank_heatmap(targets: Any, allocations: list[Mapping[str, int]], out: s
                       title: str = "", r_max: int | None = None) -> Path:  # fmt: skip
     """Modules (rows) x decision points (columns) heatmap of ranks (colour scale 0..r_max), each cell annotated;
     atomic PNG write."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from rankrl.plots import annotated_heatmap
 
     grid = np.array([[a[t.name] for a in allocations] for t in targets], dtype=float)
-    labels = [f"L{t.layer_index} {t.kind}" for t in targets]
-    fig, ax = plt.subplots(figsize=(1.6 + 0.8 * len(allocations), 1.2 + 0.22 * len(targets)))
-    top = float(r_max or max(grid.max(), 1.0))
-    im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=top)
-    for (i, j), v in np.ndenumerate(grid):
-        ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6, color="w" if v < top / 2 else "k")
-    ax.set_yticks(range(len(targets)), labels, fontsize=6)
-    ax.set_xticks(range(len(allocations)), [f"d{j}" for j in range(len(allocations))])
-    ax.set_xlabel("decision point")
-    fig.colorbar(im, ax=ax, label="rank")
-    if title:
-        ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    return _save_fig(fig, Path(out))
-
-
-def _save_fig(fig: Any, out: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    try:
-        return atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(fig)
+    return annotated_heatmap(grid, [f"L{t.layer_index} {t.kind}" for t in targets],
+                             [f"d{j}" for j in range(len(allocations))], out, title=title, vmax=r_max,
+                             xlabel="decision point", fontsize=6, cell=(0.8, 0.22))
 
 
 # ------------------------------------------------------------------------------------------------- saving
@@ -430,9 +407,10 @@ def train_policy(config: TrainPolicyConfig, *, calibration: Any = None) -> Train
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
+    from rankrl.plots import plot_curves
     from rankrl.ranks.sim import calibrate
     from rankrl.set_policy import SetActorCriticPolicy
-    from rankrl.tracking import Tracker, plot_curves, read_metrics
+    from rankrl.tracking import Tracker, read_metrics
 
     out = Path(config.out)
     state = _check_resumable(config, out) if config.resume else None

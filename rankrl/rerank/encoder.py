@@ -177,9 +177,9 @@ def ndcg_of_order(order: Sequence[str], judged: Mapping[str, int], k: int = 10) 
 # ---------------------------------------------------------------------------------------------- policy
 def _encoder_path(model: str) -> str:
     if model == "minilm":
-        from rankrl.models import _minilm_path
+        from rankrl.models import minilm_path
 
-        return _minilm_path()
+        return minilm_path()
     if not (Path(model) / "config.json").is_file():
         raise FileNotFoundError(f"--model {model!r}: expected 'minilm' or a local encoder directory with config.json")
     return model
@@ -343,7 +343,8 @@ def run_encoder_grpo(args: EncoderGRPOArgs) -> dict[str, Any]:
     import torch
     from tqdm.auto import tqdm
 
-    from rankrl.tracking import Tracker, plot_curves, read_metrics
+    from rankrl.plots import plot_curves
+    from rankrl.tracking import Tracker, read_metrics
 
     if args.threads:
         torch.set_num_threads(args.threads)

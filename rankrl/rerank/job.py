@@ -1,8 +1,8 @@
 """GRPO reranker recipes on TRL: Rank-R1 (setwise), ERank (SFT then listwise-reward GRPO), GroupRank (groupwise).
 
-Data: a :class:`~rankrl.rerank.collections.Collection`, its train queries (:func:`~rankrl.rerank.collections.split_queries`)
-and their BM25 top candidates, so the hard negatives (lexically close, judged or unjudged non-relevant docs)
-are in every prompt by construction. A query without candidates is skipped with one counted warning. Rewards
+Data: a :class:`~rankrl.rerank.collections.Collection`, its train queries
+(:func:`~rankrl.rerank.collections.split_queries`) and their BM25 top candidates, so the hard negatives
+(lexically close, judged or unjudged non-relevant docs) are in every prompt by construction. A query without candidates is skipped with one counted warning. Rewards
 and prompts live in :mod:`rankrl.rerank.rewards`.
 
 * ``rank-r1``: one row per query, ``window`` BM25 candidates in a seeded shuffled order (so the answer is not
@@ -36,8 +36,8 @@ from typing import Any
 from torch.utils.data import Sampler
 
 from rankrl.atomic import atomic_write_text
-from rankrl.rerank.encoder import ENCODER_POLICY_FILE
 from rankrl.rerank.collections import BM25Retriever, Collection, split_queries
+from rankrl.rerank.encoder import ENCODER_POLICY_FILE
 from rankrl.rerank.rewards import (
     ERANK_MAX_SCORE,
     erank_listwise_reward,
@@ -457,19 +457,6 @@ def make_scorer(recipe: str, model: Any, tokenizer: Any, *, window: int = 4, gro
 
 
 # ---------------------------------------------------------------------------------------------- jobs
-def grpo_defaults(argv: list[str]) -> list[str]:
-    """CPU-safe, observable defaults for ``rankrl rerank train`` unless the user passed the flag."""
-    from rankrl.rollouts.job import grpo_defaults as base
-
-    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
-    extra = []
-    for flag, value in {"--output_dir": "runs/rerank", "--max_completion_length": "48",
-                        "--log_completions": "true"}.items():  # fmt: skip
-        if flag not in given:
-            extra += [flag, value]
-    return base(extra + argv)
-
-
 def _load(args: RerankArgs, seed: int):
     from rankrl.models import load_model
 
@@ -487,8 +474,8 @@ def run_rerank_train(args: RerankArgs, config: Any) -> int:
     from peft import LoraConfig
     from trl import GRPOTrainer
 
-    from rankrl.tracking import trainer_metrics_callback, wandb_mode
     from rankrl.rerank.collections import load_collection
+    from rankrl.tracking import trainer_metrics_callback, wandb_mode
 
     if "wandb" in (config.report_to or []):
         os.environ.setdefault("WANDB_MODE", wandb_mode())
@@ -610,8 +597,8 @@ def _eval_scorer(scorer: Any, args: EvalArgs, coll: Collection, retriever: BM25R
     """Rerank ``args.split``'s queries with ``scorer``, write the TREC run, print its metrics next to BM25's;
     returns the reranker's metrics. ``test_fraction``, ``split_seed`` and ``fold`` are the model's own split, so
     ``test`` is exactly the queries its training never saw."""
-    from rankrl.rerank.env import RERANK_MEASURES, rerank_run
     from rankrl.rerank.collections import evaluate, write_run
+    from rankrl.rerank.env import RERANK_MEASURES, rerank_run
 
     train_q, test_q = split_queries(coll, test_fraction, split_seed, fold=fold)
     qids = {"train": train_q, "test": test_q, "all": coll.judged_qids}[args.split][: args.max_queries]
@@ -629,8 +616,8 @@ def _eval_scorer(scorer: Any, args: EvalArgs, coll: Collection, retriever: BM25R
 
 
 def _run_encoder_eval(args: EvalArgs, path: Path) -> dict[str, float]:
-    from rankrl.rerank.encoder import load_encoder_scorer
     from rankrl.rerank.collections import load_collection
+    from rankrl.rerank.encoder import load_encoder_scorer
 
     coll = load_collection(args.data)
     retriever = BM25Retriever(coll)

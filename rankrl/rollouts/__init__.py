@@ -1,1 +1,2 @@
-"""Knapsack RL rollout budgets for GRPO: the allocator maths, the variable-group GRPO trainer, the env, learned allocators."""
+"""Knapsack RL rollout budgets for GRPO: the allocator maths, the variable-group GRPO trainer, the env, learned
+allocators."""

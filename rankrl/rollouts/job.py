@@ -81,31 +81,14 @@ def build_dataset(args: BudgetArgs, tokenizer: Any, seed: int) -> Any:
     )
 
 
-def grpo_defaults(argv: list[str]) -> list[str]:
-    """CPU-safe and observable defaults, unless the user passed the flag."""
-    import torch
-
-    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
-    defaults = {"--output_dir": "runs/budget", "--report_to": "wandb", "--logging_steps": "1",
-                "--max_completion_length": "32", "--per_device_train_batch_size": "16", "--max_steps": "20",
-                "--learning_rate": "1e-4", "--save_strategy": "no", "--temperature": "1.0"}  # fmt: skip
-    if not torch.cuda.is_available():
-        defaults |= {"--use_cpu": "true", "--bf16": "false", "--gradient_checkpointing": "false"}
-    extra = []
-    for flag, value in defaults.items():
-        if flag not in given:
-            extra += [flag, value]
-    return extra + argv
-
-
 def run_budget_train(args: BudgetArgs, config: Any, allocator: Allocator) -> int:
     """Train; returns 0. ``config`` is a ``trl.GRPOConfig`` (its ``num_generations`` is set from ``args``)."""
     from peft import LoraConfig
 
     from rankrl.models import load_model
     from rankrl.rewards import numeric_answer_reward
-    from rankrl.tracking import wandb_mode
     from rankrl.rollouts.grpo import BudgetGRPOTrainer
+    from rankrl.tracking import wandb_mode
 
     if "wandb" in (config.report_to or []):
         os.environ.setdefault("WANDB_MODE", wandb_mode())

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from peft import LoraConfig, get_peft_model
 
-from rankrl.ranks.budgets import Budget, feasible
 from rankrl.cli import main
-from rankrl.ranks.sim import SimCalibration
-from rankrl.ranks.lora import check_adapter_ranks
 from rankrl.models import load_model
 from rankrl.ranks.apply import METHODS, PolicyLayoutError, load_policy, widen_policy
-from rankrl.ranks.train import TrainPolicyConfig, train_policy
+from rankrl.ranks.budgets import Budget, feasible
+from rankrl.ranks.lora import check_adapter_ranks
+from rankrl.ranks.sim import SimCalibration
 from rankrl.ranks.targets import find_target_modules
+from rankrl.ranks.train import TrainPolicyConfig, train_policy
 
 
 @pytest.fixture(scope="module")

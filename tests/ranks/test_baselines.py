@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from rankrl.ranks.budgets import Budget, feasible, total_costs
-from rankrl.ranks.features import STATIC_FEATURE_NAMES, LayerFeatures, compute_features
 from rankrl.models import load_model
 from rankrl.ranks.baselines import (
     adalora_config,
@@ -22,8 +20,10 @@ from rankrl.ranks.baselines import (
     spectrum,
     uniform,
 )
-from rankrl.ranks.targets import find_target_modules
+from rankrl.ranks.budgets import Budget, feasible, total_costs
+from rankrl.ranks.features import STATIC_FEATURE_NAMES, LayerFeatures, compute_features
 from rankrl.ranks.finetune import FineTuneConfig
+from rankrl.ranks.targets import find_target_modules
 
 GRID = (0, 1, 2, 4, 8, 16)
 

@@ -15,13 +15,13 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import rankrl  # noqa: F401  (registers the env ids)
-from rankrl.ranks.budgets import Budget, feasible, project
 from rankrl.ranks import sim as lora_rank_sim
+from rankrl.ranks.budgets import Budget, feasible, project
 from rankrl.ranks.env import GLOBAL_NAMES, LoRARankConfig, LoRARankEnv
-from rankrl.ranks.sim import SimCalibration, calibrate, lr_area, sim_vs_live_rank_correlation
 from rankrl.ranks.features import FEATURE_NAMES
-from rankrl.tracking import Tracker, read_metrics
 from rankrl.ranks.finetune import FineTuneConfig
+from rankrl.ranks.sim import SimCalibration, calibrate, lr_area, sim_vs_live_rank_correlation
+from rankrl.tracking import Tracker, read_metrics
 
 # threads=1: on a shared 2-core machine torch's default threads oversubscribe and a step takes seconds, not ms
 TINY_RUN = dict(model="tiny-bert", task="default", r_max=8, batch_size=8, max_eval=32, max_train=256, lr=3e-3,

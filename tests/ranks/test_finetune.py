@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from rankrl.ranks.costs import allocation_cost
-from rankrl.tracking import Tracker, read_metrics
 from rankrl.ranks.finetune import FineTuneConfig, FineTuneRun
+from rankrl.tracking import Tracker, read_metrics
 
 TINY = dict(model="tiny-qwen", task="arith", ranks="uniform:4", r_max=8, batch_size=8, max_eval=64, lr=5e-3)
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from rankrl.ranks.lora import RankedLoRA, RankPatternError, check_pattern_keys, load_exported, parse_rank_spec
 from rankrl.models import load_model
+from rankrl.ranks.lora import RankedLoRA, RankPatternError, check_pattern_keys, load_exported, parse_rank_spec
 from rankrl.ranks.targets import find_target_modules
 
 

@@ -12,8 +12,8 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import rankrl  # noqa: F401  (registers rankrl/Rerank-v0)
-from rankrl.rerank.env import RerankConfig, RerankEnv, rank_with, rerank
 from rankrl.rerank.collections import BM25Retriever, Collection, evaluate, load_collection, split_queries
+from rankrl.rerank.env import RerankConfig, RerankEnv, rank_with, rerank
 
 CRANFIELD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cranfield"
 NDCG10 = ir_measures.nDCG @ 10

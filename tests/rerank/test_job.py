@@ -321,8 +321,8 @@ def test_build_dataset_erank_ranks_follow_bm25_order():
 
 def test_rerank_run_gives_scorer_candidates_in_bm25_order():
     """expected_scores(first_stage_rank=True) relies on rerank_run passing docs best-first by BM25 score."""
-    from rankrl.rerank.env import rerank_run
     from rankrl.rerank.collections import BM25Retriever
+    from rankrl.rerank.env import rerank_run
 
     seen: dict[str, list[str]] = {}
     for coll in (_shuffled_collection(), _collection()):
@@ -468,9 +468,9 @@ def test_plackett_luce_sample_matches_softmax_first_picks():
 
 
 def test_ndcg_of_order_is_the_rerank_env_reward():
-    from rankrl.rerank.env import rerank
-    from rankrl.rerank.encoder import ndcg_of_order
     from rankrl.rerank.collections import evaluate
+    from rankrl.rerank.encoder import ndcg_of_order
+    from rankrl.rerank.env import rerank
 
     coll = _collection()
     rng = torch.Generator().manual_seed(1)
@@ -508,8 +508,8 @@ def test_encoder_grpo_trains_saves_and_evaluates(tmp_path, monkeypatch, capsys):
 
 
 def test_encoder_grpo_train_docs_adapts_documents_and_reloads(tmp_path, monkeypatch, capsys):
-    from rankrl.rerank.encoder import EncoderGRPOArgs, load_encoder_scorer, run_encoder_grpo
     from rankrl.rerank.collections import BM25Retriever
+    from rankrl.rerank.encoder import EncoderGRPOArgs, load_encoder_scorer, run_encoder_grpo
 
     monkeypatch.setenv("RANKRL_CACHE", str(tmp_path / "cache"))
     coll = _collection()
@@ -529,8 +529,8 @@ def test_encoder_grpo_train_docs_adapts_documents_and_reloads(tmp_path, monkeypa
 
 def test_rerank_eval_of_an_encoder_uses_its_training_fold(tmp_path, monkeypatch, capsys):
     """A model trained with --fold 1 is evaluated on fold 1's held-out queries, never on its own train queries."""
-    from rankrl.rerank.encoder import EncoderGRPOArgs, run_encoder_grpo
     from rankrl.rerank.collections import read_run, split_queries
+    from rankrl.rerank.encoder import EncoderGRPOArgs, run_encoder_grpo
 
     monkeypatch.setenv("RANKRL_CACHE", str(tmp_path / "cache"))
     coll = _collection()
@@ -564,8 +564,8 @@ def test_encoder_grpo_start_is_the_zero_shot_bi_encoder(tmp_path, monkeypatch):
 
 def test_encoder_listnet_is_the_supervised_reference_on_the_same_policy(tmp_path, monkeypatch):
     """--objective listnet: softmax cross-entropy against the gains; over the same queries every step it falls."""
-    from rankrl.rerank.encoder import EncoderGRPOArgs, run_encoder_grpo
     from rankrl.rerank.collections import split_queries
+    from rankrl.rerank.encoder import EncoderGRPOArgs, run_encoder_grpo
 
     monkeypatch.setenv("RANKRL_CACHE", str(tmp_path / "cache"))
     coll = _collection()

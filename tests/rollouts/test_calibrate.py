@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rankrl.rollouts.env import DIFFICULTY_MIXES, SimConfig
 from rankrl.rollouts.calibrate import (
     calibrate_sim,
     collect_live_outcomes,
@@ -13,6 +12,7 @@ from rankrl.rollouts.calibrate import (
     fit_sim_config,
     register_mix,
 )
+from rankrl.rollouts.env import DIFFICULTY_MIXES, SimConfig
 
 
 def test_fit_recovers_beta_parameters():

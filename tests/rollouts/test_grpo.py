@@ -24,7 +24,6 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 import rankrl.rewards  # noqa: E402
 from rankrl.models import load_model  # noqa: E402
-from rankrl.tasks import load_task  # noqa: E402
 from rankrl.rollouts.grpo import (  # noqa: E402
     BudgetGRPOTrainer,
     RolloutHistory,
@@ -34,6 +33,7 @@ from rankrl.rollouts.grpo import (  # noqa: E402
     prompt_key,
     uniform_allocator,
 )
+from rankrl.tasks import load_task  # noqa: E402
 
 
 def digit_share(completions, **kwargs):

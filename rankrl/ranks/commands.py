@@ -1,0 +1,73 @@
+"""``rankrl finetune | train-policy | apply | baselines``: the rank domain's subcommands (``rankrl.cli`` dispatches)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+
+from rankrl.ranks.finetune import FineTuneConfig
+
+
+@dataclass(frozen=True)
+class FinetuneArgs(FineTuneConfig):
+    """Run a live LoRA fine-tune with per-module ranks; prints metrics and costs, exports a PEFT adapter."""
+
+    out: str = "runs/finetune"
+    """run directory: metrics.jsonl, checkpoint.pt, adapter/ (PEFT), curves.png, summary.json"""
+    wandb: bool = True
+    """log to W&B (offline unless WANDB_MODE / credentials say otherwise)"""
+    resume: bool = False
+    """continue from <out>/checkpoint.pt instead of starting anew"""
+    progress: bool = True
+    """show a progress bar"""
+
+
+def cmd_finetune(argv: Sequence[str]) -> int:
+    import tyro
+
+    args = tyro.cli(FinetuneArgs, args=list(argv), prog="rankrl finetune")
+    from rankrl.ranks.finetune_job import run_finetune
+
+    config = FineTuneConfig(**{f.name: getattr(args, f.name) for f in fields(FineTuneConfig)})
+    extra = {k: v for k, v in asdict(args).items() if k not in asdict(config)}
+    return run_finetune(config, **extra)
+
+
+def cmd_train_policy(argv: Sequence[str]) -> int:
+    """``rankrl train-policy``: PPO rank allocator on LoRARank(-Sim), checkpoints/resume, live evaluation."""
+    import tyro
+
+    from rankrl.ranks.train import TrainPolicyConfig
+
+    config = tyro.cli(TrainPolicyConfig, args=list(argv), prog="rankrl train-policy")
+    from rankrl.ranks.train import train_policy
+
+    train_policy(config)
+    return 0
+
+
+def _policy_command(argv: Sequence[str], config_name: str, fn_name: str, prog: str) -> int:
+    """Parse ``rankrl.ranks.apply.<config_name>`` with tyro and run ``<fn_name>``; a policy file from another
+    observation layout is a clear message and exit status 2, not a traceback."""
+    import tyro
+
+    from rankrl.ranks import apply
+
+    config = tyro.cli(getattr(apply, config_name), args=list(argv), prog=prog)
+    try:
+        getattr(apply, fn_name)(config)
+    except apply.PolicyLayoutError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_apply(argv: Sequence[str]) -> int:
+    """``rankrl apply``: a trained rank policy -> PEFT adapter_config.json for any model (+ optional fine-tune)."""
+    return _policy_command(argv, "ApplyConfig", "apply_policy", "rankrl apply")
+
+
+def cmd_baselines(argv: Sequence[str]) -> int:
+    """``rankrl baselines``: every rank baseline (and a policy) fine-tuned live at equal budget, one table."""
+    return _policy_command(argv, "BaselinesConfig", "run_baselines", "rankrl baselines")

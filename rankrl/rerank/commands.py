@@ -1,0 +1,52 @@
+"""``rankrl rerank train | train-encoder | eval``: GRPO rerankers (dispatched by ``rankrl.cli``)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+RERANK_USAGE = """usage: rankrl rerank {train,train-encoder,eval} [--help] [options]
+
+  train          GRPO reranker: --recipe rank-r1|erank|grouprank (erank: SFT --sft_steps, then listwise GRPO);
+                 every GRPOConfig flag works
+  train-encoder  GRPO over sampled rankings with a MiniLM bi-encoder policy (LoRA query encoder + BM25 weight)
+  eval           rerank BM25 top-k of held-out queries with a trained model; TREC run file + nDCG@10 table"""
+
+
+#: ``rankrl rerank train``'s own defaults on top of the shared GRPO ones (rankrl.trl_args)
+RERANK_GRPO_DEFAULTS = {"--output_dir": "runs/rerank", "--max_completion_length": "48", "--log_completions": "true"}
+
+
+def cmd_rerank(argv: Sequence[str]) -> int:
+    """``rankrl rerank train|eval``: GRPO reranker recipes on TRL and their evaluation."""
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(RERANK_USAGE)
+        raise SystemExit(0)  # like the argparse/tyro --help of every other subcommand (tests/test_cli.py)
+    if argv[0] == "eval":
+        import tyro
+
+        from rankrl.rerank.job import EvalArgs, run_rerank_eval
+
+        run_rerank_eval(tyro.cli(EvalArgs, args=argv[1:], prog="rankrl rerank eval"))
+        return 0
+    if argv[0] == "train-encoder":
+        import tyro
+
+        from rankrl.rerank.encoder import EncoderGRPOArgs, run_encoder_grpo
+
+        run_encoder_grpo(tyro.cli(EncoderGRPOArgs, args=argv[1:], prog="rankrl rerank train-encoder"))
+        return 0
+    if argv[0] != "train":
+        print(f"rankrl rerank: unknown subcommand {argv[0]!r}; use 'train', 'train-encoder' or 'eval'", file=sys.stderr)
+        return 2
+    from trl import GRPOConfig, TrlParser
+
+    from rankrl.rerank.job import RerankArgs, run_rerank_train
+    from rankrl.trl_args import with_grpo_defaults
+
+    parser = TrlParser((RerankArgs, GRPOConfig), prog="rankrl rerank train")
+    if "-h" in argv[1:] or "--help" in argv[1:]:
+        parser.parse_args(["--help"])
+    args, config = parser.parse_args_and_config(with_grpo_defaults(argv[1:], RERANK_GRPO_DEFAULTS))
+    return run_rerank_train(args, config)

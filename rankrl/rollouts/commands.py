@@ -1,0 +1,89 @@
+"""``rankrl rollouts train | train-allocator``: GRPO rollout budgets (dispatched by ``rankrl.cli``)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+ROLLOUTS_USAGE = """usage: rankrl rollouts {train,train-allocator} [--help] [options]
+
+  train             GRPO, each prompt getting the rollouts an allocator gives it (Knapsack RL);
+                    every GRPOConfig flag works
+  train-allocator   train a PPO allocator on the RolloutBudget-Sim env (for --allocator DIR)"""
+
+
+def cmd_rollouts(argv: Sequence[str]) -> int:
+    """``rankrl rollouts train ...``: GRPO with per-prompt rollout budgets (every GRPOConfig flag works)."""
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(ROLLOUTS_USAGE)
+        return 0
+    if argv[0] == "train-allocator":
+        return cmd_train_allocator(argv[1:])
+    if argv[0] != "train":
+        print(f"rankrl rollouts: unknown subcommand {argv[0]!r}; use 'train' or 'train-allocator'", file=sys.stderr)
+        return 2
+    from trl import GRPOConfig, TrlParser
+
+    from rankrl.rollouts.job import BudgetArgs, run_budget_train
+    from rankrl.trl_args import with_grpo_defaults
+
+    rest = argv[1:]
+    if "-h" in rest or "--help" in rest:
+        TrlParser((BudgetArgs, GRPOConfig), prog="rankrl rollouts train").parse_args(["--help"])
+    parser = TrlParser((BudgetArgs, GRPOConfig), prog="rankrl rollouts train")
+    args, config = parser.parse_args_and_config(with_grpo_defaults(rest, {"--output_dir": "runs/rollouts"}))
+    return run_budget_train(args, config, make_allocator(args))
+
+
+@dataclass(frozen=True)
+class TrainAllocatorArgs:
+    """Train the learned rollout allocator (SB3 PPO, one head shared by all prompts) on RolloutBudget-Sim-v0."""
+
+    out: str = "runs/allocator"
+    """directory for model.zip + env_config.json (pass it to `rankrl rollouts train --allocator`)"""
+    timesteps: int = 20_000
+    """PPO env steps (GRPO rounds) summed over the training envs"""
+    difficulty: tuple[str, ...] = ("hard", "mixed", "bimodal")
+    """sim difficulty mixes to train on (one env each, x history lengths)"""
+    history_rounds: tuple[int, ...] = (1, 3)
+    """warm-start history lengths to train on"""
+    prompts_per_round: int = 16
+    """prompts per GRPO round"""
+    rollouts_per_prompt: int = 8
+    """average rollouts per prompt"""
+    n_min: int = 2
+    """fewest rollouts per prompt"""
+    n_max: int = 32
+    """most rollouts per prompt"""
+    seed: int = 0
+    """PPO / env seed"""
+
+
+def cmd_train_allocator(argv: Sequence[str]) -> int:
+    import tyro
+
+    a = tyro.cli(TrainAllocatorArgs, args=list(argv), prog="rankrl rollouts train-allocator")
+    from rankrl.rollouts.allocator import save_allocator, train_allocator
+
+    base = dict(prompts_per_round=a.prompts_per_round, rollouts_per_prompt=a.rollouts_per_prompt, n_min=a.n_min,
+                n_max=a.n_max)  # fmt: skip
+    members = [dict(base, difficulty=d, history_rounds=h) for d in a.difficulty for h in a.history_rounds]
+    model = train_allocator(members, a.timesteps, seed=a.seed, verbose=0)
+    out = save_allocator(model, a.out, members[0])
+    print(f"allocator trained for {a.timesteps} steps on {len(members)} sim configs -> {out}")
+    return 0
+
+
+def make_allocator(args):
+    """The allocator named by ``--allocator``: uniform, knapsack, or a trained policy directory."""
+    from rankrl.rollouts.grpo import knapsack_allocator, uniform_allocator
+
+    if args.allocator == "uniform":
+        return uniform_allocator
+    if args.allocator == "knapsack":
+        return knapsack_allocator(n_min=args.n_min, n_max=args.n_max)
+    from rankrl.rollouts.allocator import trainer_allocator
+
+    return trainer_allocator(args.allocator)
