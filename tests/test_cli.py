@@ -31,8 +31,8 @@ def test_every_subcommand_has_help(command, capsys):
 def test_finetune_runs_logs_exports_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["finetune", "--model", "tiny-bert", "--task", "default", "--ranks", "kind:q=4,v=4,default=0",
-            "--r-max", "4", "--steps", "6", "--eval-every", "3", "--max-eval", "32", "--batch-size", "8",
-            "--lr", "0.01", "--out", str(out), "--no-progress"]  # fmt: skip
+            "--r_max", "4", "--steps", "6", "--eval_every", "3", "--max_eval", "32", "--batch_size", "8",
+            "--lr", "0.01", "--out", str(out), "--no_progress"]  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "quality/accuracy" in printed and "cost/params" in printed
@@ -44,16 +44,16 @@ def test_finetune_runs_logs_exports_and_resumes(tmp_path, capsys):
     assert (out / "curves.png").exists() and list((tmp_path.parent).rglob("*.wandb")) is not None
 
     with pytest.raises(SystemExit, match="no checkpoint"):
-        main(["finetune", "--model", "tiny-bert", "--out", str(tmp_path / "empty"), "--resume", "--no-wandb"])
+        main(["finetune", "--model", "tiny-bert", "--out", str(tmp_path / "empty"), "--resume", "--no_wandb"])
 
 
 def test_interrupted_finetune_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     from rankrl.ranks.finetune import FineTuneRun
 
     out = tmp_path / "run"
-    args = ["finetune", "--model", "tiny-bert", "--ranks", "uniform:2", "--r-max", "2", "--steps", "6",
-            "--eval-every", "3", "--max-eval", "16", "--batch-size", "4", "--out", str(out), "--no-progress",
-            "--no-wandb"]  # fmt: skip
+    args = ["finetune", "--model", "tiny-bert", "--ranks", "uniform:2", "--r_max", "2", "--steps", "6",
+            "--eval_every", "3", "--max_eval", "16", "--batch_size", "4", "--out", str(out), "--no_progress",
+            "--no_wandb"]  # fmt: skip
     save = FineTuneRun.save_checkpoint
 
     def crash_after_first_checkpoint(self, path):

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
+from rankrl.args import parse_config
 from rankrl.ranks.finetune import FineTuneConfig
 
 
@@ -24,9 +25,7 @@ class FinetuneArgs(FineTuneConfig):
 
 
 def cmd_finetune(argv: Sequence[str]) -> int:
-    import tyro
-
-    args = tyro.cli(FinetuneArgs, args=list(argv), prog="rankrl finetune")
+    args = parse_config(FinetuneArgs, list(argv), prog="rankrl finetune")
     from rankrl.ranks.finetune_job import run_finetune
 
     config = FineTuneConfig(**{f.name: getattr(args, f.name) for f in fields(FineTuneConfig)})
@@ -36,11 +35,9 @@ def cmd_finetune(argv: Sequence[str]) -> int:
 
 def cmd_train_policy(argv: Sequence[str]) -> int:
     """``rankrl train-policy``: PPO rank allocator on LoRARank(-Sim), checkpoints/resume, live evaluation."""
-    import tyro
-
     from rankrl.ranks.train import TrainPolicyConfig
 
-    config = tyro.cli(TrainPolicyConfig, args=list(argv), prog="rankrl train-policy")
+    config = parse_config(TrainPolicyConfig, list(argv), prog="rankrl train-policy")
     from rankrl.ranks.train import train_policy
 
     train_policy(config)
@@ -50,11 +47,9 @@ def cmd_train_policy(argv: Sequence[str]) -> int:
 def _policy_command(argv: Sequence[str], config_name: str, fn_name: str, prog: str) -> int:
     """Parse ``rankrl.ranks.apply.<config_name>`` with tyro and run ``<fn_name>``; a policy file from another
     observation layout is a clear message and exit status 2, not a traceback."""
-    import tyro
-
     from rankrl.ranks import apply
 
-    config = tyro.cli(getattr(apply, config_name), args=list(argv), prog=prog)
+    config = parse_config(getattr(apply, config_name), argv, prog=prog)
     try:
         getattr(apply, fn_name)(config)
     except apply.PolicyLayoutError as e:

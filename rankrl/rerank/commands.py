@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from rankrl.args import parse_config
+
 RERANK_USAGE = """usage: rankrl rerank {train,train-encoder,eval} [--help] [options]
 
   train          GRPO reranker: --recipe rank-r1|erank|grouprank (erank: SFT --sft_steps, then listwise GRPO);
@@ -13,7 +15,7 @@ RERANK_USAGE = """usage: rankrl rerank {train,train-encoder,eval} [--help] [opti
   eval           rerank BM25 top-k of held-out queries with a trained model; TREC run file + nDCG@10 table"""
 
 
-#: ``rankrl rerank train``'s own defaults on top of the shared GRPO ones (rankrl.trl_args)
+#: ``rankrl rerank train``'s own defaults on top of the shared GRPO ones (rankrl.args)
 RERANK_GRPO_DEFAULTS = {"--output_dir": "runs/rerank", "--max_completion_length": "48", "--log_completions": "true"}
 
 
@@ -24,26 +26,22 @@ def cmd_rerank(argv: Sequence[str]) -> int:
         print(RERANK_USAGE)
         raise SystemExit(0)  # like the argparse/tyro --help of every other subcommand (tests/test_cli.py)
     if argv[0] == "eval":
-        import tyro
-
         from rankrl.rerank.job import EvalArgs, run_rerank_eval
 
-        run_rerank_eval(tyro.cli(EvalArgs, args=argv[1:], prog="rankrl rerank eval"))
+        run_rerank_eval(parse_config(EvalArgs, argv[1:], prog="rankrl rerank eval"))
         return 0
     if argv[0] == "train-encoder":
-        import tyro
-
         from rankrl.rerank.encoder import EncoderGRPOArgs, run_encoder_grpo
 
-        run_encoder_grpo(tyro.cli(EncoderGRPOArgs, args=argv[1:], prog="rankrl rerank train-encoder"))
+        run_encoder_grpo(parse_config(EncoderGRPOArgs, argv[1:], prog="rankrl rerank train-encoder"))
         return 0
     if argv[0] != "train":
         print(f"rankrl rerank: unknown subcommand {argv[0]!r}; use 'train', 'train-encoder' or 'eval'", file=sys.stderr)
         return 2
     from trl import GRPOConfig, TrlParser
 
+    from rankrl.args import with_grpo_defaults
     from rankrl.rerank.job import RerankArgs, run_rerank_train
-    from rankrl.trl_args import with_grpo_defaults
 
     parser = TrlParser((RerankArgs, GRPOConfig), prog="rankrl rerank train")
     if "-h" in argv[1:] or "--help" in argv[1:]:

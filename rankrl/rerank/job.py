@@ -2,8 +2,8 @@
 
 Data: a :class:`~rankrl.rerank.collections.Collection`, its train queries
 (:func:`~rankrl.rerank.collections.split_queries`) and their BM25 top candidates, so the hard negatives
-(lexically close, judged or unjudged non-relevant docs) are in every prompt by construction. A query without candidates is skipped with one counted warning. Rewards
-and prompts live in :mod:`rankrl.rerank.rewards`.
+(lexically close, judged or unjudged non-relevant docs) are in every prompt by construction. A query without
+candidates is skipped with one counted warning. Rewards and prompts live in :mod:`rankrl.rerank.rewards`.
 
 * ``rank-r1``: one row per query, ``window`` BM25 candidates in a seeded shuffled order (so the answer is not
   always ``[1]``); stock ``GRPOTrainer``. Inference: :func:`setwise_rank` (greedy top-10 selection by a tournament

@@ -6,6 +6,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rankrl.args import parse_config
+
 ROLLOUTS_USAGE = """usage: rankrl rollouts {train,train-allocator} [--help] [options]
 
   train             GRPO, each prompt getting the rollouts an allocator gives it (Knapsack RL);
@@ -26,8 +28,8 @@ def cmd_rollouts(argv: Sequence[str]) -> int:
         return 2
     from trl import GRPOConfig, TrlParser
 
+    from rankrl.args import with_grpo_defaults
     from rankrl.rollouts.job import BudgetArgs, run_budget_train
-    from rankrl.trl_args import with_grpo_defaults
 
     rest = argv[1:]
     if "-h" in rest or "--help" in rest:
@@ -62,9 +64,7 @@ class TrainAllocatorArgs:
 
 
 def cmd_train_allocator(argv: Sequence[str]) -> int:
-    import tyro
-
-    a = tyro.cli(TrainAllocatorArgs, args=list(argv), prog="rankrl rollouts train-allocator")
+    a = parse_config(TrainAllocatorArgs, list(argv), prog="rankrl rollouts train-allocator")
     from rankrl.rollouts.allocator import save_allocator, train_allocator
 
     base = dict(prompts_per_round=a.prompts_per_round, rollouts_per_prompt=a.rollouts_per_prompt, n_min=a.n_min,

@@ -37,8 +37,8 @@ def policy_dir(tmp_path_factory):
 
 def test_apply_transfers_to_a_new_architecture_exactly_and_within_budget(policy_dir, tmp_path, capsys):
     out = tmp_path / "qwen"
-    args = ["apply", "--policy", str(policy_dir), "--model", "tiny-qwen", "--out", str(out), "--budget-rank", "3",
-            "--threads", "1", "--finetune", "--steps", "3", "--max-eval", "16"]  # fmt: skip
+    args = ["apply", "--policy", str(policy_dir), "--model", "tiny-qwen", "--out", str(out), "--budget_rank", "3",
+            "--threads", "1", "--finetune", "--steps", "3", "--max_eval", "16"]  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "model.layers.1.mlp.down_proj" in printed and "quality/accuracy" in printed
@@ -57,7 +57,7 @@ def test_apply_transfers_to_a_new_architecture_exactly_and_within_budget(policy_
 
 
 def test_long_finetune_at_the_policy_lr_warns_and_a_flat_loss_is_reported(policy_dir, tmp_path, capsys):
-    base = ["apply", "--policy", str(policy_dir), "--model", "tiny-bert", "--threads", "1", "--max-eval", "16"]
+    base = ["apply", "--policy", str(policy_dir), "--model", "tiny-bert", "--threads", "1", "--max_eval", "16"]
     args = [*base, "--out", str(tmp_path / "a"), "--finetune", "--steps", "9"]
     with pytest.warns(UserWarning, match="lower --lr"):  # 9 > the policy's 8-step episodes, no --lr given
         assert main(args) == 0
@@ -96,9 +96,9 @@ def test_policy_of_another_observation_layout_is_refused(policy_dir, tmp_path, c
 
 def test_baselines_table_has_every_method_at_equal_budget(policy_dir, tmp_path, capsys):
     out = tmp_path / "baselines"
-    args = ["baselines", "--model", "tiny-bert", "--steps", "4", "--seeds", "0", "1", "--max-eval", "16",
-            "--batch-size", "8", "--max-train", "128", "--uniform-lrs", "1e-3", "1e-2", "--policy", str(policy_dir),
-            "--out", str(out), "--threads", "1", "--no-wandb"]  # fmt: skip
+    args = ["baselines", "--model", "tiny-bert", "--steps", "4", "--seeds", "0", "1", "--max_eval", "16",
+            "--batch_size", "8", "--max_train", "128", "--uniform_lrs", "1e-3", "1e-2", "--policy", str(policy_dir),
+            "--out", str(out), "--threads", "1", "--no_wandb"]  # fmt: skip
     assert main(args) == 0
     result = json.loads((out / "results.json").read_text())
     cap = result["budget"]["params"]

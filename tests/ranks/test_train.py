@@ -15,10 +15,10 @@ from rankrl.ranks.train import TrainPolicyConfig
 from rankrl.tracking import read_metrics
 
 # the live runs are tiny-bert for 8 steps; the calibration takes 2 live probes of 4 steps
-TINY = ["--model", "tiny-bert", "--steps", "8", "--decisions", "2", "--batch-size", "8", "--max-eval", "32",
-        "--max-train", "256", "--probes", "2", "--probe-steps", "4", "--probe-evals", "1", "--n-steps", "32",
-        "--ppo-batch-size", "32", "--n-epochs", "2", "--checkpoint-every", "32", "--max-modules", "16",
-        "--threads", "1", "--no-wandb", "--no-progress"]  # fmt: skip
+TINY = ["--model", "tiny-bert", "--steps", "8", "--decisions", "2", "--batch_size", "8", "--max_eval", "32",
+        "--max_train", "256", "--probes", "2", "--probe_steps", "4", "--probe_evals", "1", "--n_steps", "32",
+        "--ppo_batch_size", "32", "--n_epochs", "2", "--checkpoint_every", "32", "--max_modules", "16",
+        "--threads", "1", "--no_wandb", "--no_progress"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

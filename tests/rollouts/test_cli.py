@@ -43,7 +43,7 @@ def test_learned_allocator_drives_the_trainer_callable(tmp_path):
     from rankrl.rollouts.grpo import RolloutHistory
 
     assert main(["budget", "train-allocator", "--out", str(tmp_path / "alloc"), "--timesteps", "128",
-                 "--difficulty", "mixed", "--history-rounds", "1", "--prompts-per-round", "4"]) == 0  # fmt: skip
+                 "--difficulty", "mixed", "--history_rounds", "1", "--prompts_per_round", "4"]) == 0  # fmt: skip
     alloc = trainer_allocator(tmp_path / "alloc", horizon=10)
     history = RolloutHistory()
     counts = alloc(["a", "b", "c", "d"], history, 32)

@@ -1,12 +1,24 @@
-"""Command-line defaults shared by every rankrl command that runs a TRL ``GRPOTrainer`` (core: no domain imports).
+"""Command-line parsing shared by every rankrl command (core: no domain imports).
 
-TRL's own parser (``TrlParser``) reads the flags; this only prepends CPU-safe, observable defaults for the flags
-the user did not pass, so every GRPOConfig flag still works and the user's value always wins.
+One flag spelling everywhere, TRL's: underscores (``--output_dir``, ``--max_params``). rankrl's own configs parse
+with tyro through :func:`parse_config` (which also accepts the dashed spelling); TRL jobs use ``TrlParser`` and
+:func:`with_grpo_defaults` only prepends CPU-safe, observable defaults for flags the user did not pass, so every
+GRPOConfig flag still works and the user's value always wins.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def parse_config(cls: type[T], argv: Sequence[str], prog: str) -> T:
+    """Parse ``argv`` into the dataclass ``cls`` with tyro, flags spelt with underscores like TRL's."""
+    import tyro
+
+    return tyro.cli(cls, args=list(argv), prog=prog, use_underscores=True)
 
 #: defaults every rankrl GRPO command starts from (a command adds its own on top, see ``with_grpo_defaults``)
 GRPO_DEFAULTS: dict[str, str] = {
