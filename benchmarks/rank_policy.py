@@ -102,7 +102,7 @@ class Allocations:
         self.policy_info: dict[str, dict] = {}
 
     def policy(self, name: str):
-        from rankrl.ranks.apply import load_policy
+        from rankrl.ranks.policy import load_policy
 
         if name not in self._policies:
             given = {"policy-sst2": self.a.policy_sst2, "policy-default": self.a.policy_default}[name]
@@ -123,8 +123,7 @@ class Allocations:
     def cell(self, cell: str) -> dict:
         if cell not in self._cells:
             from rankrl.ranks.budgets import Budget, check_grid, pow2_grid
-            from rankrl.ranks.sim import new_live_run
-            from rankrl.ranks.finetune import FineTuneConfig
+            from rankrl.ranks.finetune import FineTuneConfig, new_live_run
 
             _, labels, rank = CELLS[cell]
             cfg = FineTuneConfig(model=MODEL, task=task_dir(cell), labels=labels, r_max=R_MAX, seed=0, batch_size=16,
@@ -145,10 +144,11 @@ class Allocations:
             return B.random_allocation(t, b, g, seed, r_max=R_MAX)
         if method not in c["fixed"]:
             if method.startswith("policy-"):
-                from rankrl.ranks.apply import allocate
+                from rankrl.ranks.budgets import BudgetSpec
+                from rankrl.ranks.policy import allocate
 
-                caps = {"budget_rank": None, "max_params": c["cap"], "max_flops": None, "max_tx_seconds": None}
-                c["fixed"][method] = dict(allocate(self.policy(method), t, f.static, caps).ranks)
+                spec = BudgetSpec(rank=None, params=c["cap"])
+                c["fixed"][method] = dict(allocate(self.policy(method), t, f.static, spec).ranks)
             else:
                 fn = {"uniform": B.uniform, "spectrum": B.spectrum, "importance": B.importance}[method]
                 args = (t, b, g) if method == "uniform" else (t, f, b, g)
@@ -159,15 +159,23 @@ class Allocations:
 def train_rank_policy(name: str, out: Path, threads: int) -> dict:
     """policy-sst2: one-shot allocation at mean rank 1 on the minilm/SST-2 sim, quality-only reward.
     policy-default: exactly ``rankrl train-policy``'s defaults (what ``make demo`` trains)."""
+    from dataclasses import replace
+
+    from rankrl.ranks.budgets import BudgetSpec
+    from rankrl.ranks.env import LoRARankConfig
+    from rankrl.ranks.finetune import FineTuneConfig
     from rankrl.ranks.train import TrainPolicyConfig, train_policy
 
     if name == "policy-sst2":
-        cfg = TrainPolicyConfig(model=MODEL, task=task_dir("sst2-r1"), steps=60, lr=2e-3, batch_size=16, max_eval=256,
-                                r_max=R_MAX, decisions=1, budget_rank=1.0, w_params=0.0, w_tx=0.0, probes=4,
-                                timesteps=2048, n_steps=128, ppo_batch_size=64, seed=0, threads=threads,
-                                out=str(out), wandb=False, progress=False)  # fmt: skip
+        run = FineTuneConfig(model=MODEL, task=task_dir("sst2-r1"), steps=60, lr=2e-3, batch_size=16, max_eval=256,
+                             r_max=R_MAX, eval_every=0, seed=0, threads=threads)  # fmt: skip
+        env = LoRARankConfig(run=run, decisions=1, budget=BudgetSpec(rank=1.0), w_params=0.0, w_tx=0.0)
+        cfg = TrainPolicyConfig(env=env, probes=4, timesteps=2048, n_steps=128, ppo_batch_size=64, out=str(out),
+                                wandb=False, progress=False)  # fmt: skip
     else:
-        cfg = TrainPolicyConfig(out=str(out), threads=threads, wandb=False, progress=False)
+        default = TrainPolicyConfig()
+        cfg = replace(default, env=replace(default.env, run=replace(default.run, threads=threads)), out=str(out),
+                      wandb=False, progress=False)  # fmt: skip
     print(f"training {name} -> {out} ...", flush=True)
     t0 = time.time()
     res = train_policy(cfg)
@@ -183,8 +191,8 @@ def train_rank_policy(name: str, out: Path, threads: int) -> dict:
 # ---------------------------------------------------------------------------------------------- runs
 def one_run(allocs: Allocations, cell: str, method: str, lr: float, seed: int, split: str, steps: int) -> dict:
     from rankrl.ranks.costs import allocation_cost
-    from rankrl.tasks import load_task
     from rankrl.ranks.finetune import FineTuneConfig, FineTuneRun
+    from rankrl.tasks import load_task
 
     _, labels, _ = CELLS[cell]
     cfg = FineTuneConfig(model=MODEL, task=task_dir(cell), labels=labels, steps=steps, lr=lr, batch_size=16,
@@ -391,11 +399,9 @@ def sim_vs_live(runs: dict, steps: int) -> dict:
     meta = CACHE / "bench-rank-policy" / "policy-sst2" / "policy.json"
     if not meta.exists():
         return {"skipped": "policy-sst2 not trained yet"}
-    tc = json.loads(meta.read_text())["train_config"]
-    tc = {k: tuple(v) if isinstance(v, list) else v for k, v in tc.items()}
-    cfg = TrainPolicyConfig(**tc)
+    cfg = TrainPolicyConfig.from_dict(json.loads(meta.read_text())["train_config"])
     try:
-        cal = calibrate(cfg.env_config, cfg.probes, cfg.probe_steps or cfg.steps, probe_evals=cfg.probe_evals,
+        cal = calibrate(cfg.env, cfg.probes, cfg.probe_steps or cfg.run.steps, probe_evals=cfg.probe_evals,
                         cache_only=True)  # fmt: skip
     except FileNotFoundError as e:
         return {"skipped": str(e)}
@@ -407,7 +413,7 @@ def sim_vs_live(runs: dict, steps: int) -> dict:
     allocs = [[r["ranks"][n] for n in order] for r in held]
     rho = sim_vs_live_rank_correlation(cal, allocs, [r["loss"] for r in held], step=steps)
     return {"spearman_rho": rho, "n_configs": len(held), "lr": cfg.lr, "steps": steps,
-            "calibration": {"probes": cfg.probes, "probe_steps": cfg.probe_steps or cfg.steps, "rate0": cal.rate0,
+            "calibration": {"probes": cfg.probes, "probe_steps": cfg.probe_steps or cfg.run.steps, "rate0": cal.rate0,
                             "rate1": cal.rate1, "loss0": cal.loss0, "loss_inf": cal.loss_inf},
             "pairs": [{"method": r["method"], "seed": r["seed"], "live_dev_loss": r["loss"],
                        "sim_loss": cal.predict_loss(al, steps)}

@@ -33,7 +33,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -46,6 +46,7 @@ __all__ = [
     "CONSTRAINTS",
     "UTILITIES",
     "Budget",
+    "BudgetSpec",
     "allocate_by_scores",
     "budget_metrics",
     "check_grid",
@@ -181,6 +182,84 @@ class Budget:
         if cap < 1:
             raise ValueError(f"mean rank {r} gives a parameter cap of 0; raise r")
         return cls(max_params=cap)
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """A LoRA budget as a user states it; the one place that turns every way of stating it into caps.
+
+    The parameter cap is given either as a mean rank (``rank``) or absolutely (``params``); when both are set
+    ``params`` wins. ``None`` leaves a quantity uncapped (in :meth:`merged`: "keep the base's"). Nested in a
+    config as ``budget`` it gives the flags ``--budget.rank``, ``--budget.params``, ``--budget.flops``,
+    ``--budget.tx_seconds``. Policy files store it under the keys of :data:`META_KEYS`.
+    """
+
+    rank: float | None = 4.0
+    """parameter cap as a mean rank: the parameters of LoRA at this rank on every module (None: no such cap)"""
+    params: int | None = None
+    """absolute parameter cap; when set it replaces the mean-rank cap"""
+    flops: float | None = None
+    """cap on adapter FLOPs per token, forward + backward (None: no cap)"""
+    tx_seconds: float | None = None
+    """cap on seconds to send one update at the round's average (fading-free) capacity (None: no cap)"""
+
+    #: field -> key in policy files and env keywords (the names rankrl has always stored)
+    META_KEYS: ClassVar[dict[str, str]] = {"rank": "budget_rank", "params": "max_params", "flops": "max_flops",
+                                           "tx_seconds": "max_tx_seconds"}  # fmt: skip
+
+    def __post_init__(self) -> None:
+        for name in self.META_KEYS:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, Real)
+                                      or not (math.isfinite(value) and value > 0)):  # fmt: skip
+                raise ValueError(f"--budget.{name} must be a finite number > 0 (or None), got {value!r}")
+        if self.params is not None and not isinstance(self.params, Integral):
+            raise ValueError(f"--budget.params must be an integer, got {self.params!r}")
+
+    @property
+    def is_set(self) -> bool:
+        """Whether any cap is given."""
+        return any(getattr(self, name) is not None for name in self.META_KEYS)
+
+    def to_meta(self) -> dict[str, float | None]:
+        """``{"budget_rank": ..., "max_params": ..., "max_flops": ..., "max_tx_seconds": ...}``."""
+        return {key: getattr(self, name) for name, key in self.META_KEYS.items()}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, float | None]) -> BudgetSpec:
+        """The spec of a :meth:`to_meta` dict (missing keys: uncapped); unknown keys raise."""
+        names = {key: name for name, key in cls.META_KEYS.items()}
+        if unknown := sorted(set(meta) - set(names)):
+            raise ValueError(f"unknown budget keys {unknown}; valid: {sorted(names)}")
+        return cls(**{name: meta.get(key) for key, name in names.items()})
+
+    def param_cap(self, targets: Sequence[TargetModule]) -> int | None:
+        """The parameter cap on ``targets``: ``params``, else the parameters of rank ``rank`` on every module
+        (:meth:`Budget.mean_rank`), else None."""
+        if self.params is not None:
+            return int(self.params)
+        return Budget.mean_rank(targets, self.rank).max_params if self.rank is not None else None
+
+    def merged(self, override: BudgetSpec) -> BudgetSpec:
+        """This spec with every cap ``override`` sets replacing ours; a parameter cap in ``override`` (either
+        spelling) replaces both of ours, so a user's ``--budget.rank`` beats a stored ``params``."""
+        values = {name: getattr(self, name) for name in self.META_KEYS}
+        if override.rank is not None or override.params is not None:
+            values.update(rank=override.rank, params=override.params)
+        for name in ("flops", "tx_seconds"):
+            if getattr(override, name) is not None:
+                values[name] = getattr(override, name)
+        return BudgetSpec(**values)
+
+    def resolve(self, targets: Sequence[TargetModule], channel: Channel | None = None,
+                precision_bits: int = 32) -> Budget:  # fmt: skip
+        """The :class:`Budget` (caps) of this spec on ``targets``; ``channel`` (the round's link) is needed when
+        ``tx_seconds`` is set."""
+        if self.tx_seconds is not None and channel is None:
+            raise ValueError("a transmit-time cap needs the round's channel to resolve")
+        tx = self.tx_seconds is not None
+        return Budget(max_params=self.param_cap(targets), max_flops=self.flops, max_tx_seconds=self.tx_seconds,
+                      channel=channel if tx else None, precision_bits=precision_bits)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ costs

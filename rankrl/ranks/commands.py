@@ -44,15 +44,18 @@ def cmd_train_policy(argv: Sequence[str]) -> int:
     return 0
 
 
-def _policy_command(argv: Sequence[str], config_name: str, fn_name: str, prog: str) -> int:
-    """Parse ``rankrl.ranks.apply.<config_name>`` with tyro and run ``<fn_name>``; a policy file from another
+def _policy_command(argv: Sequence[str], module: str, config_name: str, fn_name: str, prog: str) -> int:
+    """Parse ``rankrl.ranks.<module>.<config_name>`` with tyro and run ``<fn_name>``; a policy file from another
     observation layout is a clear message and exit status 2, not a traceback."""
-    from rankrl.ranks import apply
+    import importlib
 
-    config = parse_config(getattr(apply, config_name), argv, prog=prog)
+    from rankrl.ranks.policy import PolicyLayoutError
+
+    mod = importlib.import_module(f"rankrl.ranks.{module}")
+    config = parse_config(getattr(mod, config_name), argv, prog=prog)
     try:
-        getattr(apply, fn_name)(config)
-    except apply.PolicyLayoutError as e:
+        getattr(mod, fn_name)(config)
+    except PolicyLayoutError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
     return 0
@@ -60,9 +63,9 @@ def _policy_command(argv: Sequence[str], config_name: str, fn_name: str, prog: s
 
 def cmd_apply(argv: Sequence[str]) -> int:
     """``rankrl apply``: a trained rank policy -> PEFT adapter_config.json for any model (+ optional fine-tune)."""
-    return _policy_command(argv, "ApplyConfig", "apply_policy", "rankrl apply")
+    return _policy_command(argv, "apply", "ApplyConfig", "apply_policy", "rankrl apply")
 
 
 def cmd_baselines(argv: Sequence[str]) -> int:
     """``rankrl baselines``: every rank baseline (and a policy) fine-tuned live at equal budget, one table."""
-    return _policy_command(argv, "BaselinesConfig", "run_baselines", "rankrl baselines")
+    return _policy_command(argv, "compare", "BaselinesConfig", "run_baselines", "rankrl baselines")

@@ -25,11 +25,20 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from rankrl.ranks.budgets import Budget, budget_metrics, check_grid, pow2_grid, project, unit_costs, violations
+from rankrl.ranks.budgets import (
+    Budget,
+    BudgetSpec,
+    budget_metrics,
+    check_grid,
+    pow2_grid,
+    project,
+    unit_costs,
+    violations,
+)
 from rankrl.ranks.costs import Channel, allocation_cost, uniform_ranks
 from rankrl.ranks.features import FEATURE_NAMES
-from rankrl.ranks.finetune import FineTuneConfig
-from rankrl.ranks.sim import SimCalibration, SimRun, calibrate, new_live_run
+from rankrl.ranks.finetune import FineTuneConfig, load_run_inputs, new_live_run
+from rankrl.ranks.sim import SimCalibration, SimRun, calibrate
 
 __all__ = ["GLOBAL_NAMES", "LOSS_HIGH", "QUALITY_TERMS", "ROW_HIGH", "LoRARankConfig", "LoRARankEnv"]
 
@@ -55,14 +64,8 @@ class LoRARankConfig:
     """ranks a module may get (None: 0 and powers of two up to run.r_max)"""
     max_modules: int = 64
     """observation/action rows; models with fewer adapted modules are padded and masked"""
-    budget_rank: float | None = 4.0
-    """parameter cap as a mean rank: the parameters of LoRA at this rank on every module (None: no cap)"""
-    max_params: int | None = None
-    """absolute parameter cap; when set it replaces the budget_rank cap"""
-    max_flops: float | None = None
-    """cap on adapter FLOPs per token, forward + backward (None: no cap)"""
-    max_tx_seconds: float | None = None
-    """cap on seconds to send one update at the round's average (fading-free) capacity (None: no cap)"""
+    budget: BudgetSpec = field(default_factory=BudgetSpec)
+    """the caps every allocation is projected onto (mean rank or parameters, FLOPs, transmit seconds)"""
     snr_range_db: tuple[float, float] = (0.0, 20.0)
     """each round's average SNR is drawn uniformly from this range, in dB"""
     bandwidth_range_hz: tuple[float, float] = (1e6, 1e6)
@@ -98,10 +101,8 @@ class LoRARankConfig:
             if max(self.rank_grid) > self.run.r_max:
                 raise ValueError(f"rank_grid max {max(self.rank_grid)} exceeds run.r_max={self.run.r_max}; "
                                  "raise r_max or drop it")  # fmt: skip
-        for name in ("budget_rank", "max_params", "max_flops", "max_tx_seconds"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0 or None, got {value}")
+        if not isinstance(self.budget, BudgetSpec):
+            raise TypeError(f"budget must be a BudgetSpec, got {type(self.budget).__name__}")
         for name in ("snr_range_db", "bandwidth_range_hz"):
             lo, hi = getattr(self, name)
             if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
@@ -176,14 +177,18 @@ class LoRARankEnv(gym.Env):
     def __init__(self, backend: str = "live", config: LoRARankConfig | None = None,
                  calibration: SimCalibration | None = None, tracker: Any = None, render_mode: str | None = None,
                  **overrides: Any) -> None:  # fmt: skip
-        env_keys = {f.name for f in fields(LoRARankConfig)} - {"run"}
+        env_keys = {f.name for f in fields(LoRARankConfig)} - {"run", "budget"}
         run_keys = {f.name for f in fields(FineTuneConfig)}
-        if unknown := sorted(set(overrides) - env_keys - run_keys):
-            raise ValueError(f"unknown LoRARankEnv arguments {unknown}; valid: {sorted(env_keys | run_keys)}")
+        budget_keys = {key: name for name, key in BudgetSpec.META_KEYS.items()}  # budget_rank=..., max_params=...
+        if unknown := sorted(set(overrides) - env_keys - run_keys - set(budget_keys)):
+            valid = sorted(env_keys | run_keys | set(budget_keys))
+            raise ValueError(f"unknown LoRARankEnv arguments {unknown}; valid: {valid}")
         base = config or LoRARankConfig()
         run = FineTuneConfig(**{**_asdict(base.run), **{k: v for k, v in overrides.items() if k in run_keys}})
+        budget = BudgetSpec(**{**_asdict(base.budget),
+                               **{budget_keys[k]: v for k, v in overrides.items() if k in budget_keys}})  # fmt: skip
         env_over = {k: v for k, v in overrides.items() if k in env_keys}
-        self.config = LoRARankConfig(**{**_asdict(base), **env_over, "run": run})
+        self.config = LoRARankConfig(**{**_asdict(base), **env_over, "run": run, "budget": budget})
         if backend not in ("live", "sim"):
             raise ValueError(f"backend must be 'live' or 'sim', got {backend!r}")
         if calibration is not None and backend != "sim":
@@ -194,18 +199,14 @@ class LoRARankEnv(gym.Env):
         cfg = self.config
         self._task = self._spare_model = None
         if backend == "live":
-            from rankrl.models import load_model
             from rankrl.ranks.targets import find_target_modules
-            from rankrl.tasks import load_task
 
             c = cfg.run
             if c.threads:  # before the model is built, not only when the run starts (FineTuneRun does it there)
                 import torch
 
                 torch.set_num_threads(c.threads)
-            self._task = load_task(c.task, seed=c.seed, labels=c.labels, max_train=c.max_train)
-            kind, labels = self._task.kind, max(self._task.num_labels, 2)
-            self._spare_model = load_model(c.model, task_kind=kind, num_labels=labels, seed=c.seed)
+            self._task, self._spare_model = load_run_inputs(c)
             targets = find_target_modules(self._spare_model.model)
         else:
             self.calibration = calibration if calibration is not None else calibrate(cfg)
@@ -218,15 +219,13 @@ class LoRARankEnv(gym.Env):
             raise ValueError(f"the model has {len(self.targets)} adapted modules > max_modules={cfg.max_modules}; "
                              "raise max_modules")  # fmt: skip
         self.grid = check_grid(self.targets, cfg.grid, cfg.run.r_max)
-        self._param_cap = cfg.max_params
-        if self._param_cap is None and cfg.budget_rank is not None:
-            self._param_cap = Budget.mean_rank(self.targets, cfg.budget_rank).max_params
+        self._param_cap = cfg.budget.param_cap(self.targets)
         full = allocation_cost(self.targets, uniform_ranks(self.targets, cfg.run.r_max), precision_bits=self._bits)
         mean_channel = Channel(float(np.mean(cfg.bandwidth_range_hz)), float(np.mean(cfg.snr_range_db)))
         self._norm = {
             "params": float(self._param_cap or full.params),
-            "flops": float(cfg.max_flops or full.flops),
-            "tx": float(cfg.max_tx_seconds or full.bits / mean_channel.capacity_bps()),
+            "flops": float(cfg.budget.flops or full.flops),
+            "tx": float(cfg.budget.tx_seconds or full.bits / mean_channel.capacity_bps()),
         }
         self._units = unit_costs(self.targets, Budget(precision_bits=self._bits), all_constraints=True)
         worst = self.round_budget(cfg.snr_range_db[0], cfg.bandwidth_range_hz[0])
@@ -253,9 +252,7 @@ class LoRARankEnv(gym.Env):
         cfg = self.config
         snr = self._snr if snr_db is None else snr_db
         bw = self._bandwidth if bandwidth_hz is None else bandwidth_hz
-        tx = cfg.max_tx_seconds is not None
-        return Budget(max_params=self._param_cap, max_flops=cfg.max_flops, max_tx_seconds=cfg.max_tx_seconds,
-                      channel=Channel(bw, snr) if tx else None, precision_bits=self._bits)  # fmt: skip
+        return cfg.budget.resolve(self.targets, Channel(bw, snr), precision_bits=self._bits)
 
     @property
     def channel(self) -> dict[str, float]:
@@ -402,9 +399,10 @@ class LoRARankEnv(gym.Env):
         # costs are linear in rank (rankrl.ranks.budgets), so shares of the caps are dot products: no allocation_cost
         r = np.array([ranks[t.name] for t in self.targets], dtype=np.float64)
         totals = {name: float(u @ r) for name, u in self._units.items()}
-        shares = [totals[name] / cap for name, cap in (("params", self._param_cap), ("flops", cfg.max_flops)) if cap]
-        if cfg.max_tx_seconds:
-            shares.append(totals["bits"] / Channel(self._bandwidth, self._snr).capacity_bps() / cfg.max_tx_seconds)
+        caps = (("params", self._param_cap), ("flops", cfg.budget.flops))
+        shares = [totals[name] / cap for name, cap in caps if cap]
+        if cfg.budget.tx_seconds:
+            shares.append(totals["bits"] / Channel(self._bandwidth, self._snr).capacity_bps() / cfg.budget.tx_seconds)
         shares = shares or [totals["params"] / self._norm["params"]]
         glob = np.array([
             1.0 - max(shares),

@@ -39,7 +39,7 @@ class FineTuneConfig:
     """task: 'default' (embedded), 'arith', a local file/directory, or a datasets hub name"""
     ranks: str = "uniform:8"
     """initial ranks: 'uniform:R', 'kind:q=8,v=8,default=0' or a JSON file {module: rank}"""
-    r_max: int = 16
+    r_max: int = 8
     """directions allocated per module (the most any rank can grow to)"""
     alpha: float = 16.0
     """LoRA alpha: a module started at rank r has scaling alpha / r"""
@@ -121,12 +121,7 @@ class FineTuneRun:
         self.config = config
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.task = task or load_task(
-            config.task, seed=config.seed, labels=config.labels, max_train=config.max_train
-        )
-        self.loaded = loaded or load_model(
-            config.model, task_kind=self.task.kind, num_labels=max(self.task.num_labels, 2), seed=config.seed
-        )
+        self.task, self.loaded = load_run_inputs(config, task=task, loaded=loaded)
         self.tokenizer = self.loaded.tokenizer
         torch.manual_seed(config.seed)
         from rankrl.ranks.targets import find_target_modules
@@ -395,3 +390,53 @@ def batches(run: FineTuneRun, n: int) -> Iterator[dict[str, torch.Tensor]]:
 def copy_run_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Copy a run directory (for branching a run from a checkpoint)."""
     shutil.copytree(src, dst, dirs_exist_ok=True)
+
+
+# ------------------------------------------------------------------------------------------ building runs
+def episode_run() -> FineTuneConfig:
+    """The short run rank policies are trained and compared on (``train-policy`` episodes, ``baselines``): 40 steps
+    at a higher learning rate, 128 held-out rows, evaluated only when asked."""
+    return FineTuneConfig(steps=40, lr=3e-3, max_eval=128, eval_every=0)
+
+
+def load_run_inputs(config: FineTuneConfig, *, task: Task | None = None,
+                    loaded: LoadedModel | None = None) -> tuple[Task, LoadedModel]:  # fmt: skip
+    """The task and freshly loaded model a run of ``config`` trains (either may be given already loaded): the one
+    place that turns a run config into data and weights, so every run of the same config sees the same ones."""
+    task = task or load_task(config.task, seed=config.seed, labels=config.labels, max_train=config.max_train)
+    loaded = loaded or load_model(config.model, task_kind=task.kind, num_labels=max(task.num_labels, 2),
+                                  seed=config.seed)  # fmt: skip
+    return task, loaded
+
+
+# ---------------------------------------------------------------------------------------------- live probes
+def new_live_run(run_config: Any, ranks: Mapping[str, int] | None = None, *, task: Any = None,
+                 loaded: Any = None) -> Any:  # fmt: skip
+    """A :class:`FineTuneRun` started with every rank 0 and then set to ``ranks`` (default: all 0), so that a
+    module starts exactly as it does in LoRARankEnv (scaling ``alpha / r`` of its first non-zero rank)."""
+    from rankrl.ranks.targets import find_target_modules
+
+    c = run_config
+    task, loaded = load_run_inputs(c, task=task, loaded=loaded)
+    zeros = {t.name: 0 for t in find_target_modules(loaded.model)}
+    run = FineTuneRun(c, loaded=loaded, task=task, ranks=zeros)
+    if ranks is not None:
+        run.set_ranks(ranks)
+    return run
+
+
+def model_features(model: str, task: str | None, *, r_max: int, seed: int = 0, n_batches: int = 4,
+                   batch_size: int = 16, threads: int | None = None) -> tuple[tuple, Any, Any]:  # fmt: skip
+    """``(targets, LayerFeatures, task)`` of a model: with a task, from the same live run the env starts
+    (:func:`new_live_run` + ``run.features``, cached); ``task=None`` gives the
+    neutral gradient columns (shape and spectrum only) and ``task`` None."""
+    if task is None:
+        from rankrl.ranks.features import compute_features
+        from rankrl.ranks.targets import find_target_modules
+
+        loaded = load_model(model, seed=seed)
+        targets = tuple(find_target_modules(loaded.model))
+        return targets, compute_features(loaded.model, targets, None), None
+    cfg = FineTuneConfig(model=model, task=task, r_max=r_max, seed=seed, batch_size=batch_size, threads=threads)
+    run = new_live_run(cfg)
+    return tuple(run.targets), run.features(n_batches), run.task

@@ -217,25 +217,11 @@ class RankedLoRA:
     # ----------------------------------------------------------------------------------------- export
     def lora_config(self) -> Any:
         """The active ranks as a plain PEFT ``LoraConfig(r, lora_alpha, rank_pattern, alpha_pattern)``."""
-        from peft import LoraConfig
-
         active = {n: r for n, r in self.ranks.items() if r > 0}
-        if not active:
-            raise ValueError("every module has rank 0: nothing to export; give at least one module a rank")
-        alphas = {n: self._scaling[n] * r for n, r in active.items()}
-        r_default = Counter(active.values()).most_common(1)[0][0]
-        a_default = Counter(round(a, 6) for a in alphas.values()).most_common(1)[0][0]
         base = self.peft_model.peft_config[ADAPTER]
-        return LoraConfig(
-            r=r_default,
-            lora_alpha=a_default,
-            lora_dropout=self.lora_dropout,
-            target_modules=sorted(active),
-            rank_pattern={n: r for n, r in active.items() if r != r_default},
-            alpha_pattern={n: a for n, a in alphas.items() if round(a, 6) != a_default},
-            modules_to_save=list(base.modules_to_save) if base.modules_to_save else None,
-            task_type=self.task_type,
-        )
+        return ranks_to_lora_config(active, alpha={n: self._scaling[n] * r for n, r in active.items()},
+                                    dropout=self.lora_dropout, task_type=self.task_type, what="export",
+                                    modules_to_save=list(base.modules_to_save) if base.modules_to_save else None)
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """PEFT-named adapter weights with every module cut to its active rank (rank-0 modules left out)."""
@@ -386,3 +372,67 @@ def _parse_int(text: str, spec: str) -> int:
         return int(text)
     except ValueError:
         raise ValueError(f"rank spec {spec!r}: {text!r} is not an integer rank") from None
+
+
+# ---------------------------------------------------------------------------------------- rank <-> PEFT codec
+#: task kind (rankrl.tasks.KINDS) -> PEFT task_type
+PEFT_TASK_TYPES: dict[str, str] = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
+
+
+def ranks_to_lora_config(ranks: Mapping[str, int], *, alpha: float | Mapping[str, float], dropout: float = 0.0,
+                         task_type: str | None = None, modules_to_save: list[str] | None = None,
+                         what: str = "adapt") -> Any:  # fmt: skip
+    """The one rank -> PEFT codec: a plain ``LoraConfig`` for per-module ranks. Full module names (PEFT matches
+    ``rank_pattern`` keys on the *end* of a name, so full names cannot hit a second module), rank-0 modules left
+    out, ``r`` the most common rank and ``rank_pattern`` the rest. ``alpha`` is one ``lora_alpha`` (each module
+    then gets PEFT's ``alpha / r_i``, the scaling it starts with in the live env) or an alpha per module (the
+    most common becomes ``lora_alpha``, the rest ``alpha_pattern``). :func:`lora_config_to_ranks` inverts it."""
+    from peft import LoraConfig
+
+    active = {n: int(r) for n, r in ranks.items() if r > 0}
+    if not active:
+        raise ValueError(f"every module has rank 0: nothing to {what}; give at least one module a rank (raise the "
+                         "budget)")  # fmt: skip
+    r = Counter(active.values()).most_common(1)[0][0]
+    if isinstance(alpha, Mapping):
+        a = Counter(round(alpha[n], 6) for n in active).most_common(1)[0][0]
+        alpha_pattern = {n: alpha[n] for n in active if round(alpha[n], 6) != a}
+    else:
+        a, alpha_pattern = alpha, {}
+    return LoraConfig(r=r, lora_alpha=a, lora_dropout=dropout, target_modules=sorted(active),
+                      rank_pattern={n: v for n, v in active.items() if v != r}, alpha_pattern=alpha_pattern,
+                      modules_to_save=modules_to_save, task_type=task_type)  # fmt: skip
+
+
+def lora_config_to_ranks(config: Any) -> dict[str, int]:
+    """The per-module ranks a :func:`ranks_to_lora_config` config states (full module names as keys)."""
+    return {n: int(config.rank_pattern.get(n, config.r)) for n in sorted(config.target_modules)}
+
+
+def write_adapter_config(ranks: Mapping[str, int], out: str | os.PathLike, model: str, *, alpha: float,
+                         dropout: float = 0.0, task_kind: str | None = None, num_labels: int = 2,
+                         seed: int = 0) -> Any:  # fmt: skip
+    """Write ``out/adapter_config.json`` (atomically), read it back with ``LoraConfig.from_pretrained``, check its
+    keys against a fresh ``model`` (exact) and that ``get_peft_model`` gives every module exactly its rank.
+
+    Returns:
+        The config as read back.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    from rankrl.models import load_model
+
+    config = ranks_to_lora_config(ranks, alpha=alpha, dropout=dropout, task_type=PEFT_TASK_TYPES.get(task_kind or ""))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out))
+    try:
+        config.save_pretrained(tmp)
+        os.replace(tmp / "adapter_config.json", out / "adapter_config.json")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    back = LoraConfig.from_pretrained(str(out))
+    fresh = load_model(model, task_kind=task_kind or "classification", num_labels=num_labels, seed=seed).model
+    check_pattern_keys(fresh, back, exact=True)
+    check_adapter_ranks(get_peft_model(fresh, back), {n: int(r) for n, r in ranks.items()})
+    return back

@@ -53,7 +53,6 @@ __all__ = [
     "SimRun",
     "calibrate",
     "lr_area",
-    "new_live_run",
     "probe_allocations",
     "probe_live",
     "sim_vs_live_rank_correlation",
@@ -300,26 +299,6 @@ class SimRun:
         return self.calibration.features()
 
 
-# ---------------------------------------------------------------------------------------------- live probes
-def new_live_run(run_config: Any, ranks: Mapping[str, int] | None = None, *, task: Any = None,
-                 loaded: Any = None) -> Any:  # fmt: skip
-    """A :class:`FineTuneRun` started with every rank 0 and then set to ``ranks`` (default: all 0), so that a
-    module starts exactly as it does in LoRARankEnv (scaling ``alpha / r`` of its first non-zero rank)."""
-    from rankrl.models import load_model
-    from rankrl.ranks.finetune import FineTuneRun
-    from rankrl.ranks.targets import find_target_modules
-    from rankrl.tasks import load_task
-
-    c = run_config
-    task = task or load_task(c.task, seed=c.seed, labels=c.labels, max_train=c.max_train)
-    loaded = loaded or load_model(c.model, task_kind=task.kind, num_labels=max(task.num_labels, 2), seed=c.seed)
-    zeros = {t.name: 0 for t in find_target_modules(loaded.model)}
-    run = FineTuneRun(c, loaded=loaded, task=task, ranks=zeros)
-    if ranks is not None:
-        run.set_ranks(ranks)
-    return run
-
-
 def _probe(run: Any, probe_steps: int, probe_evals: int) -> ProbeResult:
     stops = sorted({int(round(x)) for x in np.linspace(0, probe_steps, probe_evals + 1)})
     steps, losses, accs = [], [], []
@@ -336,6 +315,7 @@ def _probe(run: Any, probe_steps: int, probe_evals: int) -> ProbeResult:
 def probe_live(run_config: Any, allocations: Sequence[Mapping[str, int]], probe_steps: int,
                probe_evals: int = 1) -> list[ProbeResult]:  # fmt: skip
     """Run each allocation live for ``probe_steps`` steps of ``run_config``'s schedule (held-out checks)."""
+    from rankrl.ranks.finetune import new_live_run
     from rankrl.tasks import load_task
 
     c = run_config
@@ -381,6 +361,7 @@ def calibrate(config: Any, n_probes: int = 4, probe_steps: int = 8, *, probe_eva
             a calibration made earlier without paying for new live runs).
     """
     from rankrl.models import cache_dir as default_cache
+    from rankrl.ranks.finetune import new_live_run
     from rankrl.tasks import load_task
 
     run_cfg = getattr(config, "run", config)

@@ -20,89 +20,53 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rankrl.atomic import atomic_write
+from rankrl.ranks.budgets import BudgetSpec
+from rankrl.ranks.env import LoRARankConfig
+from rankrl.ranks.finetune import FineTuneConfig
+from rankrl.ranks.policy import POLICY_FILE, POLICY_META, save_json, save_policy, save_sb3
 
 __all__ = [
     "ENV_IDS",
-    "LAYOUT_VERSION",
     "TrainPolicyConfig",
     "TrainResult",
     "make_env",
     "plot_rank_heatmap",
-    "policy_meta",
     "rollout_episode",
-    "save_policy",
     "train_policy",
     "uniform_allocator",
 ]
 
 ENV_IDS: tuple[str, ...] = ("rankrl/LoRARank-Sim-v0", "rankrl/LoRARank-v0")
-POLICY_FILE, POLICY_META = "policy.zip", "policy.json"
 CHECKPOINT_FILE, CHECKPOINT_STATE = "checkpoint.zip", "checkpoint.json"
-#: policy.json format tag and version (bump when the observation/action contract changes)
-POLICY_FORMAT, LAYOUT_VERSION = "rankrl/ranks/lora-rank-policy", 1
 #: config fields that may change between a run and its --resume
-RESUMABLE_CHANGES = frozenset({"timesteps", "checkpoint_every", "resume", "wandb", "progress", "threads", "out"})
+RESUMABLE_CHANGES = frozenset({"timesteps", "checkpoint_every", "resume", "wandb", "progress", "env.run.threads",
+                               "out"})
 REWARD_TERMS = ("quality", "params", "flops", "tx", "nan")
+
+
+def _episode() -> LoRARankConfig:
+    """A policy-training episode: short runs at a higher learning rate, evaluated only at the decisions."""
+    return LoRARankConfig(run=FineTuneConfig(steps=40, lr=3e-3, max_eval=128, eval_every=0))
 
 
 @dataclass(frozen=True)
 class TrainPolicyConfig:
     """Train a LoRA rank-allocation policy (PPO, one head shared by all modules) on the LoRARank env, evaluate it
-    live against uniform LoRA at the same budget, and save policy.zip + policy.json for `rankrl apply`."""
+    live against uniform LoRA at the same budget, and save policy.zip + policy.json for `rankrl apply`.
 
-    env: str = "rankrl/LoRARank-Sim-v0"
+    The episode is the env config, which nests the fine-tuning run: ``--env.run.lr``, ``--env.run.model``,
+    ``--env.budget.rank``, ``--env.decisions``, ``--env.w_quality``, ... (every field of both is a flag)."""
+
+    env: LoRARankConfig = field(default_factory=_episode)
+    """the episode: its run (model, task, steps, lr, r_max, seed, threads, ...), grid, budget, channel, reward"""
+    env_id: str = "rankrl/LoRARank-Sim-v0"
     """training env: 'rankrl/LoRARank-Sim-v0' (calibrated surrogate) or 'rankrl/LoRARank-v0' (every step trains)"""
-    model: str = "minilm"
-    """model of the episodes (alias, local directory or hub id)"""
-    task: str = "default"
-    """task of the episodes ('default', 'arith', a local file/directory or a hub dataset)"""
-    steps: int = 40
-    """fine-tuning steps of one episode (one live run)"""
-    lr: float = 3e-3
-    """AdamW learning rate of the episode's fine-tuning run"""
-    batch_size: int = 16
-    """training batch size of the episode's fine-tuning run"""
-    max_eval: int | None = 128
-    """held-out rows evaluated at every decision"""
-    max_train: int | None = None
-    """use at most this many training rows"""
-    r_max: int = 8
-    """directions allocated per module (largest rank)"""
-    alpha: float = 16.0
-    """LoRA alpha (a module started at rank r has scaling alpha / r)"""
-    rank_grid: tuple[int, ...] | None = None
-    """ranks a module may get (default: 0 and powers of two up to r_max)"""
-    decisions: int = 4
-    """decision points per episode (re-allocations; 1 = one-shot allocation)"""
-    max_modules: int = 64
-    """observation rows of the policy (models with fewer adapted modules are padded)"""
-    budget_rank: float | None = 4.0
-    """parameter cap as a mean rank over all modules (None: no cap)"""
-    max_params: int | None = None
-    """absolute parameter cap (replaces budget_rank)"""
-    max_flops: float | None = None
-    """cap on adapter FLOPs per token, forward + backward"""
-    max_tx_seconds: float | None = None
-    """cap on seconds to send one adapter update at the round's average capacity"""
-    snr_range_db: tuple[float, float] = (0.0, 20.0)
-    """each round's average SNR is drawn uniformly from this range (dB)"""
-    bandwidth_range_hz: tuple[float, float] = (1e6, 1e6)
-    """each round's bandwidth is drawn uniformly from this range (Hz)"""
-    rayleigh: bool = True
-    """Rayleigh fading on every transmission"""
-    quality: str = "loss"
-    """quality reward: 'loss' (eval-loss decrease) or 'accuracy' (accuracy gain)"""
-    w_params: float = 0.1
-    """weight of the parameter cost in the reward"""
-    w_tx: float = 0.1
-    """weight of the transmit-time cost in the reward"""
     probes: int = 3
     """sim calibration: live probe runs (cached per model, task and run config)"""
     # whole-episode probes by default: minilm on 'default' shows no learning before ~20 of 40 steps, so shorter
@@ -129,10 +93,6 @@ class TrainPolicyConfig:
     """width of the policy's per-module encoder"""
     context: str = "mean"
     """how a module sees the others: 'mean' (masked mean-pool) or 'attention'"""
-    seed: int = 0
-    """seed of PPO, the envs and the fine-tuning runs"""
-    threads: int | None = None
-    """torch CPU threads of the live runs (PPO itself uses 1; None: torch's choice)"""
     out: str = "runs/policy"
     """run directory: policy.zip, policy.json, checkpoint.*, metrics.jsonl, PNGs, summary.json"""
     checkpoint_every: int = 1024
@@ -145,46 +105,40 @@ class TrainPolicyConfig:
     """show a progress bar"""
 
     def __post_init__(self) -> None:
-        if self.env not in ENV_IDS:
-            raise ValueError(f"env must be one of {ENV_IDS}, got {self.env!r}")
+        if self.env_id not in ENV_IDS:
+            raise ValueError(f"--env_id: the training env must be one of {ENV_IDS}, got {self.env_id!r}")
+        if not isinstance(self.env, LoRARankConfig):
+            raise TypeError(f"env must be a LoRARankConfig, got {type(self.env).__name__}")
         for name in ("timesteps", "n_steps", "ppo_batch_size", "n_epochs", "hidden", "probes", "probe_evals"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+            raise ValueError(f"--checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if not (self.ppo_lr > 0 and 0 < self.gamma <= 1 and self.ent_coef >= 0):
-            raise ValueError("need ppo_lr > 0, 0 < gamma <= 1 and ent_coef >= 0")
+            raise ValueError("need --ppo_lr > 0, 0 < --gamma <= 1 and --ent_coef >= 0")
         if self.context not in ("mean", "attention"):
-            raise ValueError(f"context must be 'mean' or 'attention', got {self.context!r}")
-        if self.probe_steps is not None and not 1 <= self.probe_steps <= self.steps:
-            raise ValueError(f"probe_steps must be in [1, steps={self.steps}] or None, got {self.probe_steps}")
-        _ = self.env_config  # validates the run and env settings (LoRARankConfig / FineTuneConfig raise)
+            raise ValueError(f"--context must be 'mean' or 'attention', got {self.context!r}")
+        steps = self.env.run.steps
+        if self.probe_steps is not None and not 1 <= self.probe_steps <= steps:
+            raise ValueError(f"--probe_steps must be in [1, --env.run.steps={steps}] or None, got {self.probe_steps}")
 
     @property
     def backend(self) -> str:
         """'sim' or 'live'."""
-        return "sim" if "Sim" in self.env else "live"
+        return "sim" if "Sim" in self.env_id else "live"
 
     @property
-    def run_config(self) -> Any:
-        """The :class:`~rankrl.ranks.finetune.FineTuneConfig` of one episode."""
-        from rankrl.ranks.finetune import FineTuneConfig
+    def run(self) -> FineTuneConfig:
+        """The fine-tuning run of one episode (``env.run``)."""
+        return self.env.run
 
-        return FineTuneConfig(model=self.model, task=self.task, steps=self.steps, lr=self.lr, alpha=self.alpha,
-                              batch_size=self.batch_size, max_eval=self.max_eval, max_train=self.max_train,
-                              r_max=self.r_max, eval_every=0, seed=self.seed, threads=self.threads)  # fmt: skip
-
-    @property
-    def env_config(self) -> Any:
-        """The :class:`~rankrl.ranks.env.LoRARankConfig` of the training (and evaluation) env."""
-        from rankrl.ranks.env import LoRARankConfig
-
-        return LoRARankConfig(run=self.run_config, decisions=self.decisions, rank_grid=self.rank_grid,
-                              max_modules=self.max_modules, budget_rank=self.budget_rank, max_params=self.max_params,
-                              max_flops=self.max_flops, max_tx_seconds=self.max_tx_seconds,
-                              snr_range_db=self.snr_range_db, bandwidth_range_hz=self.bandwidth_range_hz,
-                              rayleigh=self.rayleigh, quality=self.quality, w_params=self.w_params,
-                              w_tx=self.w_tx)  # fmt: skip
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainPolicyConfig:
+        """The config a ``policy.json``'s ``train_config`` (``dataclasses.asdict``) records; unknown keys raise."""
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        env = {k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("env").items()}
+        env = LoRARankConfig(**{**env, "run": FineTuneConfig(**env["run"]), "budget": BudgetSpec(**env["budget"])})
+        return cls(env=env, **d)
 
 
 @dataclass
@@ -208,11 +162,11 @@ class TrainResult:
 
 # ------------------------------------------------------------------------------------------------------ envs
 def make_env(config: TrainPolicyConfig, backend: str | None = None, calibration: Any = None) -> Any:
-    """A :class:`~rankrl.ranks.env.LoRARankEnv` of ``config`` (``backend`` defaults to ``config.env``'s)."""
+    """A :class:`~rankrl.ranks.env.LoRARankEnv` of ``config`` (``backend`` defaults to ``config.env_id``'s)."""
     from rankrl.ranks.env import LoRARankEnv
 
     backend = backend or config.backend
-    return LoRARankEnv(backend, config=config.env_config, calibration=calibration if backend == "sim" else None)
+    return LoRARankEnv(backend, config=config.env, calibration=calibration if backend == "sim" else None)
 
 
 def uniform_allocator(obs: Any, env: Any) -> dict[str, int]:
@@ -265,48 +219,6 @@ def plot_rank_heatmap(targets: Any, allocations: list[Mapping[str, int]], out: s
     return annotated_heatmap(grid, [f"L{t.layer_index} {t.kind}" for t in targets],
                              [f"d{j}" for j in range(len(allocations))], out, title=title, vmax=r_max,
                              xlabel="decision point", fontsize=6, cell=(0.8, 0.22))
-
-
-# ------------------------------------------------------------------------------------------------- saving
-def _save_model(model: Any, path: Path) -> Path:
-    return atomic_write(path, model.save, ".zip")  # the .zip suffix stops SB3 from appending one
-
-
-def _save_json(data: Any, path: Path) -> Path:
-    return atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=1, default=str)), ".json")
-
-
-def policy_meta(config: TrainPolicyConfig, timesteps_done: int = 0) -> dict[str, Any]:
-    """The ``policy.json`` record: the observation layout the policy reads (checked by ``rankrl apply``), its
-    action decoding (grid, ``r_max``), the budgets and channel it was trained under, and the training config."""
-    from rankrl.ranks.env import GLOBAL_NAMES, LOSS_HIGH, ROW_HIGH
-    from rankrl.ranks.features import FEATURE_NAMES
-
-    env = config.env_config
-    return {
-        "format": POLICY_FORMAT,
-        "layout_version": LAYOUT_VERSION,
-        "observation": {"feature_names": list(FEATURE_NAMES), "global_names": list(GLOBAL_NAMES),
-                        "n_features": len(FEATURE_NAMES), "n_globals": len(GLOBAL_NAMES),
-                        "max_modules": env.max_modules, "row_high": ROW_HIGH, "loss_high": LOSS_HIGH},  # fmt: skip
-        "action": {"rank_grid": list(env.grid), "r_max": env.run.r_max, "decode": "LoRARankEnv.decode_action"},
-        "budgets": {k: getattr(env, k) for k in ("budget_rank", "max_params", "max_flops", "max_tx_seconds")},
-        "channel": {"snr_range_db": list(env.snr_range_db), "bandwidth_range_hz": list(env.bandwidth_range_hz),
-                    "rayleigh": env.rayleigh},  # fmt: skip
-        "env_config": {f.name: getattr(env, f.name) for f in fields(env) if f.name != "run"},
-        "run_config": asdict(env.run),
-        "trained_on": {"env": config.env, "model": config.model, "task": config.task},
-        "timesteps": int(timesteps_done),
-        "train_config": asdict(config),
-    }
-
-
-def save_policy(model: Any, out: str | os.PathLike, config: TrainPolicyConfig, timesteps_done: int) -> Path:
-    """Write ``policy.zip`` (SB3) and ``policy.json`` (:func:`policy_meta`) into ``out``, atomically."""
-    out = Path(out)
-    _save_model(model, out / POLICY_FILE)
-    _save_json(policy_meta(config, timesteps_done), out / POLICY_META)
-    return out / POLICY_FILE
 
 
 # ---------------------------------------------------------------------------------------------- callbacks
@@ -372,8 +284,8 @@ def _callbacks(tracker: Any, config: TrainPolicyConfig, out: Path) -> list[Any]:
 
 def save_checkpoint(model: Any, out: Path, config: TrainPolicyConfig) -> Path:
     """``checkpoint.zip`` (SB3 weights + optimizer + timestep count) and ``checkpoint.json`` (config, steps done)."""
-    _save_model(model, out / CHECKPOINT_FILE)
-    _save_json({"timesteps_done": int(model.num_timesteps), "timesteps": config.timesteps, "saved_at": time.time(),
+    save_sb3(model, out / CHECKPOINT_FILE)
+    save_json({"timesteps_done": int(model.num_timesteps), "timesteps": config.timesteps, "saved_at": time.time(),
                 "config": asdict(config)}, out / CHECKPOINT_STATE)  # fmt: skip
     return out / CHECKPOINT_FILE
 
@@ -384,14 +296,22 @@ def _check_resumable(config: TrainPolicyConfig, out: Path) -> dict[str, Any]:
         raise SystemExit(f"--resume: no checkpoint ({CHECKPOINT_FILE} + {CHECKPOINT_STATE}) in {out}; "
                          "run without --resume first")  # fmt: skip
     state = json.loads(state_path.read_text())
-    mine = json.loads(json.dumps(asdict(config), default=str))
-    diff = {k: (state["config"].get(k), v) for k, v in mine.items()
-            if k not in RESUMABLE_CHANGES and state["config"].get(k) != v}  # fmt: skip
+    mine, theirs = _dotted(json.loads(json.dumps(asdict(config), default=str))), _dotted(state["config"])
+    diff = {k: (theirs.get(k), v) for k, v in mine.items() if k not in RESUMABLE_CHANGES and theirs.get(k) != v}
     if diff:
         shown = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise SystemExit(f"--resume: settings differ from the checkpoint in {out} ({shown}); pass the same values "
-                         "(only timesteps, checkpoint_every, wandb, progress, threads may change) or use a new --out")
+                         "(only timesteps, checkpoint_every, wandb, progress, env.run.threads may change) or use a new "
+                         "--out")
     return state
+
+
+def _dotted(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"env": {"run": {"lr": 1}}}`` -> ``{"env.run.lr": 1}`` (how the flags name them)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_dotted(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+    return out
 
 
 # -------------------------------------------------------------------------------------------------- train
@@ -417,19 +337,19 @@ def train_policy(config: TrainPolicyConfig, *, calibration: Any = None) -> Train
     threads = torch.get_num_threads()
     if config.backend == "sim" and calibration is None:
         t0 = time.time()
-        probe_steps = config.probe_steps or config.steps
-        print(f"calibrating the sim on {config.model}/{config.task}: {config.probes} live probes x "
+        probe_steps = config.probe_steps or config.run.steps
+        print(f"calibrating the sim on {config.run.model}/{config.run.task}: {config.probes} live probes x "
               f"{probe_steps} steps (cached per model, task and settings) ...", flush=True)  # fmt: skip
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        calibration = calibrate(config.env_config, config.probes, probe_steps, probe_evals=config.probe_evals)
+        if config.run.threads:
+            torch.set_num_threads(config.run.threads)
+        calibration = calibrate(config.env, config.probes, probe_steps, probe_evals=config.probe_evals)
         print(f"  done in {time.time() - t0:.1f}s: loss0 {calibration.loss0:.3f}, floor {calibration.loss_inf:.3f}, "
               f"rate0 {calibration.rate0:.4f}, rate1 {calibration.rate1:.4f}", flush=True)  # fmt: skip
     tracker = Tracker(out, config=asdict(config) | {"job": "train-policy"}, use_wandb=config.wandb,
                       resume=config.resume)  # fmt: skip
     try:
         vec = DummyVecEnv([lambda: make_env(config, calibration=calibration)])
-        vec.seed(config.seed)
+        vec.seed(config.run.seed)
         targets = vec.envs[0].unwrapped.targets
         if config.backend == "sim":
             torch.set_num_threads(1)  # small policy nets and a numpy surrogate: one thread is fastest
@@ -439,11 +359,12 @@ def train_policy(config: TrainPolicyConfig, *, calibration: Any = None) -> Train
         else:
             model = PPO(SetActorCriticPolicy, vec, n_steps=config.n_steps, batch_size=min(config.ppo_batch_size,
                         config.n_steps), n_epochs=config.n_epochs, learning_rate=config.ppo_lr, gamma=config.gamma,
-                        gae_lambda=0.95, ent_coef=config.ent_coef, seed=config.seed, device="cpu", verbose=0,
+                        gae_lambda=0.95, ent_coef=config.ent_coef, seed=config.run.seed, device="cpu", verbose=0,
                         policy_kwargs=dict(hidden=config.hidden, context=config.context,
                                            log_std_init=-1.0))  # fmt: skip
-        print(f"{config.env}: {config.model}/{config.task}, {len(targets)} modules, grid {vec.envs[0].unwrapped.grid}, "
-              f"{config.decisions} decisions x {config.steps // config.decisions} steps, budget "
+        print(f"{config.env_id}: {config.run.model}/{config.run.task}, {len(targets)} modules, "
+              f"grid {vec.envs[0].unwrapped.grid}, "
+              f"{config.env.decisions} decisions x {config.run.steps // config.env.decisions} steps, budget "
               f"{_budget_text(config)}", flush=True)  # fmt: skip
         remaining = config.timesteps - model.num_timesteps
         if remaining > 0:
@@ -463,31 +384,31 @@ def train_policy(config: TrainPolicyConfig, *, calibration: Any = None) -> Train
 
         if config.backend == "sim":
             sim_env = make_env(config, "sim", calibration)
-            result.sim = {name: episode_summary(rollout_episode(sim_env, fn, config.seed + 1))
+            result.sim = {name: episode_summary(rollout_episode(sim_env, fn, config.run.seed + 1))
                           for name, fn in (("policy", act), ("uniform", uniform_allocator))}  # fmt: skip
             png = plot_rank_heatmap(sim_env.targets, result.sim["policy"]["ranks"], out / "rank_heatmap.png",
-                                    title=f"policy ranks on sim {config.model} (reward "
-                                          f"{result.sim['policy']['reward']:.3f})", r_max=config.r_max)  # fmt: skip
+                                    title=f"policy ranks on sim {config.run.model} (reward "
+                                          f"{result.sim['policy']['reward']:.3f})", r_max=config.run.r_max)  # fmt: skip
             tracker.image("rank/heatmap", png, step=done)
             _print_table("sim evaluation (deterministic policy vs uniform, same seed)", result.sim)
             summary.update(_flat("eval/sim", result.sim))
-        print(f"\nlive evaluation: one {config.steps}-step run of {config.model}/{config.task} per allocator ...",
-              flush=True)  # fmt: skip
+        print(f"\nlive evaluation: one {config.run.steps}-step run of {config.run.model}/{config.run.task} per "
+              "allocator ...", flush=True)  # fmt: skip
         live_env = make_env(config, "live")
-        result.live = {name: episode_summary(rollout_episode(live_env, fn, config.seed))
+        result.live = {name: episode_summary(rollout_episode(live_env, fn, config.run.seed))
                        for name, fn in (("policy", act), ("uniform", uniform_allocator))}  # fmt: skip
         live_env.close()
         png = plot_rank_heatmap(live_env.targets, result.live["policy"]["ranks"], out / "rank_heatmap_live.png",
-                                title=f"policy ranks, live {config.model}/{config.task} (acc "
-                                      f"{result.live['policy']['accuracy']:.3f})", r_max=config.r_max)  # fmt: skip
+                                title=f"policy ranks, live {config.run.model}/{config.run.task} (acc "
+                                      f"{result.live['policy']['accuracy']:.3f})", r_max=config.run.r_max)  # fmt: skip
         tracker.image("rank/heatmap_live", png, step=done)
         _print_table("live evaluation (deterministic policy vs uniform at the same budget, same seed)", result.live)
         summary.update(_flat("eval/live", result.live))
         tracker.log({k: v for k, v in summary.items() if k.startswith("eval/")}, step=done)
         rows = read_metrics(out)
         if any("rollout/ep_reward" in r for r in rows):
-            curves = plot_curves(rows, ["rollout/ep_reward", "rollout/ep_reward_quality", "budget/violation",
-                                        "cost/params"], out / "curves.png", title=f"PPO on {config.env}")  # fmt: skip
+            keys = ["rollout/ep_reward", "rollout/ep_reward_quality", "budget/violation", "cost/params"]
+            curves = plot_curves(rows, keys, out / "curves.png", title=f"PPO on {config.env_id}")
             tracker.image("curves", curves, step=done)
         tracker.summary(summary)
         print(f"policy -> {out / POLICY_FILE} (+ {POLICY_META})   heatmaps, curves, metrics -> {out}")
@@ -502,8 +423,7 @@ def _flat(prefix: str, rows: Mapping[str, Mapping[str, Any]]) -> dict[str, float
 
 
 def _budget_text(config: TrainPolicyConfig) -> str:
-    parts = [f"{k}={getattr(config, k)}" for k in ("budget_rank", "max_params", "max_flops", "max_tx_seconds")
-             if getattr(config, k) is not None]  # fmt: skip
+    parts = [f"{k}={v}" for k, v in config.env.budget.to_meta().items() if v is not None]
     return ", ".join(parts) or "none"
 
 

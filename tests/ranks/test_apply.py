@@ -14,9 +14,12 @@ from peft import LoraConfig, get_peft_model
 
 from rankrl.cli import main
 from rankrl.models import load_model
-from rankrl.ranks.apply import METHODS, PolicyLayoutError, load_policy, widen_policy
 from rankrl.ranks.budgets import Budget, feasible
+from rankrl.ranks.compare import METHODS
+from rankrl.ranks.env import LoRARankConfig
+from rankrl.ranks.finetune import FineTuneConfig
 from rankrl.ranks.lora import check_adapter_ranks
+from rankrl.ranks.policy import PolicyLayoutError, load_policy, widen_policy
 from rankrl.ranks.sim import SimCalibration
 from rankrl.ranks.targets import find_target_modules
 from rankrl.ranks.train import TrainPolicyConfig, train_policy
@@ -26,9 +29,11 @@ from rankrl.ranks.train import TrainPolicyConfig, train_policy
 def policy_dir(tmp_path_factory):
     """A policy trained on a synthetic (tiny-bert-shaped) sim with 12 rows, evaluated live on tiny-bert."""
     out = tmp_path_factory.mktemp("policy") / "run"
-    config = TrainPolicyConfig(model="tiny-bert", steps=8, decisions=2, batch_size=8, max_eval=16, max_train=128,
-                               probe_steps=4, max_modules=12, timesteps=32, n_steps=32, ppo_batch_size=32,
-                               n_epochs=1, threads=1, out=str(out), wandb=False, progress=False)  # fmt: skip
+    run = FineTuneConfig(model="tiny-bert", steps=8, lr=3e-3, batch_size=8, max_eval=16, max_train=128, eval_every=0,
+                         threads=1)  # fmt: skip
+    config = TrainPolicyConfig(env=LoRARankConfig(run=run, decisions=2, max_modules=12), probe_steps=4, timesteps=32,
+                               n_steps=32, ppo_batch_size=32, n_epochs=1, out=str(out), wandb=False,
+                               progress=False)  # fmt: skip
     with pytest.MonkeyPatch.context() as mp:  # module fixtures run before conftest's per-test isolation
         mp.setenv("RANKRL_CACHE", str(tmp_path_factory.mktemp("cache")))
         train_policy(config, calibration=SimCalibration.synthetic(r_max=8, run_steps=8))
@@ -37,7 +42,7 @@ def policy_dir(tmp_path_factory):
 
 def test_apply_transfers_to_a_new_architecture_exactly_and_within_budget(policy_dir, tmp_path, capsys):
     out = tmp_path / "qwen"
-    args = ["apply", "--policy", str(policy_dir), "--model", "tiny-qwen", "--out", str(out), "--budget_rank", "3",
+    args = ["apply", "--policy", str(policy_dir), "--model", "tiny-qwen", "--out", str(out), "--budget.rank", "3",
             "--threads", "1", "--finetune", "--steps", "3", "--max_eval", "16"]  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -96,9 +101,9 @@ def test_policy_of_another_observation_layout_is_refused(policy_dir, tmp_path, c
 
 def test_baselines_table_has_every_method_at_equal_budget(policy_dir, tmp_path, capsys):
     out = tmp_path / "baselines"
-    args = ["baselines", "--model", "tiny-bert", "--steps", "4", "--seeds", "0", "1", "--max_eval", "16",
-            "--batch_size", "8", "--max_train", "128", "--uniform_lrs", "1e-3", "1e-2", "--policy", str(policy_dir),
-            "--out", str(out), "--threads", "1", "--no_wandb"]  # fmt: skip
+    args = ["baselines", "--run.model", "tiny-bert", "--run.steps", "4", "--seeds", "0", "1", "--run.max_eval", "16",
+            "--run.batch_size", "8", "--run.max_train", "128", "--uniform_lrs", "1e-3", "1e-2", "--policy",
+            str(policy_dir), "--out", str(out), "--run.threads", "1", "--no_wandb"]  # fmt: skip
     assert main(args) == 0
     result = json.loads((out / "results.json").read_text())
     cap = result["budget"]["params"]

@@ -9,16 +9,17 @@ import shutil
 import pytest
 
 from rankrl.cli import main
-from rankrl.ranks.env import GLOBAL_NAMES
+from rankrl.ranks.env import GLOBAL_NAMES, LoRARankConfig
 from rankrl.ranks.features import FEATURE_NAMES
+from rankrl.ranks.finetune import FineTuneConfig
 from rankrl.ranks.train import TrainPolicyConfig
 from rankrl.tracking import read_metrics
 
 # the live runs are tiny-bert for 8 steps; the calibration takes 2 live probes of 4 steps
-TINY = ["--model", "tiny-bert", "--steps", "8", "--decisions", "2", "--batch_size", "8", "--max_eval", "32",
-        "--max_train", "256", "--probes", "2", "--probe_steps", "4", "--probe_evals", "1", "--n_steps", "32",
-        "--ppo_batch_size", "32", "--n_epochs", "2", "--checkpoint_every", "32", "--max_modules", "16",
-        "--threads", "1", "--no_wandb", "--no_progress"]  # fmt: skip
+TINY = ["--env.run.model", "tiny-bert", "--env.run.steps", "8", "--env.decisions", "2", "--env.run.batch_size", "8",
+        "--env.run.max_eval", "32", "--env.run.max_train", "256", "--probes", "2", "--probe_steps", "4",
+        "--probe_evals", "1", "--n_steps", "32", "--ppo_batch_size", "32", "--n_epochs", "2", "--checkpoint_every",
+        "32", "--env.max_modules", "16", "--env.run.threads", "1", "--no_wandb", "--no_progress"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(trained, tmp_path
     out = tmp_path / "run"
     shutil.copytree(trained, out)
     flags = list(TINY)
-    flags[flags.index("--decisions") + 1] = "4"
+    flags[flags.index("--env.decisions") + 1] = "4"
     with pytest.raises(SystemExit, match="decisions: checkpoint 2 vs now 4"):
         main(["train-policy", *flags, "--timesteps", "128", "--out", str(out), "--resume"])
     with pytest.raises(SystemExit, match="no checkpoint"):
@@ -83,8 +84,8 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(trained, tmp_path
 
 def test_config_validation():
     with pytest.raises(ValueError, match="env must be one of"):
-        TrainPolicyConfig(env="rankrl/LoRARank-v9")
+        TrainPolicyConfig(env_id="rankrl/LoRARank-v9")
     with pytest.raises(ValueError, match="probe_steps"):
-        TrainPolicyConfig(steps=8, probe_steps=24)
+        TrainPolicyConfig(env=LoRARankConfig(run=FineTuneConfig(steps=8)), probe_steps=24)
     with pytest.raises(ValueError, match="decisions"):
-        TrainPolicyConfig(steps=4, decisions=8, probe_steps=4)
+        TrainPolicyConfig(env=LoRARankConfig(run=FineTuneConfig(steps=4), decisions=8), probe_steps=4)

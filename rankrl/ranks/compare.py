@@ -1,0 +1,187 @@
+"""``rankrl baselines``: every rank baseline (and optionally a trained policy) fine-tuned live at the same budget
+and seeds, one table as JSON + CSV (+ W&B).
+
+Uniform (with an lr sweep: tuned uniform LoRA is the strongest common baseline), random, spectrum, importance,
+PEFT AdaLoRA and a policy, each a live :class:`~rankrl.ranks.finetune.FineTuneRun` (AdaLoRA through the run's
+per-step hook, :func:`rankrl.ranks.baselines.run_adalora`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rankrl.ranks.budgets import BudgetSpec
+from rankrl.ranks.finetune import FineTuneConfig, episode_run
+
+METHODS: tuple[str, ...] = ("uniform", "random", "spectrum", "importance", "adalora")
+
+
+# --------------------------------------------------------------------------------------------- baselines
+@dataclass(frozen=True)
+class BaselinesConfig:
+    """Fine-tune with every rank baseline (and a policy) at the same budget and seeds; print and save one table.
+
+    Every method runs ``run`` (``--run.model``, ``--run.steps``, ``--run.lr``, ...) under ``budget``
+    (``--budget.rank``, ``--budget.params``, ``--budget.flops``)."""
+
+    run: FineTuneConfig = field(default_factory=episode_run)
+    """the fine-tuning run of every method (its lr is every method's except uniform, which sweeps uniform_lrs)"""
+    budget: BudgetSpec = field(default_factory=BudgetSpec)
+    """the cap every method gets (a transmit-time cap needs a channel: not offered here)"""
+    uniform_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    """learning rates tried for uniform LoRA (the best is marked: tuned uniform is the strong baseline)"""
+    rank_grid: tuple[int, ...] | None = None
+    """ranks a module may get (default: 0 and powers of two up to run.r_max)"""
+    seeds: tuple[int, ...] | None = None
+    """training seeds, every method runs every seed (None: --run.seed only)"""
+    methods: tuple[str, ...] = METHODS
+    """baselines to run (subset of uniform, random, spectrum, importance, adalora)"""
+    policy: str | None = None
+    """also run a trained policy (directory with policy.zip + policy.json)"""
+    adalora_worst_case: bool = True
+    """AdaLoRA target_r such that no final pattern can exceed the cap (False: uniform's r, may overshoot)"""
+    out: str = "runs/baselines"
+    """output directory: results.json, results.csv"""
+    wandb: bool = True
+    """log the table to W&B (offline unless configured)"""
+
+    def __post_init__(self) -> None:
+        if bad := sorted(set(self.methods) - set(METHODS)):
+            raise ValueError(f"unknown --methods {bad}; choose from {METHODS}")
+        if not self.methods and self.policy is None:
+            raise ValueError("nothing to run: give --methods or --policy")
+        if (self.seeds is not None and not self.seeds) or not self.uniform_lrs or min(self.uniform_lrs) <= 0:
+            raise ValueError("need >= 1 of --seeds and --uniform_lrs > 0")
+        if self.budget.rank is None and self.budget.params is None and self.budget.flops is None:
+            raise ValueError("give a budget: --budget.rank, --budget.params or --budget.flops")
+        if self.budget.tx_seconds is not None:
+            raise ValueError("--budget.tx_seconds needs a channel; rankrl baselines has none (use train-policy)")
+        if "adalora" in self.methods and self.run.steps < 3:
+            raise ValueError("AdaLoRA needs --run.steps >= 3")
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        """The seeds every method runs."""
+        return self.seeds if self.seeds is not None else (self.run.seed,)
+
+
+def run_baselines(config: BaselinesConfig) -> dict[str, Any]:
+    """Run every method of ``config`` (see the module docstring); returns ``{"budget", "runs", "table"}`` and
+    writes it to ``results.json`` / ``results.csv`` in ``config.out``."""
+    from rankrl.ranks.baselines import importance, random_allocation, run_adalora, spectrum, uniform
+    from rankrl.ranks.budgets import check_grid, pow2_grid
+    from rankrl.ranks.costs import allocation_cost
+    from rankrl.ranks.finetune import FineTuneRun, model_features
+    from rankrl.ranks.policy import allocate, load_policy
+    from rankrl.tasks import load_task
+    from rankrl.tracking import Tracker
+
+    c = config
+    seeds, r_max = c.seed_list, c.run.r_max
+    base = replace(c.run, seed=seeds[0])
+    targets, feats, _ = model_features(base.model, base.task, r_max=r_max, seed=base.seed, batch_size=base.batch_size,
+                                       threads=base.threads)  # fmt: skip
+    cap = c.budget.param_cap(targets)
+    budget = c.budget.resolve(targets)
+    grid = check_grid(targets, c.rank_grid or pow2_grid(r_max), r_max)
+    fixed = {"uniform": uniform(targets, budget, grid, r_max=r_max)}
+    if "spectrum" in c.methods:
+        fixed["spectrum"] = spectrum(targets, feats, budget, grid, r_max=r_max)
+    if "importance" in c.methods:
+        fixed["importance"] = importance(targets, feats, budget, grid, r_max=r_max)
+    methods = list(c.methods)
+    if c.policy is not None:
+        loaded = load_policy(c.policy)
+        if loaded.meta["run_config"]["r_max"] > r_max:
+            raise ValueError(f"the policy allocates up to r_max={loaded.meta['run_config']['r_max']}; "
+                             "raise --run.r_max")
+        fixed["policy"] = allocate(loaded, targets, feats.static, BudgetSpec(None, cap, c.budget.flops)).ranks
+        methods.append("policy")
+    tracker = Tracker(c.out, config=asdict(c) | {"job": "baselines"}, use_wandb=c.wandb)
+    runs: list[dict[str, Any]] = []
+    try:
+        for seed in seeds:
+            task = load_task(base.task, seed=seed, labels=base.labels, max_train=base.max_train)  # as FineTuneRun does
+            for method in methods:
+                for lr in c.uniform_lrs if method == "uniform" else (base.lr,):
+                    cfg = replace(base, seed=seed, lr=lr)
+                    t0 = time.time()
+                    if method == "adalora":
+                        res = run_adalora(cfg, budget, task=task, worst_case=c.adalora_worst_case)
+                        ranks, metrics = res.ranks, res.metrics
+                    else:
+                        ranks = fixed[method] if method != "random" else random_allocation(
+                            targets, budget, grid, seed, r_max=r_max)  # fmt: skip
+                        run = FineTuneRun(cfg, task=task, ranks=ranks)
+                        train = run.advance(cfg.steps)
+                        metrics = {**train, **run.evaluate()}
+                        if train.get("train/nan"):
+                            metrics["quality/eval_loss"] = metrics["quality/accuracy"] = math.nan
+                    cost = allocation_cost(targets, ranks, precision_bits=cfg.precision_bits)
+                    row = {"method": method, "lr": lr, "seed": seed, "params": cost.params,
+                           "budget_used": cost.params / cap if cap else math.nan,
+                           "eval_loss": metrics["quality/eval_loss"], "accuracy": metrics["quality/accuracy"],
+                           "bits": cost.bits, "seconds": time.time() - t0, "ranks": dict(ranks)}  # fmt: skip
+                    runs.append(row)
+                    tracker.log({k: v for k, v in row.items() if isinstance(v, int | float)}, step=len(runs))
+                    print(f"  {method:<10} lr {lr:.0e} seed {seed}: eval_loss {row['eval_loss']:.4f} acc "
+                          f"{row['accuracy']:.4f} params {row['params']:,} ({row['seconds']:.1f}s)", flush=True)
+        table = _aggregate(runs)
+        result = {"budget": budget.caps, "grid": list(grid), "table": table, "runs": runs, "config": asdict(c)}
+        _write_results(result, Path(c.out))
+        _print_results(c, table, budget)
+        tracker.summary({f"{r['method']}@{r['lr']:g}/{k}": r[k] for r in table for k in ("eval_loss", "accuracy")})
+        if tracker.wandb_run is not None:
+            import wandb
+
+            cols = list(table[0])
+            tracker.log({"baselines/table": wandb.Table(columns=cols, data=[[r[k] for k in cols] for r in table])},
+                        step=len(runs) + 1)  # fmt: skip
+        return result
+    finally:
+        tracker.finish()
+
+
+def _aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    table = []
+    for key in dict.fromkeys((r["method"], r["lr"]) for r in runs):
+        rows = [r for r in runs if (r["method"], r["lr"]) == key]
+        agg = {"method": key[0], "lr": key[1], "seeds": len(rows)}
+        for k in ("params", "budget_used", "eval_loss", "accuracy", "bits", "seconds"):
+            agg[k] = float(np.mean([r[k] for r in rows]))
+        agg["accuracy_std"] = float(np.std([r["accuracy"] for r in rows]))
+        table.append(agg)
+    uni = [r for r in table if r["method"] == "uniform" and math.isfinite(r["eval_loss"])]
+    for r in table:
+        r["tuned"] = bool(uni) and r is min(uni, key=lambda x: x["eval_loss"])
+    return table
+
+
+def _write_results(result: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
+    with (out / "results.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(result["table"][0]))
+        w.writeheader()
+        w.writerows(result["table"])
+
+
+def _print_results(c: BaselinesConfig, table: list[dict[str, Any]], budget: Any) -> None:
+    caps = ", ".join(f"{k} {v:,.6g}" for k, v in budget.caps.items())
+    print(f"\n{c.run.model}/{c.run.task}, {c.run.steps} steps, budget {caps}, seeds {list(c.seed_list)} "
+          "(* = tuned uniform)")
+    print(f"  {'method':<12} {'lr':>7} {'params':>9} {'used':>5} {'eval_loss':>9} {'accuracy':>9} {'bits':>11} "
+          f"{'seconds':>8}")  # fmt: skip
+    for r in table:
+        name = r["method"] + ("*" if r["tuned"] else "")
+        print(f"  {name:<12} {r['lr']:>7.0e} {r['params']:>9,.0f} {r['budget_used']:>5.2f} {r['eval_loss']:>9.4f} "
+              f"{r['accuracy']:>9.4f} {r['bits']:>11,.0f} {r['seconds']:>8.1f}")  # fmt: skip
+    print(f"results.json / results.csv -> {c.out}")
