@@ -40,8 +40,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rankrl.rollouts.env import RolloutBudgetEnv  # noqa: E402
 from rankrl.rollouts.allocator import Allocator, save_allocator, train_allocator  # noqa: E402
+from rankrl.rollouts.env import RolloutBudgetEnv  # noqa: E402
 
 METHODS = ("uniform", "knapsack", "knapsack_ratio", "learned", "oracle", "oracle_ratio")
 RESULTS = Path(__file__).parent / "results"

@@ -26,9 +26,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def main() -> None:
     import rankrl  # noqa: F401  (registers the envs)
     from rankrl.atomic import atomic_write_text
-    from rankrl.rollouts.env import DIFFICULTY_MIXES, RolloutBudgetEnv
-    from rankrl.rollouts.calibrate import calibrate_sim
     from rankrl.models import cache_dir
+    from rankrl.rollouts.calibrate import calibrate_sim
+    from rankrl.rollouts.env import DIFFICULTY_MIXES, RolloutBudgetEnv
 
     torch.set_num_threads(1)
     model = cache_dir() / "tiny-qwen-arith-sft-1500"

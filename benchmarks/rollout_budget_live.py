@@ -1,5 +1,5 @@
 """Live rollout budgets: uniform vs Knapsack RL (vs a learned allocator) at equal total rollouts, in real GRPO runs
-through :class:`rankrl.rollouts.grpo.BudgetGRPOTrainer`.
+through :class:`rankrl.rollouts.grpo.RolloutGRPOTrainer`.
 
 1. tiny-qwen on the embedded arithmetic task, after a short supervised warm-up so that success rates are mixed
    (a random model never answers, a trained one always does: neither has anything to allocate);
@@ -69,7 +69,7 @@ def grpo_run(model_path: str, dataset, allocator, *, steps: int, prompts_per_rou
     from trl import GRPOConfig
 
     from rankrl.rewards import numeric_answer_reward
-    from rankrl.rollouts.grpo import BudgetGRPOTrainer
+    from rankrl.rollouts.grpo import RolloutGRPOTrainer
 
     tok = AutoTokenizer.from_pretrained(model_path)
     if tok.pad_token is None:
@@ -80,7 +80,7 @@ def grpo_run(model_path: str, dataset, allocator, *, steps: int, prompts_per_rou
                             num_generations=rollouts, max_completion_length=max_completion_length, temperature=1.0,
                             learning_rate=lr, seed=seed, use_cpu=True, bf16=False, report_to="none", logging_steps=1,
                             save_strategy="no", gradient_checkpointing=False, disable_tqdm=True)  # fmt: skip
-        trainer = BudgetGRPOTrainer(model=model, processing_class=tok, reward_funcs=numeric_answer_reward, args=config,
+        trainer = RolloutGRPOTrainer(model=model, processing_class=tok, reward_funcs=numeric_answer_reward, args=config,
                                     train_dataset=dataset, allocator=allocator)  # fmt: skip
         trainer.remove_callback(PrinterCallback)  # one table at the end instead of a dict per step
         start = time.perf_counter()
@@ -125,8 +125,8 @@ def main() -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
 
     from rankrl.models import cache_dir, load_model
-    from rankrl.tasks import load_task
     from rankrl.rollouts.grpo import knapsack_allocator, uniform_allocator
+    from rankrl.tasks import load_task
 
     allocators = {"uniform": uniform_allocator, "knapsack": knapsack_allocator(n_min=2, n_max=32)}
     if a.allocator_dir:

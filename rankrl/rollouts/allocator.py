@@ -20,13 +20,9 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from rankrl.rollouts.env import (
-    PromptHistory,
-    RolloutBudgetConfig,
-    RolloutBudgetEnv,
-    build_observation,
-    scores_to_allocation,
-)
+from rankrl.rollouts.config import RolloutBudgetConfig
+from rankrl.rollouts.env import RolloutBudgetEnv, build_observation, scores_to_allocation
+from rankrl.rollouts.history import RolloutHistory
 from rankrl.set_policy import SetActorCriticPolicy
 
 __all__ = ["Allocator", "load_allocator", "save_allocator", "train_allocator"]
@@ -131,7 +127,7 @@ class Allocator:
     Example (a trainer's loop)::
 
         allocator = load_allocator("runs/allocator")
-        history = PromptHistory(len(dataset))
+        history = RolloutHistory(len(dataset))
         alloc = allocator(history, batch_ids, budget=16 * 8, round_idx=step, horizon=total_steps)
         history.record(batch_ids, rewards_per_prompt, step)
     """
@@ -146,7 +142,7 @@ class Allocator:
 
     def __call__(
         self,
-        history: PromptHistory,
+        history: RolloutHistory,
         prompt_ids: np.ndarray,
         *,
         budget: int | None = None,
@@ -170,43 +166,32 @@ class Allocator:
 
 class TrainerAllocator:
     """A learned :class:`Allocator` as the ``(keys, history, budget) -> counts`` callable of
-    :class:`~rankrl.rollouts.grpo.BudgetGRPOTrainer`.
+    :class:`~rankrl.rollouts.grpo.RolloutGRPOTrainer`.
 
-    The trainer keeps per-prompt outcome lists keyed by prompt key (``RolloutHistory``); the policy reads the env's
-    array-based :class:`PromptHistory` (trials, successes, last-round fraction, last round seen). This adapter
-    keeps a ``PromptHistory`` in step with the trainer's: each call it folds in the outcomes that arrived since the
-    previous call, so the policy sees exactly the features it was trained on.
+    The trainer records outcomes by prompt key without a round clock; the policy's features also need when each
+    prompt was last seen. This adapter keeps its own :class:`RolloutHistory` (rows by key, ``ids``) in step with the
+    trainer's: each call it folds in the outcomes that arrived since the previous call, stamped as seen in the
+    previous round, so the policy sees exactly the features it was trained on.
     """
 
     def __init__(self, allocator: Allocator, horizon: int | None = None) -> None:
         self.allocator, self.horizon = allocator, horizon
-        self.ids: dict[str, int] = {}
         self.seen: dict[str, int] = {}
-        self.history = PromptHistory(0)
+        self.history = RolloutHistory()
         self.round = 0
 
-    def _id(self, key: str) -> int:
-        if key not in self.ids:
-            self.ids[key] = len(self.ids)
-            h = self.history
-            grow = len(self.ids) - h.trials.size
-            if grow > 0:
-                h.trials, h.successes, h.last_frac = (np.concatenate([a, np.zeros(grow)]) for a in
-                                                      (h.trials, h.successes, h.last_frac))  # fmt: skip
-                h.last_seen = np.concatenate([h.last_seen, np.full(grow, -1_000_000, dtype=np.int64)])
-        return self.ids[key]
+    @property
+    def ids(self) -> dict:
+        """Row of each prompt key in :attr:`history`'s arrays."""
+        return self.history.ids
 
-    def __call__(self, keys: list[str], history: Any, budget: int) -> np.ndarray:
-        ids = np.array([self._id(k) for k in keys])
+    def __call__(self, keys: list[str], history: RolloutHistory, budget: int) -> np.ndarray:
+        ids = self.history.rows(keys)
         for key in history.keys():
             fresh = history.total(key) - self.seen.get(key, 0)
             new = history.outcomes(key)[-fresh:] if fresh > 0 else []
             if new:
-                i = self._id(key)
-                self.history.trials[i] += len(new)
-                self.history.successes[i] += sum(new)
-                self.history.last_frac[i] = sum(new) / len(new)
-                self.history.last_seen[i] = self.round - 1
+                self.history.update([key] * len(new), new, round_idx=self.round - 1)
                 self.seen[key] = history.total(key)
         counts = self.allocator(self.history, ids, budget=budget, round_idx=self.round, horizon=self.horizon)
         self.round += 1
@@ -214,7 +199,7 @@ class TrainerAllocator:
 
 
 def trainer_allocator(directory: str | Path, horizon: int | None = None) -> TrainerAllocator:
-    """Load a trained allocator (``save_allocator``) as a ``BudgetGRPOTrainer`` allocator."""
+    """Load a trained allocator (``save_allocator``) as a ``RolloutGRPOTrainer`` allocator."""
     path = Path(directory)
     if not (path / MODEL_FILE).exists():
         raise FileNotFoundError(

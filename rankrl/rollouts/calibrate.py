@@ -1,4 +1,4 @@
-"""Calibrate the RolloutBudget sim (:class:`~rankrl.rollouts.env.SimConfig`) against live GRPO runs.
+"""Calibrate the RolloutBudget sim (:class:`~rankrl.rollouts.config.SimConfig`) against live GRPO runs.
 
 Live observations are per-prompt ``(round, successes, trials)`` triples, ``outcomes[prompt_id] = [(r, k, n), ...]``,
 as :func:`collect_live_outcomes` records them from the live env under the uniform allocation. :func:`fit_sim_config`
@@ -9,7 +9,7 @@ fits, in this order:
    Beta mixture is fitted too (``max_components=2``) and kept only if its BIC beats the single Beta by more than
    10 (clearly bimodal). First visits happen in the first epoch, at different rounds, so prompts first seen late
    carry some training gain (transfer); with few rounds per epoch this bias is small. ``SimConfig.difficulty`` must
-   name a key of :data:`~rankrl.rollouts.env.DIFFICULTY_MIXES`, so the fitted mix is registered there at
+   name a key of :data:`~rankrl.rollouts.config.DIFFICULTY_MIXES`, so the fitted mix is registered there at
    runtime under a name derived from its parameters (``"calibrated-<digest>"``, idempotent); a process that
    rebuilds the config from its fields must register the mix again (:func:`register_mix`).
 2. **drift_std**: from the excess variance of success-fraction changes between consecutive visits of a prompt over
@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 from scipy import optimize, stats
 
-from rankrl.rollouts.env import DIFFICULTY_MIXES, SimBackend, SimConfig
+from rankrl.rollouts.config import DIFFICULTY_MIXES, SimConfig
+from rankrl.rollouts.sim import SimBackend
 
 __all__ = [
     "Outcomes",
@@ -278,7 +279,7 @@ def collect_live_outcomes(
 ) -> dict[int, list[tuple[int, int, int]]]:
     """Run ``rounds`` rounds of the (live) env with the uniform allocation; per-prompt (round, successes, trials).
 
-    Counts come from the env's :class:`~rankrl.rollouts.env.PromptHistory` deltas of each round's batch;
+    Counts come from the env's :class:`~rankrl.rollouts.history.RolloutHistory` deltas of each round's batch;
     rewards in [0, 1] that are not binary give rounded reward sums as successes. ``env_kwargs`` go to
     ``gymnasium.make`` with ``rounds=rounds``; the env is closed (live: the GRPO run stopped) on return.
     """

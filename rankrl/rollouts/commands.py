@@ -29,14 +29,14 @@ def cmd_rollouts(argv: Sequence[str]) -> int:
     from trl import GRPOConfig, TrlParser
 
     from rankrl.args import with_grpo_defaults
-    from rankrl.rollouts.job import BudgetArgs, run_budget_train
+    from rankrl.rollouts.job import RolloutsArgs, run_rollouts_train
 
     rest = argv[1:]
     if "-h" in rest or "--help" in rest:
-        TrlParser((BudgetArgs, GRPOConfig), prog="rankrl rollouts train").parse_args(["--help"])
-    parser = TrlParser((BudgetArgs, GRPOConfig), prog="rankrl rollouts train")
+        TrlParser((RolloutsArgs, GRPOConfig), prog="rankrl rollouts train").parse_args(["--help"])
+    parser = TrlParser((RolloutsArgs, GRPOConfig), prog="rankrl rollouts train")
     args, config = parser.parse_args_and_config(with_grpo_defaults(rest, {"--output_dir": "runs/rollouts"}))
-    return run_budget_train(args, config, make_allocator(args))
+    return run_rollouts_train(args, config, make_allocator(args))
 
 
 @dataclass(frozen=True)

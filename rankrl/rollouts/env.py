@@ -5,157 +5,46 @@ or all fail (zero advantage), so a fixed budget of rollouts is better spent wher
 One env step is one GRPO round: a batch of prompts is drawn, the agent allocates the round's budget, a backend
 runs the rollouts (and, live, the GRPO update) and returns per-prompt rewards.
 
-The env talks to a :class:`RolloutBackend`. :class:`SimBackend` (``rankrl/RolloutBudget-Sim-v0``) is a cheap
-population model of latent success rates that move as training progresses; :class:`LiveBackend`
-(``rankrl/RolloutBudget-v0``, in :mod:`rankrl.rollouts.live`) steps a real
-:class:`~rankrl.rollouts.grpo.BudgetGRPOTrainer` run round by round from a background thread. Baseline
-allocators (uniform, knapsack on estimated p, oracle knapsack on true p, and the ratio oracle) are plain functions
-of the history.
+The env talks to a :class:`RolloutBackend`. :class:`~rankrl.rollouts.sim.SimBackend` (``rankrl/RolloutBudget-Sim-v0``)
+is a cheap population model of latent success rates that move as training progresses;
+:class:`~rankrl.rollouts.live.LiveBackend` (``rankrl/RolloutBudget-v0``, loaded only for ``backend="live"``, so the
+sim env never imports torch or TRL) steps a real :class:`~rankrl.rollouts.grpo.RolloutGRPOTrainer` run round by
+round from a background thread. Their configs are in :mod:`rankrl.rollouts.config`, the per-prompt record the
+observation is built from in :mod:`rankrl.rollouts.history`. Baseline allocators (uniform, knapsack on estimated p,
+oracle knapsack on true p, and the ratio oracle) are plain functions of the history.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from dataclasses import fields
+from typing import Any, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from rankrl.rollouts.config import LiveConfig, RolloutBudgetConfig, SimConfig
+from rankrl.rollouts.history import NEVER, PromptHistory, RolloutHistory, group_stats
 from rankrl.rollouts.knapsack import allocate, allocate_uniform, estimate_success_rate, nonzero_group_probability
-
-if TYPE_CHECKING:
-    from rankrl.rollouts.live import LiveConfig
-
-
-def __getattr__(name: str) -> Any:
-    # The live backend lives in its own module (threads, TRL); loading it lazily keeps the sim env torch-free.
-    if name in ("LiveBackend", "LiveConfig"):
-        from rankrl.rollouts import live as rollout_budget_live
-
-        return getattr(rollout_budget_live, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+from rankrl.rollouts.sim import SimBackend
 
 __all__ = [
     "BASELINES",
-    "DIFFICULTY_MIXES",
     "N_GLOBALS",
     "N_ROW_FEATURES",
-    "PromptHistory",
+    "PromptHistory",  # the old name of rankrl.rollouts.history.RolloutHistory, re-exported for outside callers
     "RolloutBackend",
-    "RolloutBudgetConfig",
     "RolloutBudgetEnv",
-    "SimBackend",
-    "SimConfig",
     "allocate_max_effective",
     "baseline_allocation",
     "build_observation",
-    "effective_rollout_ratio",
-    "group_stats",
     "make_backend",
     "scores_to_allocation",
 ]
 
-#: Difficulty mixes of the sim population: latent p ~ sum_k w_k Beta(a_k, b_k), as (w, a, b) triples.
-DIFFICULTY_MIXES: dict[str, tuple[tuple[float, float, float], ...]] = {
-    "easy": ((1.0, 3.0, 1.0),),  # mean 0.75: most groups all-correct
-    "hard": ((1.0, 0.7, 3.0),),  # mean 0.19: many never-solved prompts
-    "mixed": ((0.3, 0.5, 5.0), (0.4, 2.0, 2.0), (0.3, 5.0, 0.5)),  # hard / medium / easy thirds
-    "bimodal": ((1.0, 0.3, 0.3),),  # U-shaped, as in real math sets (Knapsack RL Fig. 1)
-}
 BASELINES = ("uniform", "knapsack", "knapsack_ratio", "oracle", "oracle_ratio")
 N_ROW_FEATURES = 8
 N_GLOBALS = 3
-
-
-# ---------------------------------------------------------------------------------------------- configs
-@dataclass(frozen=True)
-class RolloutBudgetConfig:
-    """Env-level settings shared by every backend."""
-
-    prompts_per_round: int = 16
-    """P: prompts in each round's batch"""
-    max_prompts: int | None = None
-    """rows of the observation and action (>= P; padded rows are masked); None means P"""
-    rollouts_per_prompt: int = 8
-    """budget per round B = P * rollouts_per_prompt (the uniform group size)"""
-    n_min: int = 2
-    """fewest rollouts any prompt gets (2: GRPO needs a pair for any advantage)"""
-    n_max: int = 32
-    """most rollouts any prompt gets"""
-    rounds: int = 16
-    """episode length in rounds (truncated there; the sim never terminates)"""
-    history_rounds: int = 3
-    """warm start: every prompt's history holds this many uniform rounds before the agent acts"""
-    temperature: float = 4.0
-    """score -> allocation: weights softmax(temperature * score), so scores in [-1, 1] span e^(2 T)"""
-    progress_weight: float = 0.0
-    """reward weight of the backend's learning progress (sim: increase of the population's mean p)"""
-    prior_alpha: float = 1.0
-    """Beta prior pseudo-successes for the posterior features and the knapsack baseline"""
-    prior_beta: float = 1.0
-    """Beta prior pseudo-failures for the posterior features and the knapsack baseline"""
-
-    def __post_init__(self) -> None:
-        for name in ("prompts_per_round", "rollouts_per_prompt", "n_max", "rounds"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.history_rounds < 0 or self.n_min < 0:
-            raise ValueError("history_rounds and n_min must be >= 0")
-        if not self.n_min <= self.rollouts_per_prompt <= self.n_max:
-            raise ValueError(
-                f"need n_min <= rollouts_per_prompt <= n_max, got {self.n_min}, {self.rollouts_per_prompt}, "
-                f"{self.n_max}: the budget P * rollouts_per_prompt must be feasible"
-            )
-        if self.max_prompts is not None and self.max_prompts < self.prompts_per_round:
-            raise ValueError(f"max_prompts ({self.max_prompts}) must be >= prompts_per_round")
-        if not (self.temperature > 0 and np.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be finite and > 0, got {self.temperature}")
-        if not (self.prior_alpha > 0 and self.prior_beta > 0):
-            raise ValueError("prior_alpha and prior_beta must be > 0")
-
-    @property
-    def rows(self) -> int:
-        """Observation/action rows: ``max_prompts`` or P."""
-        return self.max_prompts or self.prompts_per_round
-
-    @property
-    def budget(self) -> int:
-        """Rollouts per round B."""
-        return self.prompts_per_round * self.rollouts_per_prompt
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    """Sim backend: a prompt population whose latent success rates move as GRPO trains.
-
-    Dynamics per round, on logits theta = logit(p): a prompt of the batch whose group was mixed gains
-    ``learn_rate * N_i``; every prompt gains ``transfer_rate * effective_ratio`` (generalisation) and takes a
-    ``N(0, drift_std)`` step (non-stationarity, so old history goes stale); logits stay in +-``logit_clip``.
-    Successes are Binomial(N_i, p_i).
-    """
-
-    n_prompts: int = 256
-    """population size (episodes draw batches from a shuffled epoch order over it)"""
-    difficulty: str = "mixed"
-    """initial p mix: one of DIFFICULTY_MIXES (easy, hard, mixed, bimodal)"""
-    learn_rate: float = 0.01
-    """logit gain per rollout of a prompt whose group had non-zero advantage"""
-    transfer_rate: float = 0.02
-    """logit gain of every prompt per unit effective-rollout ratio of the round"""
-    drift_std: float = 0.03
-    """std of every prompt's per-round Gaussian logit random walk"""
-    logit_clip: float = 6.0
-    """bound on |logit p| (p in [0.0025, 0.9975] by default)"""
-
-    def __post_init__(self) -> None:
-        if self.n_prompts < 1:
-            raise ValueError(f"n_prompts must be >= 1, got {self.n_prompts}")
-        if self.difficulty not in DIFFICULTY_MIXES:
-            raise ValueError(f"difficulty must be one of {sorted(DIFFICULTY_MIXES)}, got {self.difficulty!r}")
-        if min(self.learn_rate, self.transfer_rate, self.drift_std) < 0 or self.logit_clip <= 0:
-            raise ValueError("learn_rate, transfer_rate, drift_std must be >= 0 and logit_clip > 0")
 
 
 # ---------------------------------------------------------------------------------------------- backends
@@ -184,59 +73,6 @@ class RolloutBackend(Protocol):
         """True success rates (sim, for the oracle and expected metrics) or None (live)."""
 
 
-class SimBackend:
-    """Latent-success-rate population; see :class:`SimConfig` for the dynamics."""
-
-    def __init__(self, config: SimConfig | None = None) -> None:
-        self.config = config or SimConfig()
-        self.n_prompts = self.config.n_prompts
-        self.rng = np.random.default_rng(0)
-        self.logits = np.zeros(self.n_prompts)
-        self._order = np.arange(0)
-
-    def reset(self, rng: np.random.Generator) -> None:
-        self.rng = rng
-        mix = DIFFICULTY_MIXES[self.config.difficulty]
-        weights = np.array([m[0] for m in mix])
-        comp = rng.choice(len(mix), size=self.n_prompts, p=weights / weights.sum())
-        a, b = np.array([m[1] for m in mix])[comp], np.array([m[2] for m in mix])[comp]
-        p = np.clip(rng.beta(a, b), 1e-6, 1 - 1e-6)
-        self.logits = np.clip(np.log(p) - np.log1p(-p), -self.config.logit_clip, self.config.logit_clip)
-        self._order = np.arange(0)
-
-    def draw_batch(self, size: int) -> np.ndarray:
-        if size > self.n_prompts:
-            raise ValueError(f"batch of {size} prompts from a population of {self.n_prompts}")
-        if self._order.size < size:  # new epoch: reshuffle, as a dataloader would
-            self._order = np.concatenate([self._order, self.rng.permutation(self.n_prompts)])
-        batch, self._order = self._order[:size], self._order[size:]
-        return batch
-
-    def success_rates(self, prompt_ids: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-self.logits[np.asarray(prompt_ids)]))
-
-    def probe(self, prompt_ids: np.ndarray, allocation: np.ndarray) -> list[np.ndarray]:
-        alloc = np.asarray(allocation, dtype=np.int64)
-        succ = self.rng.binomial(alloc, self.success_rates(prompt_ids))
-        # group i = succ[i] ones then zeros (order is irrelevant to GRPO statistics), built without a loop
-        pos = np.arange(alloc.sum()) - np.repeat(np.cumsum(alloc) - alloc, alloc)
-        flat = (pos < np.repeat(succ, alloc)).astype(np.float64)
-        return np.split(flat, np.cumsum(alloc)[:-1])
-
-    def next_round(self, prompt_ids: np.ndarray, allocation: np.ndarray) -> list[np.ndarray]:
-        rewards = self.probe(prompt_ids, allocation)
-        cfg, ids = self.config, np.asarray(prompt_ids)
-        mixed = group_stats(rewards)[2]
-        self.logits[ids] += cfg.learn_rate * np.asarray(allocation) * mixed
-        self.logits += cfg.transfer_rate * effective_rollout_ratio(rewards)
-        self.logits += self.rng.normal(0.0, cfg.drift_std, self.n_prompts) if cfg.drift_std else 0.0
-        np.clip(self.logits, -cfg.logit_clip, cfg.logit_clip, out=self.logits)
-        return rewards
-
-    def progress(self) -> float:
-        return float(np.mean(1.0 / (1.0 + np.exp(-self.logits))))
-
-
 def make_backend(
     backend: str | RolloutBackend,
     sim: SimConfig | None = None,
@@ -261,32 +97,6 @@ def make_backend(
 
 
 # ---------------------------------------------------------------------------------------------- pure functions
-def group_stats(rewards: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-group (size, reward sum, mixed) where mixed = at least two rollouts with different rewards."""
-    sizes = np.fromiter((np.size(r) for r in rewards), dtype=np.int64, count=len(rewards))
-    sums, mixed = np.zeros(sizes.size), np.zeros(sizes.size, dtype=bool)
-    full = np.flatnonzero(sizes)
-    if full.size:
-        flat = np.concatenate([np.asarray(rewards[i], dtype=np.float64).ravel() for i in full])
-        starts = np.cumsum(sizes[full]) - sizes[full]
-        sums[full] = np.add.reduceat(flat, starts)
-        mixed[full] = np.maximum.reduceat(flat, starts) > np.minimum.reduceat(flat, starts)
-    return sizes, sums, mixed
-
-
-def effective_rollout_ratio(rewards: Sequence[np.ndarray]) -> float:
-    """Fraction of a round's rollouts that sit in groups with non-zero reward variance (non-zero advantage).
-
-    Example:
-        >>> effective_rollout_ratio([np.array([1, 0, 1]), np.array([1, 1]), np.array([0, 0, 0, 0, 0])])
-        0.3
-    """
-    sizes, _, mixed = group_stats(rewards)
-    if sizes.sum() == 0:
-        raise ValueError("the round has no rollouts")
-    return float((sizes * mixed).sum() / sizes.sum())
-
-
 def scores_to_allocation(scores: np.ndarray, budget: int, n_min: int, n_max: int, temperature: float) -> np.ndarray:
     """Map per-prompt scores to an integer allocation that spends ``budget`` exactly within [n_min, n_max].
 
@@ -394,30 +204,6 @@ def baseline_allocation(
     raise ValueError(f"unknown baseline {name!r}; choose from {BASELINES}")
 
 
-# ---------------------------------------------------------------------------------------------- history
-class PromptHistory:
-    """Per-prompt reward record of a population: trials, successes, last-round fraction, last round seen."""
-
-    def __init__(self, n_prompts: int) -> None:
-        self.trials = np.zeros(n_prompts)
-        self.successes = np.zeros(n_prompts)
-        self.last_frac = np.zeros(n_prompts)
-        self.last_seen = np.full(n_prompts, -1_000_000, dtype=np.int64)  # "never"
-
-    def record(self, prompt_ids: np.ndarray, rewards: Sequence[np.ndarray], round_idx: int) -> None:
-        """Add one round of rewards (each in [0, 1]) of ``prompt_ids``, seen at ``round_idx``."""
-        ids = np.asarray(prompt_ids)
-        sizes, sums, _ = group_stats(rewards)
-        if ids.size != sizes.size or np.unique(ids).size != ids.size:
-            raise ValueError("need one reward array per prompt id and distinct ids")
-        seen = sizes > 0
-        ids, sizes, sums = ids[seen], sizes[seen], sums[seen]
-        self.trials[ids] += sizes
-        self.successes[ids] += sums
-        self.last_frac[ids] = sums / sizes
-        self.last_seen[ids] = round_idx
-
-
 def _beta_moment(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
     """E[p^k] for p ~ Beta(a, b): prod_{j<k} (a + j) / (a + b + j)."""
     out = np.ones_like(a)
@@ -427,7 +213,7 @@ def _beta_moment(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
 
 
 def build_observation(
-    history: PromptHistory,
+    history: RolloutHistory,
     prompt_ids: np.ndarray,
     *,
     round_idx: int,
@@ -451,7 +237,7 @@ def build_observation(
     a, b = s + config.prior_alpha, t - s + config.prior_beta
     mean = a / (a + b)
     std = np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
-    seen = history.last_seen[ids] > -1_000_000
+    seen = history.last_seen[ids] > NEVER
     since = np.where(seen, (round_idx - history.last_seen[ids]) / max(horizon, 1), 1.0)
     k = config.rollouts_per_prompt
     p_mixed = 1.0 - _beta_moment(a, b, k) - _beta_moment(b, a, k)
@@ -513,8 +299,6 @@ class RolloutBudgetEnv(gym.Env):
         live: LiveConfig | None = None,
         **overrides: Any,
     ) -> None:
-        from rankrl.rollouts.live import LiveBackend, LiveConfig
-
         env_keys = {f.name for f in fields(RolloutBudgetConfig)}
         backend_keys = {"sim": {f.name for f in fields(SimConfig)}, "live": {f.name for f in fields(LiveConfig)}}
         unknown = set(overrides) - env_keys - backend_keys["sim"] - backend_keys["live"]
@@ -537,8 +321,9 @@ class RolloutBudgetEnv(gym.Env):
             self.backend = make_backend(backend, live=live_cfg, config=self.config)
         else:
             self.backend = make_backend(backend, SimConfig(**({**_asdict(sim), **own_over} if sim else own_over)))
-        if isinstance(self.backend, LiveBackend):
-            self.backend.check_env_config(self.config)
+        check = getattr(self.backend, "check_env_config", None)  # live: the backend was built for this shape
+        if callable(check):
+            check(self.config)
         if self.config.prompts_per_round > self.backend.n_prompts:
             raise ValueError(
                 f"prompts_per_round ({self.config.prompts_per_round}) > population ({self.backend.n_prompts})"
@@ -555,7 +340,7 @@ class RolloutBudgetEnv(gym.Env):
                 "globals": spaces.Box(0.0, 1.0, (N_GLOBALS,), dtype=np.float32),
             }
         )
-        self.history = PromptHistory(self.backend.n_prompts)
+        self.history = RolloutHistory(self.backend.n_prompts)
         self.round = 0
         self.batch = np.arange(0)
 
@@ -563,7 +348,7 @@ class RolloutBudgetEnv(gym.Env):
         super().reset(seed=seed)
         cfg = self.config
         self.backend.reset(self.np_random)
-        self.history = PromptHistory(self.backend.n_prompts)
+        self.history = RolloutHistory(self.backend.n_prompts)
         everyone = np.arange(self.backend.n_prompts)
         uniform = np.full(everyone.size, cfg.rollouts_per_prompt)
         for _ in range(cfg.history_rounds):  # warm start: uniform past rounds, stamped as seen just before

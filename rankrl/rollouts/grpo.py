@@ -1,7 +1,7 @@
 """GRPO with a per-prompt rollout budget (Knapsack RL) on top of TRL 1.16's ``GRPOTrainer``.
 
 Stock TRL repeats every prompt ``num_generations`` (G) times and normalises advantages over fixed groups of G.
-:class:`BudgetGRPOTrainer` generates N_i rollouts for prompt i instead, with ``sum_i N_i`` equal to the round's row
+:class:`RolloutGRPOTrainer` generates N_i rollouts for prompt i instead, with ``sum_i N_i`` equal to the round's row
 budget (so the compute saving is real: a prompt given 2 rollouts costs 2 generations, not G), and computes advantages
 over the true variable-size groups. Model, sampler, generation, reward calls, loss, optimizer and logging stay TRL's.
 
@@ -19,14 +19,15 @@ How (the one override, ``_generate_and_score_completions``; see ``../shared/note
 
 Multi-process (``accelerate launch``): each rank allocates its own local round. Every rank keeps its row count
 (TRL requires equal rows per rank), group sizes and keys are gathered so advantages, metrics and the shared
-:class:`RolloutHistory` are global and identical on every rank. Evaluation keeps TRL's fixed groups.
+:class:`~rankrl.rollouts.history.RolloutHistory` are global and identical on every rank. Evaluation keeps TRL's
+fixed groups.
 
 Note the loss weighs each completion 1/B whatever its group size, so a prompt's share of the gradient grows with
 N_i; that is Knapsack RL's intent (liziniu/KnapsackRL) and stock TRL's loss, unchanged.
 
 Example::
 
-    trainer = BudgetGRPOTrainer(model=lm.model, processing_class=lm.tokenizer, reward_funcs=numeric_answer_reward,
+    trainer = RolloutGRPOTrainer(model=lm.model, processing_class=lm.tokenizer, reward_funcs=numeric_answer_reward,
                                 args=GRPOConfig(..., num_generations=8), train_dataset=ds,
                                 allocator=knapsack_allocator(n_min=2, n_max=16))
 """
@@ -37,8 +38,7 @@ import copy
 import itertools
 import json
 import math
-from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,67 +48,19 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 from trl.trainer.utils import nanstd
 
-from rankrl.rollouts.knapsack import allocate, allocate_uniform, success_rates_from_history
+from rankrl.rollouts.history import RolloutHistory
+from rankrl.rollouts.knapsack import allocate, allocate_uniform
 
 __all__ = [
     "Allocator",
-    "BudgetGRPOTrainer",
-    "BudgetRound",
-    "RolloutHistory",
+    "RolloutGRPOTrainer",
+    "RolloutRound",
     "group_advantages",
     "group_metrics",
     "knapsack_allocator",
     "prompt_key",
     "uniform_allocator",
 ]
-
-
-class RolloutHistory:
-    """Per-prompt success outcomes (1/0) seen so far, keyed by prompt key.
-
-    Args:
-        window: keep only each prompt's last ``window`` outcomes (None: all), so old policy behaviour fades.
-    """
-
-    def __init__(self, window: int | None = None) -> None:
-        if window is not None and window < 1:
-            raise ValueError(f"window must be >= 1 or None, got {window}")
-        self.window = window
-        self._outcomes: dict[str, deque[int]] = defaultdict(lambda: deque(maxlen=window))
-        self._totals: dict[str, int] = defaultdict(int)
-
-    def update(self, keys: Iterable[str], successes: Iterable[bool]) -> None:
-        """Record one outcome per (key, success) pair."""
-        for key, ok in zip(keys, successes, strict=True):
-            self._outcomes[key].append(int(bool(ok)))
-            self._totals[key] += 1
-
-    def keys(self) -> list[str]:
-        """Every prompt key seen so far."""
-        return list(self._outcomes)
-
-    def total(self, key: str) -> int:
-        """How many outcomes of ``key`` were ever recorded (not capped by ``window``)."""
-        return self._totals.get(key, 0)
-
-    def outcomes(self, key: str) -> list[int]:
-        """The recorded outcomes of ``key`` (empty if never seen)."""
-        return list(self._outcomes.get(key, ()))
-
-    def counts(self, key: str) -> tuple[int, int]:
-        """``(successes, trials)`` of ``key``."""
-        seen = self._outcomes.get(key, ())
-        return sum(seen), len(seen)
-
-    def success_rates(self, keys: Sequence[str], prior: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
-        """Beta-posterior-mean success rate per key (unseen keys get the prior mean), shape ``(len(keys),)``."""
-        return success_rates_from_history([self.outcomes(k) for k in keys], *prior)
-
-    def __len__(self) -> int:
-        return len(self._outcomes)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._outcomes
 
 
 # keys of this round's prompt groups (may repeat if the dataset does), the history, the round's row budget -> N_i.
@@ -265,7 +217,7 @@ def group_metrics(rewards: torch.Tensor, sizes: Sequence[int]) -> dict[str, floa
 
 
 @dataclass
-class BudgetRound:
+class RolloutRound:
     """The last training round over all ranks (read it from a callback, e.g. to log a ``wandb.Histogram``).
 
     Attributes:
@@ -279,7 +231,7 @@ class BudgetRound:
     rewards: list[list[float]] = field(default_factory=list)
 
 
-class BudgetGRPOTrainer(GRPOTrainer):
+class RolloutGRPOTrainer(GRPOTrainer):
     """TRL's ``GRPOTrainer`` generating ``allocator``-chosen rollouts per prompt; otherwise stock.
 
     Args:
@@ -291,7 +243,7 @@ class BudgetGRPOTrainer(GRPOTrainer):
 
     Attributes:
         history: per-prompt success outcomes, updated with every training round's rewards (all ranks).
-        last_round: the last training round's keys, rollout counts and rewards (:class:`BudgetRound`).
+        last_round: the last training round's keys, rollout counts and rewards (:class:`RolloutRound`).
     """
 
     def __init__(
@@ -306,7 +258,7 @@ class BudgetGRPOTrainer(GRPOTrainer):
         self.allocator: Allocator = allocator if allocator is not None else uniform_allocator
         self.success_threshold = float(success_threshold)
         self.history = history if history is not None else RolloutHistory()
-        self.last_round = BudgetRound()
+        self.last_round = RolloutRound()
         local_rows = self.args.per_device_train_batch_size * self.args.steps_per_generation
         if local_rows % self.num_generations:
             raise ValueError(
@@ -369,7 +321,7 @@ class BudgetGRPOTrainer(GRPOTrainer):
         scored = [(k, r >= self.success_threshold) for k, r in zip(row_keys, values, strict=True) if not math.isnan(r)]
         self.history.update([k for k, _ in scored], [ok for _, ok in scored])  # unscorable rows are not trials
         bounds = list(itertools.accumulate(all_counts, initial=0))
-        self.last_round = BudgetRound(all_keys, all_counts, [values[a:b] for a, b in itertools.pairwise(bounds)])
+        self.last_round = RolloutRound(all_keys, all_counts, [values[a:b] for a, b in itertools.pairwise(bounds)])
         return output
 
     def _round_rewards(self, n_rows: int) -> torch.Tensor:

@@ -1,8 +1,8 @@
-"""``rankrl budget train``: GRPO with a per-prompt rollout allocator (uniform, Knapsack RL or a learned policy) on
-a verifiable-answer task, through :class:`~rankrl.rollouts.grpo.BudgetGRPOTrainer` (stock TRL otherwise).
+"""``rankrl rollouts train``: GRPO with a per-prompt rollout allocator (uniform, Knapsack RL or a learned policy) on
+a verifiable-answer task, through :class:`~rankrl.rollouts.grpo.RolloutGRPOTrainer` (stock TRL otherwise).
 
 Every ``GRPOConfig`` flag works (TRL's own parser); rankrl adds the model/task/allocator fields of
-:class:`BudgetArgs`. Metrics go to TRL's loggers (W&B by default, offline unless configured) and to
+:class:`RolloutsArgs`. Metrics go to TRL's loggers (W&B by default, offline unless configured) and to
 ``<output_dir>/metrics.jsonl``; the rollouts-per-prompt histogram goes to W&B each round.
 """
 
@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rankrl.rollouts.data import build_dataset
 from rankrl.rollouts.grpo import Allocator
-
-GSM8K_INSTRUCTION = "Solve the problem. End your answer with '#### <number>'."
 
 
 @dataclass
-class BudgetArgs:
-    """rankrl's fields of ``rankrl budget train`` (every GRPOConfig flag is accepted too)."""
+class RolloutsArgs:
+    """rankrl's fields of ``rankrl rollouts train`` (every GRPOConfig flag is accepted too)."""
 
     model: str = "tiny-qwen"
     """model alias (tiny-qwen, tiny-llama, smollm2), local directory or hub id"""
@@ -50,56 +49,26 @@ class BudgetArgs:
             raise ValueError("--prompt_format must be auto, plain or chat")
 
 
-def resolve_task(task: str) -> str:
-    """``gsm8k`` -> the shared local copy when present, else the hub dataset."""
-    if task != "gsm8k":
-        return task
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        local = base.parent / "shared" / "data" / "gsm8k"
-        if local.exists():
-            return str(local)
-    return "openai/gsm8k:main"
-
-
-def build_dataset(args: BudgetArgs, tokenizer: Any, seed: int) -> Any:
-    """Prompt/target rows (with a stable ``prompt_id``) for TRL."""
-    from datasets import Dataset
-
-    from rankrl.tasks import load_task
-
-    task = load_task(resolve_task(args.task), seed=seed, max_train=args.max_prompts)
-    if task.kind != "causal_lm":
-        raise ValueError(f"task {args.task!r} is a {task.kind} task; rollout budgets need prompts with answers")
-    rows = task.splits["train"]
-    chat = args.prompt_format == "chat" or (args.prompt_format == "auto" and task.name != "arith")
-    if chat and not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"model {args.model!r} has no chat template; pass --prompt_format plain")
-    suffix = f"\n{GSM8K_INSTRUCTION}" if chat else ""
-    prompts = [[{"role": "user", "content": r.text + suffix}] if chat else r.text for r in rows]
-    return Dataset.from_dict(
-        {"prompt": prompts, "target": [r.target for r in rows], "prompt_id": [str(i) for i in range(len(rows))]}
-    )
-
-
-def run_budget_train(args: BudgetArgs, config: Any, allocator: Allocator) -> int:
+def run_rollouts_train(args: RolloutsArgs, config: Any, allocator: Allocator) -> int:
     """Train; returns 0. ``config`` is a ``trl.GRPOConfig`` (its ``num_generations`` is set from ``args``)."""
     from peft import LoraConfig
 
     from rankrl.models import load_model
     from rankrl.rewards import numeric_answer_reward
-    from rankrl.rollouts.grpo import BudgetGRPOTrainer
+    from rankrl.rollouts.grpo import RolloutGRPOTrainer
     from rankrl.tracking import wandb_mode
 
     if "wandb" in (config.report_to or []):
         os.environ.setdefault("WANDB_MODE", wandb_mode())
     config.num_generations = args.rollouts_per_prompt
     loaded = load_model(args.model, task_kind="causal_lm", seed=config.seed)
-    dataset = build_dataset(args, loaded.tokenizer, config.seed)
+    dataset = build_dataset(args.task, loaded.tokenizer, config.seed, max_prompts=args.max_prompts,
+                            prompt_format=args.prompt_format, model=args.model)  # fmt: skip
     peft_config = None
     if args.lora_r:
         peft_config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear",
                                  task_type="CAUSAL_LM")  # fmt: skip
-    trainer = BudgetGRPOTrainer(
+    trainer = RolloutGRPOTrainer(
         model=loaded.model,
         processing_class=loaded.tokenizer,
         reward_funcs=numeric_answer_reward,
@@ -109,7 +78,7 @@ def run_budget_train(args: BudgetArgs, config: Any, allocator: Allocator) -> int
         allocator=allocator,
     )
     trainer.add_callback(_round_logger(trainer, Path(config.output_dir)))
-    print(f"budget train | model {args.model} | task {args.task} ({len(dataset)} prompts) | allocator "
+    print(f"rollouts train | model {args.model} | task {args.task} ({len(dataset)} prompts) | allocator "
           f"{args.allocator} | {args.rollouts_per_prompt} rollouts/prompt on average")  # fmt: skip
     trainer.train()
     trainer.save_model(config.output_dir)

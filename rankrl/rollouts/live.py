@@ -1,7 +1,8 @@
 """Live backend of ``rankrl/RolloutBudget-v0``: each env step is one round of a real
-:class:`~rankrl.rollouts.grpo.BudgetGRPOTrainer` run, driven from a background thread.
+:class:`~rankrl.rollouts.grpo.RolloutGRPOTrainer` run, driven from a background thread.
 
-Split from :mod:`rankrl.rollouts.env` (which imports it lazily, so the sim env never loads torch or TRL).
+Split from :mod:`rankrl.rollouts.env`, which imports it only for ``backend="live"`` (so the sim env never loads
+torch or TRL); its config, :class:`~rankrl.rollouts.config.LiveConfig`, lives in :mod:`rankrl.rollouts.config`.
 """
 
 from __future__ import annotations
@@ -13,17 +14,17 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from rankrl.rollouts.env import RolloutBudgetConfig
+from rankrl.rollouts.config import LiveConfig, RolloutBudgetConfig
+from rankrl.rollouts.data import build_dataset
 
 __all__ = ["LiveBackend", "LiveConfig"]
 
 # ---------------------------------------------------------------------------------------------- LIVE BACKEND
-# The live backend runs one real BudgetGRPOTrainer run per episode. TRL's ``trainer.train()`` owns the loop, so it
+# The live backend runs one real RolloutGRPOTrainer run per episode. TRL's ``trainer.train()`` owns the loop, so it
 # runs on a background thread and the trainer's allocator callback is the rendezvous (a coroutine over two queues):
 #
 #   env thread                                   trainer thread (trainer.train())
@@ -31,64 +32,13 @@ __all__ = ["LiveBackend", "LiveConfig"]
 #          wait on to_env               <-----   allocator: put ("request", keys, last_round); wait
 #   draw_batch: ids of the request's keys
 #   next_round: put allocation          ----->   allocator returns it; generate, score, GRPO update; round k+1's
-#          wait on to_env               <-----   allocator puts ("request", ..., round k's BudgetRound)
-#                                                  or train() returns: ("done", last BudgetRound)
+#          wait on to_env               <-----   allocator puts ("request", ..., round k's RolloutRound)
+#                                                  or train() returns: ("done", last RolloutRound)
 #                                                  or train() raises:  ("error", exception)
 #
 # Only one side runs at a time, so the trainer's state is never read while it changes; the finished round travels
 # in the message. close() makes the waiting allocator raise _RunClosed (a BaseException, so no ``except Exception``
 # inside TRL or transformers swallows it), which unwinds train(); the thread is then joined.
-@dataclass(frozen=True)
-class LiveConfig:
-    """Live backend (``rankrl/RolloutBudget-v0``): each env step is one round of a real BudgetGRPOTrainer run.
-
-    The GRPO shape comes from :class:`RolloutBudgetConfig`: ``per_device_train_batch_size = prompts_per_round *
-    rollouts_per_prompt``, ``num_generations = rollouts_per_prompt``, ``steps_per_generation = 1``, one optimizer
-    step per round. Field names avoid the env's own (``temperature``, ``max_prompts``) so keywords route unambiguously.
-    """
-
-    model: str = "tiny-qwen"
-    """model alias, local directory or hub id (rankrl.models.load_model); a random tiny model never answers, so
-    pass a warmed-up checkpoint (benchmarks/rollout_budget_live.py) for mixed groups"""
-    task: str = "arith"
-    """causal-LM task with numeric answers: 'arith', 'gsm8k' or a path (rankrl.rollouts.job.build_dataset)"""
-    n_prompts: int = 32
-    """prompt pool: at most this many train rows (seeded sample); prompt id i = the pool's row i"""
-    max_completion_length: int = 6
-    """tokens per completion"""
-    learning_rate: float = 1e-4
-    """GRPO learning rate"""
-    seed: int = 0
-    """fixes the pool and a tiny model's initial weights; each run's TRL seed is drawn from the env's np_random"""
-    lora_r: int = 0
-    """LoRA rank of all linear projections (alpha = 2 r); 0 trains the full model"""
-    steps: int | None = None
-    """GRPO steps of a run = env rounds; None takes RolloutBudgetConfig.rounds, any other value must equal it"""
-    generation_temperature: float = 1.0
-    """sampling temperature of the rollouts (GRPOConfig.temperature)"""
-    report_to: str = "none"
-    """'none', or 'wandb' for TRL's W&B logging (one W&B run per episode; mode from rankrl.tracking.wandb_mode)"""
-    output_dir: str | None = None
-    """TRL's output_dir (nothing is saved: save_strategy='no'); None uses a temp dir removed when the run ends"""
-    timeout_s: float = 600.0
-    """longest wait of either thread for the other (a round's training, or the agent's next action), seconds"""
-
-    def __post_init__(self) -> None:
-        for name in ("n_prompts", "max_completion_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lora_r < 0:
-            raise ValueError(f"lora_r must be >= 0 (0: full fine-tune), got {self.lora_r}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1 or None, got {self.steps}")
-        for name in ("learning_rate", "generation_temperature", "timeout_s"):
-            value = getattr(self, name)
-            if not (value > 0 and np.isfinite(value)):
-                raise ValueError(f"{name} must be finite and > 0, got {value}")
-        if self.report_to not in ("none", "wandb"):
-            raise ValueError(f"report_to must be 'none' or 'wandb', got {self.report_to!r}")
-
-
 class _RunClosed(BaseException):
     """Raised inside the trainer thread's allocator to end ``train()`` when the env closes the run."""
 
@@ -162,7 +112,7 @@ class _LiveRun:
 
 
 class LiveBackend:
-    """:class:`RolloutBackend` over a live :class:`~rankrl.rollouts.grpo.BudgetGRPOTrainer` run.
+    """:class:`RolloutBackend` over a live :class:`~rankrl.rollouts.grpo.RolloutGRPOTrainer` run.
 
     One episode is one GRPO run of ``rounds`` steps on a pool of ``n_prompts`` prompts; the env drives it round by
     round (see the LIVE BACKEND notes above). Prompt ids are the pool's ``prompt_id`` column, so they mean the same
@@ -174,7 +124,7 @@ class LiveBackend:
     * ``probe`` is not available: there is no training-free round, so the live env requires ``history_rounds=0``;
       the history fills from the rounds actually trained.
     * ``next_round`` returns the weighted reward of every rollout, per prompt in the order of ``prompt_ids``;
-      unscorable rollouts (NaN) count as 0 and rewards outside [0, 1] raise (PromptHistory counts successes).
+      unscorable rollouts (NaN) count as 0 and rewards outside [0, 1] raise (RolloutHistory counts successes).
     * ``progress`` is the mean, over the pool prompts seen so far in this run, of each prompt's latest success
       fraction (0.0 before the first round): an estimate of the population's mean success rate, like the sim's, with
       every prompt weighted once so the allocation itself does not tilt it. It moves when a batch's prompts are
@@ -194,7 +144,6 @@ class LiveBackend:
         self, env_config: RolloutBudgetConfig, config: LiveConfig | None = None, reward_funcs: Sequence[Any] = ()
     ) -> None:
         from rankrl.models import load_model
-        from rankrl.rollouts.job import BudgetArgs, build_dataset
 
         self.config = config or LiveConfig()
         self.env_config = env_config
@@ -203,8 +152,8 @@ class LiveBackend:
         self.reward_funcs = list(reward_funcs)
         cfg = self.config
         self._loaded = load_model(cfg.model, task_kind="causal_lm", seed=cfg.seed)  # kept for the first run
-        args = BudgetArgs(model=cfg.model, task=cfg.task, max_prompts=cfg.n_prompts)
-        self.dataset = build_dataset(args, self._loaded.tokenizer, cfg.seed)
+        self.dataset = build_dataset(cfg.task, self._loaded.tokenizer, cfg.seed, max_prompts=cfg.n_prompts,
+                                     model=cfg.model)  # fmt: skip
         self.keys = [str(k) for k in self.dataset["prompt_id"]]
         self._index = {k: i for i, k in enumerate(self.keys)}
         self.n_prompts = len(self.keys)
@@ -251,7 +200,7 @@ class LiveBackend:
 
         from rankrl.models import load_model
         from rankrl.rewards import numeric_answer_reward
-        from rankrl.rollouts.grpo import BudgetGRPOTrainer
+        from rankrl.rollouts.grpo import RolloutGRPOTrainer
 
         cfg, env = self.config, self.env_config
         loaded, self._loaded = self._loaded, None
@@ -276,7 +225,7 @@ class LiveBackend:
 
             peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear",
                                      task_type="CAUSAL_LM")  # fmt: skip
-        trainer = BudgetGRPOTrainer(
+        trainer = RolloutGRPOTrainer(
             model=loaded.model, processing_class=loaded.tokenizer, args=args, train_dataset=self.dataset,
             reward_funcs=self.reward_funcs or numeric_answer_reward, peft_config=peft_config, allocator=allocator,
         )  # fmt: skip
@@ -300,7 +249,7 @@ class LiveBackend:
             raise RuntimeError("the live GRPO run ended before its first round")
 
     def _receive(self, what: str) -> Any:
-        """Wait for the trainer's next message; returns the BudgetRound it carries (the round just finished)."""
+        """Wait for the trainer's next message; returns the RolloutRound it carries (the round just finished)."""
         run = self._run
         if run is None:
             raise RuntimeError("the live backend has no run: call reset() first")
@@ -364,7 +313,7 @@ class LiveBackend:
         flat = np.concatenate(rewards)
         if flat.min() < 0.0 or flat.max() > 1.0:
             raise ValueError(
-                f"live rewards must lie in [0, 1] (PromptHistory counts successes), got [{flat.min()}, {flat.max()}]; "
+                f"live rewards must lie in [0, 1] (RolloutHistory counts successes), got [{flat.min()}, {flat.max()}]; "
                 "use reward functions (and weights) whose total stays in [0, 1]"
             )
         self._latest[ids] = [r.mean() for r in rewards]

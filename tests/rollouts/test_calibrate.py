@@ -12,7 +12,7 @@ from rankrl.rollouts.calibrate import (
     fit_sim_config,
     register_mix,
 )
-from rankrl.rollouts.env import DIFFICULTY_MIXES, SimConfig
+from rankrl.rollouts.config import DIFFICULTY_MIXES, SimConfig
 
 
 def test_fit_recovers_beta_parameters():

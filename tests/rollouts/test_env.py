@@ -11,20 +11,18 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import rankrl
+from rankrl.rollouts.config import RolloutBudgetConfig, SimConfig
 from rankrl.rollouts.env import (
     BASELINES,
-    PromptHistory,
     RolloutBackend,
-    RolloutBudgetConfig,
     RolloutBudgetEnv,
-    SimBackend,
-    SimConfig,
     allocate_max_effective,
     baseline_allocation,
-    effective_rollout_ratio,
     scores_to_allocation,
 )
+from rankrl.rollouts.history import RolloutHistory, effective_rollout_ratio
 from rankrl.rollouts.knapsack import expected_effective_rollout_ratio
+from rankrl.rollouts.sim import SimBackend
 
 
 class FixedBackend:
@@ -148,13 +146,6 @@ def test_reward_is_the_effective_ratio_by_hand():
     assert r_w == pytest.approx(6 / 9 + 2.0 * 0.15)
 
 
-def test_history_features_track_outcomes():
-    hist = PromptHistory(4)
-    hist.record(np.array([1, 3]), [np.array([1.0, 0.0, 1.0, 1.0]), np.array([0.0, 0.0])], round_idx=2)
-    assert hist.trials.tolist() == [0, 4, 0, 2] and hist.successes.tolist() == [0, 3, 0, 0]
-    assert hist.last_frac[1] == 0.75 and hist.last_seen[3] == 2
-
-
 def test_sim_learning_raises_p_of_mixed_prompts():
     sim = SimBackend(SimConfig(n_prompts=8, drift_std=0.0, transfer_rate=0.0, learn_rate=0.1))
     sim.reset(np.random.default_rng(0))
@@ -185,7 +176,7 @@ def test_oracle_beats_knapsack_beats_uniform_in_expectation():
     rng = np.random.default_rng(0)
     sim.reset(rng)
     ids = np.arange(sim.n_prompts)
-    hist = PromptHistory(sim.n_prompts)
+    hist = RolloutHistory(sim.n_prompts)
     for _ in range(3):
         hist.record(ids, sim.probe(ids, np.full(ids.size, 8)), round_idx=-1)
     means = {name: [] for name in BASELINES}

@@ -1,6 +1,6 @@
-"""BudgetGRPOTrainer: stock-equal under a uniform allocation, exact variable groups otherwise, loud errors.
+"""RolloutGRPOTrainer: stock-equal under a uniform allocation, exact variable groups otherwise, loud errors.
 
-Multi-process check (not run here, ~30 s per launch on 2 CPU cores): a script that builds ``BudgetGRPOTrainer`` on
+Multi-process check (not run here, ~30 s per launch on 2 CPU cores): a script that builds ``RolloutGRPOTrainer`` on
 tiny-qwen with ``GRPOConfig(use_cpu=True, per_device_train_batch_size=8, num_generations=4, ...)`` and
 ``allocator=knapsack_allocator(n_min=2)`` and trains a few steps, launched with
 ``accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no script.py``
@@ -25,14 +25,14 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 import rankrl.rewards  # noqa: E402
 from rankrl.models import load_model  # noqa: E402
 from rankrl.rollouts.grpo import (  # noqa: E402
-    BudgetGRPOTrainer,
-    RolloutHistory,
+    RolloutGRPOTrainer,
     group_advantages,
     group_metrics,
     knapsack_allocator,
     prompt_key,
     uniform_allocator,
 )
+from rankrl.rollouts.history import RolloutHistory  # noqa: E402
 from rankrl.tasks import load_task  # noqa: E402
 
 
@@ -74,7 +74,7 @@ def test_uniform_allocation_equals_stock_grpo(tmp_path):
     stock = _trainer(GRPOTrainer, tmp_path / "stock")
     before = {n: p.detach().clone() for n, p in stock.model.named_parameters()}
     stock.train()
-    budget = _trainer(BudgetGRPOTrainer, tmp_path / "budget")
+    budget = _trainer(RolloutGRPOTrainer, tmp_path / "budget")
     budget.train()
 
     def logs(trainer):
@@ -105,7 +105,7 @@ def test_variable_allocation_reaches_reward_and_centres_each_group(tmp_path):
         return out
 
     config = _config(tmp_path, per_device_train_batch_size=8)
-    trainer = _trainer(BudgetGRPOTrainer, tmp_path, reward=pattern, args=config, allocator=_fixed([2, 6]))
+    trainer = _trainer(RolloutGRPOTrainer, tmp_path, reward=pattern, args=config, allocator=_fixed([2, 6]))
     trainer.model.train()
     out = trainer._generate_and_score_completions(_round())
     assert seen == ["12+7="] * 2 + ["30-4="] * 6
@@ -137,7 +137,7 @@ def test_variable_allocation_reaches_reward_and_centres_each_group(tmp_path):
 
 
 def test_bad_allocations_and_rounds_raise_clear_errors(tmp_path):
-    trainer = _trainer(BudgetGRPOTrainer, tmp_path, args=_config(tmp_path, per_device_train_batch_size=8))
+    trainer = _trainer(RolloutGRPOTrainer, tmp_path, args=_config(tmp_path, per_device_train_batch_size=8))
     trainer.model.train()
     for counts, match in [([8], "2 prompts"), ([4, 4, 1], "3 rollout counts"), ([3, 3], "sums to 6"),
                           ([0, 8], "fewer than 1")]:  # fmt: skip
@@ -153,7 +153,7 @@ def test_bad_allocations_and_rounds_raise_clear_errors(tmp_path):
 def test_knapsack_run_logs_grpo_metrics(tmp_path):
     # steps_per_generation=2: one round of 2 prompts x 4 rows is generated, then split into 2 optimizer steps
     config = _config(tmp_path, steps_per_generation=2)
-    trainer = _trainer(BudgetGRPOTrainer, tmp_path, reward=rankrl.rewards.numeric_answer_reward, args=config,
+    trainer = _trainer(RolloutGRPOTrainer, tmp_path, reward=rankrl.rewards.numeric_answer_reward, args=config,
                        allocator=knapsack_allocator(n_min=2))  # fmt: skip
     trainer.train()
     logged = trainer.state.log_history[0]

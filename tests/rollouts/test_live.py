@@ -1,4 +1,4 @@
-"""RolloutBudgetEnv on the live backend: every step is a real BudgetGRPOTrainer round (tiny-qwen on arith, CPU).
+"""RolloutBudgetEnv on the live backend: every step is a real RolloutGRPOTrainer round (tiny-qwen on arith, CPU).
 
 The trainer runs on a background thread; these tests check that the allocation the env chose is the one generated,
 that trainer failures surface in ``step()``, and that no trainer thread outlives ``close()``.
@@ -17,7 +17,9 @@ pytest.importorskip("trl")
 from gymnasium.utils.env_checker import check_env  # noqa: E402
 
 import rankrl  # noqa: E402, F401 - registers rankrl/RolloutBudget-v0
-from rankrl.rollouts.env import LiveBackend, LiveConfig, RolloutBudgetConfig, RolloutBudgetEnv  # noqa: E402
+from rankrl.rollouts.config import LiveConfig, RolloutBudgetConfig  # noqa: E402
+from rankrl.rollouts.env import RolloutBudgetEnv  # noqa: E402
+from rankrl.rollouts.live import LiveBackend  # noqa: E402
 
 # TRL 1.16 calls a method transformers 5 deprecated; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
