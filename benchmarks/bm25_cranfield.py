@@ -1,4 +1,4 @@
-"""BM25 first stage on Cranfield 1400: quality and speed (``rankrl.rerank.collections.BM25Retriever``).
+"""BM25 first stage on Cranfield 1400: quality and speed (``rankrl.rerank.bm25.BM25Retriever``).
 
 BM25 (bm25s, Lucene variant, k1 = 1.2, b = 0.75) over title + abstract, lowercase alphanumeric tokens, no
 stemming, no stopwords; top 100 per query. Judgments: gain = 5 - code for codes 1..4, 0 for code -1; queries
@@ -28,7 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rankrl.rerank.collections import BM25Retriever, evaluate, load_collection, split_queries  # noqa: E402
+from rankrl.rerank.bm25 import BM25Retriever  # noqa: E402
+from rankrl.rerank.collections import load_collection, split_queries  # noqa: E402
+from rankrl.rerank.metrics import evaluate  # noqa: E402
 
 MEASURES = ("nDCG@10", "RR@10", "R@20", "R@100")
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cranfield"

@@ -2,7 +2,7 @@
 (ERank expected score zero-shot / after SFT / after SFT + GRPO, Rank-R1 setwise zero-shot).
 
 Test queries: the 75 of ``split_queries(coll, 1/3, seed=0)``; training rows come only from its 150 train
-queries. Every row reranks the same BM25 top-``k`` candidates through :func:`rankrl.rerank.env.rerank_run`
+queries. Every row reranks the same BM25 top-``k`` candidates through :func:`rankrl.rerank.evaluate.rerank_run`
 and is scored by ``ir-measures`` (nDCG@10, RR@10) against all judgments; each row also gets a paired test over
 queries against BM25 (t-test and Wilcoxon signed-rank on per-query nDCG@10) and the seconds per query of
 reranking (training time is reported separately).
@@ -153,8 +153,8 @@ def minilm_grpo_cv_rows(coll, retriever, a, folds: int = 3) -> dict[str, dict]:
     """k-fold cross-validation over queries (``split_queries(..., fold=f)``): the encoder policy is trained on each
     fold's train queries and measured on its held-out third, so every judged query is held out exactly once and
     the paired test vs the zero-shot start runs over all of them (3x the queries of the fixed test split)."""
-    from rankrl.rerank.encoder import EncoderPolicy, load_encoder_scorer, run_encoder_grpo
     from rankrl.rerank.collections import split_queries
+    from rankrl.rerank.encoder import EncoderPolicy, load_encoder_scorer, run_encoder_grpo
 
     grpo = f"{enc_row(a)}@{folds}fold"
     per: dict[str, dict] = {f"minilm-bi@{folds}fold": {}, grpo: {}}
@@ -213,8 +213,8 @@ def _tenth(values: list[float], which: int) -> float:
 
 
 def bm25_per_query(coll, qids, retriever, k: int) -> dict[str, float]:
-    from rankrl.rerank.env import rerank_run
-    from rankrl.rerank.collections import evaluate_per_query
+    from rankrl.rerank.evaluate import rerank_run
+    from rankrl.rerank.metrics import evaluate_per_query
 
     return evaluate_per_query(rerank_run(keep_bm25_order, coll, qids, k, retriever), coll.qrels, MEASURES,
                               qids=list(qids))["nDCG@10"]  # fmt: skip
@@ -247,8 +247,8 @@ def cross_pair(query: str, doc: str) -> str:
 
 def train_minilm_cross(coll, train_q, retriever, a) -> tuple:
     """LoRA fine-tune of MiniLM as a relevance classifier on the train queries' BM25 top-k pairs."""
-    from rankrl.tasks import Example, Task
     from rankrl.ranks.finetune import FineTuneConfig, FineTuneRun
+    from rankrl.tasks import Example, Task
 
     first = retriever.search(list(train_q), k=a.k)
     rows = [Example(cross_pair(coll.queries[q], coll.docs[d]), label=int(coll.qrels[q].get(d, 0) > 0))
@@ -314,7 +314,8 @@ def train_sft(coll, train_q, retriever, a, out_dir: Path) -> tuple[float, dict]:
     from transformers import PrinterCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from rankrl.rerank.job import build_dataset, erank_sft_dataset
+    from rankrl.rerank.job import build_dataset
+    from rankrl.rerank.recipes.erank import erank_sft_dataset
 
     model, tok = smollm2(a.device)
     rows = build_dataset("erank", coll, train_q, retriever, group_size=a.sft_group, max_chars=a.max_chars, seed=0,
@@ -362,7 +363,7 @@ def train_grpo(sft_dir: Path, a, out_dir: Path, n_train_queries: int) -> tuple[f
     from trl import GRPOConfig
 
     from rankrl.rerank.job import RerankArgs, run_rerank_train
-    from rankrl.rerank.rewards import UNPARSABLE
+    from rankrl.rerank.prompts import UNPARSABLE
 
     m, g = a.grpo_group, a.grpo_rollouts
     # max_queries: the first n_train_queries of the split's train list (--dev holds out the rest for selection)
@@ -416,8 +417,9 @@ def paired(values: dict[str, float], base: dict[str, float]) -> dict:
 
 
 def measure(name: str, scorer, coll, qids, retriever, a, bm25_pq: dict | None, **extra) -> dict:
-    from rankrl.rerank.env import rerank_run
-    from rankrl.rerank.collections import evaluate, evaluate_per_query, write_run
+    from rankrl.rerank.collections import write_run
+    from rankrl.rerank.evaluate import rerank_run
+    from rankrl.rerank.metrics import evaluate, evaluate_per_query
 
     start = time.perf_counter()
     run = rerank_run(scorer, coll, qids, a.k, retriever)
@@ -567,7 +569,8 @@ def main() -> None:
     torch.set_num_threads(a.threads or os.cpu_count() or 1)
     torch.manual_seed(0)
 
-    from rankrl.rerank.collections import BM25Retriever, load_collection, split_queries
+    from rankrl.rerank.bm25 import BM25Retriever
+    from rankrl.rerank.collections import load_collection, split_queries
 
     coll = load_collection(a.data)
     train_q, test_q = split_queries(coll, 1 / 3, seed=0)

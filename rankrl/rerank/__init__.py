@@ -1,1 +1,1 @@
-"""GRPO rerankers: IR collections, BM25, metrics, the rerank env, recipes, the encoder reranker."""
+"""GRPO rerankers: collections, BM25, metrics, evaluation, the rerank env, LLM recipes, the encoder reranker."""

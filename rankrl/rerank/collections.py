@@ -1,4 +1,4 @@
-"""Information-retrieval pieces for reranker training: collections, query splits, run files, BM25, metrics.
+"""Test collections for reranker training: documents, queries, judgments, query splits and TREC run files.
 
 A :class:`Collection` holds document and query texts and graded judgments (``qrels``: query id -> doc id ->
 integer gain, 0 = judged non-relevant). :func:`load_collection` reads one of three on-disk layouts::
@@ -7,13 +7,8 @@ integer gain, 0 = judged non-relevant). :func:`load_collection` reads one of thr
     load_collection("path/to/beir/scifact")         # corpus.jsonl + queries.jsonl + qrels/test.tsv
     load_collection("path/to/trec_dir")             # docs.tsv + topics.tsv + qrels.txt
 
-The first stage is BM25 (``bm25s``, k1 = 1.2, b = 0.75, Lucene variant) over lowercase alphanumeric tokens with
-no stemming and no stopword list; metrics come from ``ir-measures`` (pytrec_eval underneath), never hand-written.
-Over all 225 Cranfield queries this gives nDCG@10 = 0.343 (the data README's sanity number is 0.344)::
-
-    coll = load_collection("../shared/data/cranfield")
-    run = BM25Retriever(coll).search(list(coll.queries), k=100)
-    evaluate(run, coll.qrels)          # {"nDCG@10": 0.343, "RR@10": 0.495, "R@100": 0.696}
+The first stage (BM25) is :mod:`rankrl.rerank.bm25`; metrics of runs are :mod:`rankrl.rerank.metrics`
+(``ir-measures``, pytrec_eval underneath, never hand-written).
 
 Malformed files raise :class:`CollectionFormatError` naming ``file:line``. Judgments naming an unknown query or
 document are an error by default; ``drop_unknown=True`` drops them and emits one warning with the counts.
@@ -26,37 +21,28 @@ import os
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import ir_measures
 import numpy as np
 
 from rankrl.atomic import atomic_write_text
+from rankrl.rerank.metrics import Qrels, Run
 from rankrl.tasks import TaskFormatError
 
 __all__ = [
-    "DEFAULT_MEASURES",
-    "BM25Retriever",
     "Collection",
     "CollectionFormatError",
     "candidates",
-    "evaluate",
-    "evaluate_per_query",
     "load_collection",
     "read_beir",
     "read_cranfield",
     "read_run",
     "read_trec",
     "split_queries",
-    "tokenize",
     "write_run",
 ]
-
-DEFAULT_MEASURES: tuple[str, ...] = ("nDCG@10", "RR@10", "R@100")
-Run = dict[str, dict[str, float]]
-Qrels = dict[str, dict[str, int]]
 
 
 class CollectionFormatError(TaskFormatError):
@@ -440,123 +426,3 @@ def read_run(path: str | os.PathLike) -> Run:
             raise CollectionFormatError(f"{path}:{n}: doc {docid!r} listed twice for query {qid!r}")
         run[qid][docid] = score
     return run
-
-
-# ---------------------------------------------------------------------------------------------- BM25
-_TOKEN = re.compile(r"[a-z0-9]+")
-
-
-def tokenize(text: str) -> list[str]:
-    """Lowercase alphanumeric runs; no stemming, no stopwords (the setting of the Cranfield README)."""
-    return _TOKEN.findall(text.lower())
-
-
-class BM25Retriever:
-    """First-stage BM25 over a collection's documents (``bm25s``, Lucene variant).
-
-    Args:
-        collection: the documents to index.
-        k1: term-frequency saturation.
-        b: length normalisation.
-
-    Attributes:
-        doc_tokens: doc id -> its tokens (for features such as length and query-term overlap).
-        max_doc_len: tokens of the longest document.
-    """
-
-    def __init__(self, collection: Collection, k1: float = 1.2, b: float = 0.75) -> None:
-        import bm25s  # ~0.4 s to import; only retrieval needs it
-
-        self.collection = collection
-        self.doc_ids = list(collection.docs)
-        self.doc_tokens = {d: tokenize(collection.docs[d]) for d in self.doc_ids}
-        self.max_doc_len = max((len(t) for t in self.doc_tokens.values()), default=0)
-        self._df = Counter(t for toks in self.doc_tokens.values() for t in set(toks))
-        self.model = bm25s.BM25(k1=k1, b=b, method="lucene")
-        self.model.index([self.doc_tokens[d] for d in self.doc_ids], show_progress=False)
-
-    def idf(self, token: str) -> float:
-        """Lucene BM25 idf ``log(1 + (N - df + 0.5) / (df + 0.5))`` (0 for a token no document has)."""
-        df = self._df.get(token, 0)
-        return float(np.log1p((len(self.doc_ids) - df + 0.5) / (df + 0.5))) if df else 0.0
-
-    def search_text(self, text: str, k: int = 100) -> dict[str, float]:
-        """Top-``k`` docs for a free-text query, best first; docs sharing no term with it are not returned."""
-        return self._search([tokenize(text)], k)[0]
-
-    def search(self, qids: Sequence[str], k: int = 100) -> Run:
-        """Top-``k`` BM25 run for the collection's queries ``qids`` (dicts ordered best first).
-
-        Documents sharing no term with the query (score 0) are not retrieved; ties are ordered by corpus order.
-        """
-        unknown = [q for q in qids if q not in self.collection.queries]
-        if unknown:
-            raise KeyError(f"unknown query ids {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
-        results = self._search([tokenize(self.collection.queries[q]) for q in qids], k)
-        return dict(zip(qids, results, strict=True))
-
-    def _search(self, query_tokens: list[list[str]], k: int) -> list[dict[str, float]]:
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        if not query_tokens:
-            return []
-        k = min(k, len(self.doc_ids))
-        idx, scores = self.model.retrieve(query_tokens, k=k, show_progress=False)
-        out = []
-        for row_idx, row_scores in zip(idx, scores, strict=True):
-            order = sorted((-float(s), int(i)) for i, s in zip(row_idx, row_scores, strict=True) if s > 0)
-            out.append({self.doc_ids[i]: -neg for neg, i in order})
-        return out
-
-
-# ---------------------------------------------------------------------------------------------- metrics
-def _measures(measures: Iterable[str | ir_measures.Measure]) -> list:
-    parsed = [ir_measures.parse_measure(m) if isinstance(m, str) else m for m in measures]
-    if not parsed:
-        raise ValueError("no measures given")
-    return parsed
-
-
-def _prepare(run: Mapping, qrels: Mapping, qids: Iterable[str] | None) -> tuple[list[str], Qrels, Run]:
-    """Queries to score, their qrels, and the run with an empty ranking for every query it lacks."""
-    if qids is None:
-        qids = [q for q in run if q in qrels]
-    qids = list(dict.fromkeys(qids))
-    if missing := [q for q in qids if not qrels.get(q)]:
-        raise ValueError(f"queries without judgments cannot be scored: {missing[:5]}")
-    if not qids:
-        raise ValueError("no query of the run has judgments")
-    sub_qrels = {q: dict(qrels[q]) for q in qids}
-    sub_run = {q: {d: float(s) for d, s in run.get(q, {}).items()} for q in qids}
-    return qids, sub_qrels, sub_run
-
-
-def evaluate(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
-             measures: Sequence[str | ir_measures.Measure] = DEFAULT_MEASURES, *,
-             qids: Iterable[str] | None = None) -> dict[str, float]:  # fmt: skip
-    """Aggregate metrics of ``run`` with ``ir-measures`` (pytrec_eval), keyed by the measure's name.
-
-    Scored queries: ``qids``, default the run's queries that have judgments. (ir-measures called on the full
-    qrels averages over *every* judged query, scoring the ones the run lacks as 0, so a test-split run would be
-    diluted by the train queries; here the qrels are cut to ``qids`` first.) A query in ``qids`` that the run
-    lacks counts as an empty ranking (0 for nDCG/RR/R), like ``trec_eval -c``; a query without judgments is an
-    error (pytrec_eval would silently skip it). Relevance for RR and R is gain >= 1. Ties in score are broken
-    by pytrec_eval (doc id, descending), so give distinct scores when order matters.
-    """
-    parsed = _measures(measures)
-    _, sub_qrels, sub_run = _prepare(run, qrels, qids)
-    agg = ir_measures.calc_aggregate(parsed, sub_qrels, sub_run)
-    return {str(m): float(agg[m]) for m in parsed}
-
-
-def evaluate_per_query(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
-                       measures: Sequence[str | ir_measures.Measure] = DEFAULT_MEASURES, *,
-                       qids: Iterable[str] | None = None) -> dict[str, dict[str, float]]:  # fmt: skip
-    """Per-query values (measure name -> qid -> value, qids in order) on the same terms as :func:`evaluate`;
-    for paired significance tests between rerankers."""
-    parsed = _measures(measures)
-    order, sub_qrels, sub_run = _prepare(run, qrels, qids)
-    values: dict[str, dict[str, float]] = {str(m): {} for m in parsed}
-    for metric in ir_measures.iter_calc(parsed, sub_qrels, sub_run):
-        values[str(metric.measure)][metric.query_id] = float(metric.value)
-    return {name: {q: vals[q] for q in order} for name, vals in values.items()}

@@ -41,8 +41,9 @@ from typing import Any
 import numpy as np
 
 from rankrl.atomic import atomic_write, atomic_write_text
-from rankrl.rerank.collections import BM25Retriever, Collection, load_collection, split_queries
-from rankrl.rerank.rewards import _ndcg
+from rankrl.rerank.bm25 import BM25Retriever
+from rankrl.rerank.collections import Collection, load_collection, split_queries
+from rankrl.rerank.metrics import ndcg
 
 __all__ = [
     "ENCODER_POLICY_FILE",
@@ -169,9 +170,9 @@ def ndcg_of_order(order: Sequence[str], judged: Mapping[str, int], k: int = 10) 
     ir-measures computes it for the Rerank-v0 reward (linear gains; the ideal list uses every judged doc).
 
     >>> round(ndcg_of_order(["a", "b"], {"b": 2, "c": 1}), 4)
-    0.4776
+    0.4796
     """
-    return _ndcg([judged.get(d, 0) for d in order], list(judged.values()), k)
+    return ndcg([judged.get(d, 0) for d in order], list(judged.values()), k)
 
 
 # ---------------------------------------------------------------------------------------------- policy
@@ -280,7 +281,7 @@ class EncoderPolicy:
         return out
 
     def scorer(self, retriever: BM25Retriever, k: int):
-        """A Rerank-v0 :data:`~rankrl.rerank.env.Scorer` (query text, candidate texts) -> greedy logits."""
+        """A Rerank-v0 :data:`~rankrl.rerank.evaluate.Scorer` (query text, candidate texts) -> greedy logits."""
         import torch
 
         by_text: dict[str, str] = {}
@@ -300,7 +301,7 @@ class EncoderPolicy:
 # ---------------------------------------------------------------------------------------------- train / load
 def _held_out_ndcg(policy: EncoderPolicy, coll: Collection, qids: Sequence[str], retriever: BM25Retriever,
                    k: int, refresh: bool = True) -> float:  # fmt: skip
-    from rankrl.rerank.env import rank_with
+    from rankrl.rerank.evaluate import rank_with
 
     if refresh and policy.args.train_docs:
         policy.refresh_documents()

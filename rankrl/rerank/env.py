@@ -1,26 +1,20 @@
-"""RerankEnv: reorder a query's BM25 candidates; reward nDCG@10. Also the one way every reranker is evaluated.
+"""RerankEnv: reorder a query's BM25 candidates; reward nDCG@10, the way every reranker is evaluated.
 
 A reranker sees a query and its first-stage candidates (BM25 top ``max_candidates``) and returns one score per
-candidate; higher scores rank earlier, ties keep the BM25 order (:func:`rerank`). The reranked list is scored by
-``ir-measures`` through :func:`rankrl.rerank.collections.evaluate` against *all* of the query's judgments, so even a
-perfect reordering of the candidates scores below 1 when relevant documents were not retrieved.
+candidate; higher scores rank earlier, ties keep the BM25 order (:func:`rankrl.rerank.evaluate.rerank`). The
+reranked list is scored by ``ir-measures`` through :func:`rankrl.rerank.metrics.evaluate` against *all* of the
+query's judgments, so even a perfect reordering of the candidates scores below 1 when relevant documents were not
+retrieved.
 
-Two entry points share that path:
-
-* :class:`RerankEnv` (``rankrl/Rerank-v0``): one query per episode, for RL agents that act on per-candidate
-  feature rows (the texts are in ``info`` for LLM rerankers);
-* :func:`rank_with`: any callable ``(query_text, [doc_texts]) -> scores`` (BM25, a MiniLM bi-encoder, an LLM)
-  over a set of queries, returning the metrics dict::
-
-      coll = load_collection("../shared/data/cranfield")
-      _, test = split_queries(coll, 1 / 3, seed=0)
-      rank_with(lambda q, docs: [0.0] * len(docs), coll, test, k=20)   # = BM25's own order
+:class:`RerankEnv` (``rankrl/Rerank-v0``) serves one query per episode, for RL agents that act on per-candidate
+feature rows (the texts are in ``info`` for LLM rerankers); :func:`rankrl.rerank.evaluate.rank_with` scores any
+callable ``(query_text, [doc_texts]) -> scores`` over a set of queries on the same terms.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -28,81 +22,16 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from rankrl.rerank.collections import (
-    BM25Retriever,
-    Collection,
-    evaluate,
-    evaluate_per_query,
-    load_collection,
-    split_queries,
-    tokenize,
-)
+from rankrl.rerank.bm25 import BM25Retriever, tokenize
+from rankrl.rerank.collections import Collection, load_collection, split_queries
+from rankrl.rerank.evaluate import rerank
+from rankrl.rerank.metrics import evaluate, evaluate_per_query
 
-__all__ = [
-    "N_GLOBALS",
-    "N_ROW_FEATURES",
-    "RERANK_MEASURES",
-    "RerankConfig",
-    "RerankEnv",
-    "Scorer",
-    "candidate_features",
-    "rank_with",
-    "rerank",
-    "rerank_run",
-]
+__all__ = ["N_GLOBALS", "N_ROW_FEATURES", "RerankConfig", "RerankEnv", "candidate_features"]
 
 N_ROW_FEATURES = 7
 N_GLOBALS = 3
-RERANK_MEASURES: tuple[str, ...] = ("nDCG@10", "RR@10")
 SPLITS = ("train", "test", "all")
-
-#: A reranker: query text and candidate texts (BM25 order) -> one score per candidate, higher = earlier.
-Scorer = Callable[[str, list[str]], Sequence[float]]
-
-
-def rerank(doc_ids: Sequence[str], scores: Sequence[float]) -> dict[str, float]:
-    """One query's run entry for ``doc_ids`` (first-stage order) reordered by descending ``scores``.
-
-    Ties keep the first-stage order (stable sort). The returned scores are ``len(doc_ids), ..., 1``, strictly
-    decreasing, so pytrec_eval's own tie-breaking (by doc id) never reorders the list.
-
-    >>> rerank(["a", "b", "c"], [0.1, 0.9, 0.1])
-    {'b': 3.0, 'a': 2.0, 'c': 1.0}
-    """
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if s.size != len(doc_ids):
-        raise ValueError(f"expected {len(doc_ids)} scores, one per candidate, got {s.size}")
-    if not np.all(np.isfinite(s)):
-        raise ValueError(f"scores must be finite, got {s}")
-    order = np.argsort(-s, kind="stable")
-    return {doc_ids[i]: float(len(doc_ids) - pos) for pos, i in enumerate(order)}
-
-
-def rerank_run(scorer: Scorer, collection: Collection, qids: Sequence[str], k: int = 20,
-               retriever: BM25Retriever | None = None) -> dict[str, dict[str, float]]:  # fmt: skip
-    """Run of ``scorer`` reranking the BM25 top-``k`` of each query in ``qids`` (no candidates: empty ranking)."""
-    from tqdm.auto import tqdm
-
-    retriever = retriever or BM25Retriever(collection)
-    first = retriever.search(list(qids), k=k)
-    run = {}
-    for qid in tqdm(qids, desc=f"reranking BM25 top-{k}", unit="query", leave=False, disable=len(qids) < 2):
-        doc_ids = list(first[qid])
-        scores = scorer(collection.queries[qid], [collection.docs[d] for d in doc_ids]) if doc_ids else []
-        run[qid] = rerank(doc_ids, scores)
-    return run
-
-
-def rank_with(scorer: Scorer, collection: Collection, qids: Sequence[str], k: int = 20, *,
-              retriever: BM25Retriever | None = None,
-              measures: Sequence[str] = RERANK_MEASURES) -> dict[str, float]:  # fmt: skip
-    """Metrics of ``scorer`` reranking the BM25 top-``k`` of ``qids``, scored like :class:`RerankEnv` rewards.
-
-    Every query in ``qids`` counts (a query without candidates scores 0); all need judgments. A scorer that
-    returns constant scores reproduces BM25's top-``k`` order.
-    """
-    run = rerank_run(scorer, collection, qids, k, retriever)
-    return evaluate(run, collection.qrels, measures, qids=list(qids))
 
 
 def candidate_features(retriever: BM25Retriever, query: str, scores: Mapping[str, float],
@@ -180,7 +109,7 @@ class RerankEnv(gym.Env):
 
     ## Action Space
     ``Box(-1, 1, (max_candidates,), float32)``: one score per candidate row, higher = ranked earlier; padded rows
-    are ignored and ties keep BM25 order (:func:`rerank`).
+    are ignored and ties keep BM25 order (:func:`~rankrl.rerank.evaluate.rerank`).
 
     ## Observation Space
     ``Dict(rows=Box(0, 1, (max_candidates, 7)), mask=Box(0, 1, (max_candidates,)), globals=Box(0, 1, (3,)))``:
@@ -189,7 +118,7 @@ class RerankEnv(gym.Env):
     the raw texts for LLM rerankers: ``qid``, ``query``, ``doc_ids``, ``doc_texts``, ``bm25_scores``.
 
     ## Rewards
-    ``measure`` (nDCG@10) of the reranked candidates, by :func:`rankrl.rerank.collections.evaluate` on a one-query run
+    ``measure`` (nDCG@10) of the reranked candidates, by :func:`rankrl.rerank.metrics.evaluate` on a one-query run
     against all of the query's judgments (so the best reordering can score < 1). ``info`` after the step holds
     the ``ranking`` and, for reference, ``reward_bm25`` (BM25 order) and ``reward_oracle`` (candidates sorted
     by gain).
@@ -202,7 +131,7 @@ class RerankEnv(gym.Env):
     ``collection`` (a :class:`~rankrl.rerank.collections.Collection` or a path for
     :func:`~rankrl.rerank.collections.load_collection`; required), ``config`` (:class:`RerankConfig`) or its fields as
     keywords (``gym.make("rankrl/Rerank-v0", collection=path, split="test")``; unknown keywords raise
-    ``ValueError``), ``retriever`` (a prebuilt :class:`~rankrl.rerank.collections.BM25Retriever` to share).
+    ``ValueError``), ``retriever`` (a prebuilt :class:`~rankrl.rerank.bm25.BM25Retriever` to share).
 
     ## Version History
     * v0: initial version.

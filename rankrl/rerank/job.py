@@ -1,20 +1,12 @@
-"""GRPO reranker recipes on TRL: Rank-R1 (setwise), ERank (SFT then listwise-reward GRPO), GroupRank (groupwise).
+"""``rankrl rerank train`` and ``eval`` for the GRPO reranker recipes of :data:`rankrl.rerank.recipes.RECIPES`.
 
 Data: a :class:`~rankrl.rerank.collections.Collection`, its train queries
 (:func:`~rankrl.rerank.collections.split_queries`) and their BM25 top candidates, so the hard negatives
 (lexically close, judged or unjudged non-relevant docs) are in every prompt by construction. A query without
-candidates is skipped with one counted warning. Rewards and prompts live in :mod:`rankrl.rerank.rewards`.
-
-* ``rank-r1``: one row per query, ``window`` BM25 candidates in a seeded shuffled order (so the answer is not
-  always ``[1]``); stock ``GRPOTrainer``. Inference: :func:`setwise_rank` (greedy top-10 selection by a tournament
-  tree of windows).
-* ``erank``: one row per (query, doc), a fixed ``M = group_size`` docs per query. Stage 1 SFT (``SFTTrainer``)
-  on ``score = round(ERANK_MAX_SCORE * gain / g_max)`` (``ERANK_MAX_SCORE`` = 9: every score is one token) with
-  ``g_max`` the largest gain in the collection's qrels (Cranfield gains 0-4 -> scores 0, 2, 4, 7, 9); stage 2
-  GRPO with :class:`ListwiseGRPOTrainer` so each reward call holds all ``M x G`` rows of a query. Inference:
-  :func:`expected_scores`. With ``first_stage_rank`` every prompt also shows the doc's BM25 rank
-  (``First-stage (BM25) rank: 3 of 20``), in training and at inference alike.
-* ``grouprank``: one row per query, the top ``group_size`` candidates scored jointly; stock ``GRPOTrainer``.
+candidates is skipped with one counted warning. Each recipe (``rank-r1``, ``erank``, ``grouprank``; one module
+each under :mod:`rankrl.rerank.recipes`) says how a query's candidates become training rows, its reward, its
+trainer (ERank: SFT first, then a query-grouped GRPO) and how a trained model scores candidates; this module only
+wires them: :func:`build_dataset`, :func:`make_scorer`, :func:`run_rerank_train`, :func:`run_rerank_eval`.
 
 All trainers use LoRA (PEFT ``peft_config``). ``train`` saves the merged model + tokenizer + ``rerank.json`` (the
 :class:`RerankArgs`, ``first_stage_rank`` included) to ``<output_dir>/merged`` so ``rankrl rerank eval --model
@@ -29,47 +21,26 @@ import random
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Sampler
-
 from rankrl.atomic import atomic_write_text
-from rankrl.rerank.collections import BM25Retriever, Collection, split_queries
+from rankrl.rerank.bm25 import BM25Retriever
+from rankrl.rerank.collections import Collection, split_queries
 from rankrl.rerank.encoder import ENCODER_POLICY_FILE
-from rankrl.rerank.rewards import (
-    ERANK_MAX_SCORE,
-    erank_listwise_reward,
-    erank_messages,
-    grouprank_messages,
-    grouprank_reward,
-    parse_group_scores,
-    parse_setwise,
-    rank_r1_messages,
-    rank_r1_reward,
-    require_chat_template,
-)
+from rankrl.rerank.evaluate import Scorer
+from rankrl.rerank.prompts import require_chat_template
+from rankrl.rerank.recipes import RECIPES, RecipeOptions, get_recipe, recipes_with
+from rankrl.rerank.recipes.rank_r1 import SETWISE_PICKS
 
 __all__ = [
-    "RECIPES",
     "EvalArgs",
-    "ListwiseGRPOTrainer",  # noqa: F822 (built lazily by the module __getattr__: importing trl costs seconds)
-    "QueryGroupedSampler",
     "RerankArgs",
     "build_dataset",
-    "erank_sft_dataset",
-    "expected_scores",
     "make_scorer",
     "run_rerank_eval",
     "run_rerank_train",
-    "score_tokens",
-    "SETWISE_PICKS",
-    "setwise_label_picks",
-    "setwise_rank",
 ]
-
-RECIPES = ("rank-r1", "erank", "grouprank")
 
 
 @dataclass
@@ -109,8 +80,7 @@ class RerankArgs:
     group_size), so --first_stage_rank shows ranks as evaluation over the top-k does"""
 
     def __post_init__(self) -> None:
-        if self.recipe not in RECIPES:
-            raise ValueError(f"--recipe must be one of {RECIPES}, got {self.recipe!r}")
+        get_recipe(self.recipe, "--recipe")
         _check_first_stage_rank(self.recipe, self.first_stage_rank)
         if self.rollouts < 2:
             raise ValueError("--rollouts must be >= 2 (GRPO needs a group)")
@@ -121,9 +91,10 @@ class RerankArgs:
 
 
 def _check_first_stage_rank(recipe: str, first_stage_rank: bool) -> None:
-    if first_stage_rank and recipe != "erank":
-        raise ValueError(f"first_stage_rank only applies to the erank recipe, got recipe {recipe!r}; drop "
-                         "--first_stage_rank or use --recipe erank")  # fmt: skip
+    if first_stage_rank and "first_stage_rank" not in getattr(RECIPES.get(recipe), "features", ()):
+        names = recipes_with("first_stage_rank")
+        raise ValueError(f"first_stage_rank only applies to the {names} recipe, got recipe {recipe!r}; drop "
+                         f"--first_stage_rank or use --recipe {names}")  # fmt: skip
 
 
 def _skip_warning(skipped: int, what: str) -> None:
@@ -146,18 +117,18 @@ def build_dataset(recipe: str, coll: Collection, qids: Sequence[str], retriever:
     """
     from datasets import Dataset
 
-    if recipe not in RECIPES:
-        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+    spec = get_recipe(recipe)
     _check_first_stage_rank(recipe, first_stage_rank)
     retriever = retriever or BM25Retriever(coll)
     depth = group_size if depth is None else depth
-    if depth != group_size and recipe != "erank":
-        raise ValueError(f"depth only applies to the erank recipe, got recipe {recipe!r}")
+    if depth != group_size and "depth" not in spec.features:
+        raise ValueError(f"depth only applies to the {recipes_with('depth')} recipe, got recipe {recipe!r}")
     if depth < group_size:
         raise ValueError(f"depth ({depth}) must be >= group_size ({group_size}): the group is drawn from the top depth")
-    k = window if recipe == "rank-r1" else depth
-    first = retriever.search(list(qids), k=k)
-    rng = random.Random(seed)
+    opts = RecipeOptions(group_size=group_size, window=window, max_chars=max_chars, depth=depth,
+                         first_stage_rank=first_stage_rank)  # fmt: skip
+    first = retriever.search(list(qids), k=spec.candidates(opts))
+    rng = random.Random(seed)  # one stream over the queries, in order
     rows: list[dict] = []
     empty = short = 0
     for q in qids:
@@ -165,295 +136,34 @@ def build_dataset(recipe: str, coll: Collection, qids: Sequence[str], retriever:
         if not docs:
             empty += 1
             continue
-        judged = coll.qrels.get(q, {})
-        query = coll.queries[q]
-        if recipe == "rank-r1":
-            rng.shuffle(docs)
-            rows.append(
-                {
-                    "prompt": rank_r1_messages(query, [coll.docs[d] for d in docs], max_chars),
-                    "query_id": q,
-                    "doc_ids": docs,
-                    "relevant": [i for i, d in enumerate(docs, 1) if judged.get(d, 0) > 0],
-                }
-            )
-        elif recipe == "erank":
-            if len(docs) < group_size:
-                short += 1
-                continue
-            positions = range(1, len(docs) + 1)  # docs: BM25 order, best first
-            if len(docs) > group_size:
-                positions = sorted(rng.sample(list(positions), group_size))
-            for pos in positions:
-                d = docs[pos - 1]
-                shown = {"first_rank": pos, "n_candidates": len(docs)} if first_stage_rank else {}
-                rows.append({"prompt": erank_messages(query, coll.docs[d], max_chars, **shown), "query_id": q,
-                             "doc_id": d, "gain": judged.get(d, 0), "n_docs": group_size})  # fmt: skip
-        elif recipe == "grouprank":
-            rows.append(
-                {
-                    "prompt": grouprank_messages(query, [coll.docs[d] for d in docs], max_chars),
-                    "query_id": q,
-                    "doc_ids": docs,
-                    "gains": [judged.get(d, 0) for d in docs],
-                }
-            )
-        else:
-            raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+        new = spec.rows(coll, q, docs, rng, opts)
+        short += not new
+        rows += new
     _skip_warning(empty, "no BM25 candidates")
-    _skip_warning(short, f"fewer than {group_size} candidates (erank needs a fixed M per query)")
+    _skip_warning(short, spec.skip_note.format(group_size=group_size))
     if not rows:
         raise ValueError(f"no training rows: none of the {len(qids)} queries has candidates")
     return Dataset.from_list(rows)
 
 
-def erank_sft_dataset(coll: Collection, rows: Any) -> Any:
-    """ERank stage-1 rows: prompt -> ``round(ERANK_MAX_SCORE * gain / g_max)`` as the assistant's answer (g_max: the
-    largest gain in the collection's qrels). Every label is one token, so :func:`expected_scores` can read it."""
-    from datasets import Dataset
-
-    g_max = max((g for j in coll.qrels.values() for g in j.values()), default=1) or 1
-    labels = [str(round(ERANK_MAX_SCORE * g / g_max)) for g in rows["gain"]]
-    completions = [[{"role": "assistant", "content": label}] for label in labels]
-    return Dataset.from_dict({"prompt": rows["prompt"], "completion": completions})
-
-
-# ---------------------------------------------------------------------------------------------- listwise GRPO
-class QueryGroupedSampler(Sampler):
-    """Yield whole queries: each query's ``M`` rows, each ``G`` times in a row, ``queries_per_round`` queries per
-    generation round, the round repeated ``repeat_count`` times (TRL's ``RepeatSampler`` contract). Queries are
-    permuted by a generator seeded identically on every rank."""
-
-    def __init__(self, query_ids: Sequence[str], num_generations: int, queries_per_round: int,
-                 repeat_count: int = 1, shuffle: bool = True, seed: int = 0) -> None:  # fmt: skip
-        self.groups: dict[str, list[int]] = {}
-        for i, q in enumerate(query_ids):
-            self.groups.setdefault(q, []).append(i)
-        sizes = {len(v) for v in self.groups.values()}
-        if len(sizes) != 1:
-            raise ValueError(f"every query needs the same number of rows M, got sizes {sorted(sizes)}")
-        self.m = sizes.pop()
-        self.g, self.per_round, self.repeat = num_generations, queries_per_round, repeat_count
-        self.shuffle, self.seed, self._epoch = shuffle, seed, 0
-
-    def __iter__(self):
-        import torch
-
-        qs = list(self.groups)
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed + self._epoch)
-            qs = [qs[i] for i in torch.randperm(len(qs), generator=gen).tolist()]
-        self._epoch += 1
-        for start in range(0, len(qs) - self.per_round + 1, self.per_round):
-            for _ in range(self.repeat):
-                for q in qs[start : start + self.per_round]:
-                    for i in self.groups[q]:
-                        yield from [i] * self.g
-
-    def __len__(self) -> int:
-        return (len(self.groups) // self.per_round) * self.per_round * self.m * self.g * self.repeat
-
-
-@lru_cache(maxsize=1)
-def _grpo_trainer_cls():
-    from trl import GRPOTrainer
-
-    class ListwiseGRPOTrainer(GRPOTrainer):
-        """Stock GRPO except the train sampler: :class:`QueryGroupedSampler`, so one reward call holds all
-        ``M x G`` rows of each of its queries (needs ``per_device_train_batch_size * steps_per_generation``
-        to be a multiple of ``M * G``; checked here)."""
-
-        def _get_train_sampler(self, dataset=None):
-            dataset = dataset if dataset is not None else self.train_dataset
-            qids = dataset["query_id"]
-            m = len(qids) // len(set(qids))
-            local = self.args.per_device_train_batch_size * self.args.steps_per_generation
-            if local % (m * self.num_generations):
-                raise ValueError(f"per_device_train_batch_size x steps_per_generation = {local} must be a multiple "
-                                 f"of M x G = {m} x {self.num_generations} for listwise rewards")  # fmt: skip
-            return QueryGroupedSampler(qids, self.num_generations,
-                                       self.args.generation_batch_size // (m * self.num_generations),
-                                       self.num_iterations * self.args.steps_per_generation,
-                                       self.shuffle_dataset, self.args.seed)  # fmt: skip
-
-    return ListwiseGRPOTrainer
-
-
-def __getattr__(name: str) -> Any:  # lazy: importing trl costs seconds
-    if name == "ListwiseGRPOTrainer":
-        return _grpo_trainer_cls()
-    raise AttributeError(name)
-
-
-# ---------------------------------------------------------------------------------------------- inference
-def score_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """(token ids, score values) of the scores that are single tokens: "0".."10" if "10" is one token, else
-    "0".."9" only (a multi-token "10" has no single-position probability)."""
-    ids, values = [], []
-    for s in range(11):
-        tok = tokenizer.encode(str(s), add_special_tokens=False)
-        if len(tok) == 1:
-            ids.append(tok[0])
-            values.append(s)
-    if len(values) < 2:
-        raise ValueError("the tokenizer has fewer than two single-token scores 0..10")
-    return ids, values
-
-
-def _chat_prompts(tokenizer: Any, messages: Sequence[list[dict]]) -> list[str]:
-    return [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
-
-
-def expected_scores(model: Any, tokenizer: Any, query: str, docs: Sequence[str], max_chars: int = 300,
-                    batch_size: int = 16, first_stage_rank: bool = False) -> list[float]:  # fmt: skip
-    """ERank ranking scores: ``sum_s s * p(s)`` with ``p`` the softmax over the single-token scores (see
-    :func:`score_tokens`) at the answer's first position; each in [0, 10].
-
-    ``first_stage_rank``: ``docs`` are taken to be in first-stage order (as :func:`rankrl.rerank.env.rerank_run`
-    passes them: descending BM25 score) and ``docs[i]``'s prompt shows rank ``i + 1`` of ``len(docs)``."""
-    import torch
-
-    ids, values = score_tokens(tokenizer)
-    vals = torch.tensor(values, dtype=torch.float32)
-    n = len(docs)
-    messages = [erank_messages(query, d, max_chars, first_rank=i + 1 if first_stage_rank else None,
-                               n_candidates=n if first_stage_rank else None) for i, d in enumerate(docs)]  # fmt: skip
-    p = torch.softmax(_next_token_logits(model, tokenizer, _chat_prompts(tokenizer, messages), batch_size)[:, ids], -1)
-    return (p @ vals).tolist()
-
-
-def _next_token_logits(model: Any, tokenizer: Any, prompts: Sequence[str], batch_size: int = 16) -> Any:
-    """Logits (float32, CPU) of the token after each prompt: one left-padded forward pass per batch."""
-    import torch
-
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    out = []
-    try:
-        model.eval()
-        for i in range(0, len(prompts), batch_size):
-            enc = tokenizer(list(prompts[i : i + batch_size]), return_tensors="pt", padding=True,
-                            add_special_tokens=False)  # fmt: skip
-            with torch.no_grad():
-                out.append(model(**enc.to(model.device)).logits[:, -1, :].float().cpu())
-    finally:
-        tokenizer.padding_side = side
-    return torch.cat(out)
-
-
-#: the assistant turn's opening for setwise likelihood picks: empty reasoning, the answer's label opened
-SETWISE_PREFILL = "<think></think>\n<answer>["
-
-
-def setwise_label_picks(model: Any, tokenizer: Any, query: str, windows: Sequence[Sequence[str]],
-                        max_chars: int = 300) -> list[int]:  # fmt: skip
-    """Setwise picks by likelihood (the generation-free Setwise prompting of Zhuang et al., SIGIR 2024) in Rank-R1's
-    format: after the Rank-R1 prompt and the prefilled ``<think></think>\\n<answer>[``, the pick is the window's
-    label (``1`` .. ``len(window)``) with the most probable next token. One forward pass per window and no decoding
-    (SmolLM2 on 2 CPU threads, top-10 of 20: ~19 s per query instead of ~108 s), at the price of not reasoning."""
-    labels = [tokenizer.encode(str(i), add_special_tokens=False) for i in range(1, max(map(len, windows)) + 1)]
-    if any(len(t) != 1 for t in labels):
-        raise ValueError(f"setwise likelihood picks need single-token labels; this tokenizer splits some of "
-                         f"1..{len(labels)}: use a smaller --window or --setwise_pick generate")  # fmt: skip
-    prompts = [p + SETWISE_PREFILL for p in _chat_prompts(tokenizer, [rank_r1_messages(query, w, max_chars)
-                                                                       for w in windows])]  # fmt: skip
-    logits = _next_token_logits(model, tokenizer, prompts)
-    return [int(logits[i, [t[0] for t in labels[: len(w)]]].argmax()) for i, w in enumerate(windows)]
-
-
-#: how ``rank-r1`` setwise inference picks a window's winner (see :func:`make_scorer`)
-SETWISE_PICKS = ("generate", "likelihood")
-
-
-def _generate(model: Any, tokenizer: Any, messages: Sequence[list[dict]], max_new_tokens: int) -> list[str]:
-    import torch
-
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        enc = tokenizer(_chat_prompts(tokenizer, messages), return_tensors="pt", padding=True,
-                        add_special_tokens=False).to(model.device)  # fmt: skip
-        with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    finally:
-        tokenizer.padding_side = side
-    return tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-
-
-def setwise_rank(pick, docs: Sequence[str], window: int = 4, top: int = 10) -> list[float]:
-    """Rank-R1 setwise sort: greedy top-``top`` selection by a tournament tree. The candidates sit in fixed leaf
-    windows of ``window`` (first-stage order); ``pick(list_of_windows) -> winner index per window`` (fallback 0)
-    decides each window, winners play on in windows of ``window`` until one is left. After a selection only the
-    windows whose members changed are asked again (picks are memoised by window), so a top-10 of 20 costs about
-    5 + 9 x 3 window prompts instead of 10 x 8. Returns scores (higher = earlier); the unselected keep first-stage
-    order.
-
-    >>> setwise_rank(lambda ws: [max(range(len(w)), key=w.__getitem__) for w in ws], ["1", "5", "3", "4"], 2, 2)
-    [2.0, 8.0, 1.0, 7.0]
-    """
-    memo: dict[tuple[int, ...], int] = {}
-
-    def winners(groups: list[tuple[int, ...]]) -> list[int]:
-        todo = list(dict.fromkeys(g for g in groups if len(g) > 1 and g not in memo))
-        if todo:
-            for g, p in zip(todo, pick([[docs[j] for j in g] for g in todo]), strict=True):
-                memo[g] = g[p] if 0 <= p < len(g) else g[0]
-        return [memo[g] if len(g) > 1 else g[0] for g in groups]
-
-    leaves = [tuple(range(i, min(i + window, len(docs)))) for i in range(0, len(docs), window)]
-    scores = [0.0] * len(docs)
-    for rank in range(min(top, len(docs))):
-        alive = winners([g for g in leaves if g])
-        while len(alive) > 1:
-            alive = winners([tuple(alive[i : i + window]) for i in range(0, len(alive), window)])
-        scores[alive[0]] = float(2 * len(docs) - rank)
-        leaves = [tuple(j for j in g if j != alive[0]) for g in leaves]
-    remaining = [j for g in leaves for j in g]
-    for pos, j in enumerate(remaining):
-        scores[j] = float(len(remaining) - pos)
-    return scores
-
-
 def make_scorer(recipe: str, model: Any, tokenizer: Any, *, window: int = 4, group_size: int = 4,
                 max_chars: int = 300, max_new_tokens: int = 64, first_stage_rank: bool = False,
-                setwise_pick: str = "generate"):  # fmt: skip
-    """A :data:`rankrl.rerank.env.Scorer` ``(query, docs) -> scores`` for ``recipe``; ``first_stage_rank``
+                setwise_pick: str = "generate") -> Scorer:  # fmt: skip
+    """A :data:`rankrl.rerank.evaluate.Scorer` ``(query, docs) -> scores`` for ``recipe``; ``first_stage_rank``
     (erank only): prompts show each doc's position in ``docs``, which must be the first-stage (BM25) order;
     ``setwise_pick`` (rank-r1): ``generate`` (reason, then answer; Rank-R1) or ``likelihood``
-    (:func:`setwise_label_picks`)."""
+    (:func:`~rankrl.rerank.recipes.rank_r1.setwise_label_picks`)."""
     _check_first_stage_rank(recipe, first_stage_rank)
     if setwise_pick not in SETWISE_PICKS:
         raise ValueError(f"setwise_pick must be one of {SETWISE_PICKS}, got {setwise_pick!r}")
-    if setwise_pick != "generate" and recipe != "rank-r1":
-        raise ValueError(f"setwise_pick={setwise_pick!r} only applies to the rank-r1 recipe, not {recipe!r}")
-    if recipe == "erank":
-        return lambda q, docs: expected_scores(model, tokenizer, q, docs, max_chars,
-                                               first_stage_rank=first_stage_rank)  # fmt: skip
-    if recipe == "rank-r1":
-
-        def pick_fn(q):
-            if setwise_pick == "likelihood":
-                return lambda windows: setwise_label_picks(model, tokenizer, q, windows, max_chars)
-
-            def pick(windows):
-                texts = _generate(model, tokenizer, [rank_r1_messages(q, w, max_chars) for w in windows],
-                                  max_new_tokens)  # fmt: skip
-                return [(parse_setwise(t) or 1) - 1 for t in texts]
-
-            return pick
-
-        return lambda q, docs: setwise_rank(pick_fn(q), docs, window)
-    if recipe == "grouprank":
-
-        def score(q, docs):
-            groups = [docs[i : i + group_size] for i in range(0, len(docs), group_size)]
-            texts = _generate(model, tokenizer, [grouprank_messages(q, g, max_chars) for g in groups], max_new_tokens)
-            out: list[float] = []
-            for g, t in zip(groups, texts, strict=True):
-                out += parse_group_scores(t, len(g)) or [0.0] * len(g)
-            return out
-
-        return score
-    raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+    spec = get_recipe(recipe)
+    if setwise_pick != "generate" and "setwise_pick" not in spec.features:
+        raise ValueError(f"setwise_pick={setwise_pick!r} only applies to the {recipes_with('setwise_pick')} recipe, "
+                         f"not {recipe!r}")  # fmt: skip
+    opts = RecipeOptions(group_size=group_size, window=window, max_chars=max_chars, depth=group_size,
+                         first_stage_rank=first_stage_rank, max_new_tokens=max_new_tokens,
+                         setwise_pick=setwise_pick)  # fmt: skip
+    return spec.scorer(model, tokenizer, opts)
 
 
 # ---------------------------------------------------------------------------------------------- jobs
@@ -472,7 +182,6 @@ def run_rerank_train(args: RerankArgs, config: Any) -> int:
     """Train ``args.recipe`` with GRPO (``config``: a ``trl.GRPOConfig``), ERank with SFT first; saves the merged
     model to ``<output_dir>/merged``. Returns 0."""
     from peft import LoraConfig
-    from trl import GRPOTrainer
 
     from rankrl.rerank.collections import load_collection
     from rankrl.tracking import trainer_metrics_callback, wandb_mode
@@ -492,7 +201,8 @@ def run_rerank_train(args: RerankArgs, config: Any) -> int:
     model = lm.model
     print(f"rerank train | recipe {args.recipe} | model {args.model} | {len(rows)} rows from {len(train_q)} queries"
           + (" | BM25 rank in prompts" if args.first_stage_rank else ""))  # fmt: skip
-    if args.recipe == "erank" and args.sft_steps:
+    recipe = RECIPES[args.recipe]
+    if recipe.sft_dataset is not None and args.sft_steps:
         from trl import SFTConfig, SFTTrainer
 
         sft_cfg = SFTConfig(output_dir=str(Path(config.output_dir) / "sft"), max_steps=args.sft_steps,
@@ -500,15 +210,12 @@ def run_rerank_train(args: RerankArgs, config: Any) -> int:
                             learning_rate=config.learning_rate, use_cpu=config.use_cpu, bf16=config.bf16,
                             report_to=config.report_to, logging_steps=config.logging_steps, save_strategy="no",
                             seed=config.seed)  # fmt: skip
-        sft = SFTTrainer(model=model, args=sft_cfg, train_dataset=erank_sft_dataset(coll, rows),
+        sft = SFTTrainer(model=model, args=sft_cfg, train_dataset=recipe.sft_dataset(coll, rows),
                          processing_class=lm.tokenizer, peft_config=lora)  # fmt: skip
         sft.train()
         model = sft.model.merge_and_unload()  # stage 2 trains a fresh adapter on the SFT-merged weights
-    cls, reward = GRPOTrainer, {"rank-r1": rank_r1_reward, "grouprank": grouprank_reward}.get(args.recipe)
-    if args.recipe == "erank":
-        cls, reward = _grpo_trainer_cls(), erank_listwise_reward
-    trainer = cls(model=model, processing_class=lm.tokenizer, reward_funcs=reward, args=config, train_dataset=rows,
-                  peft_config=lora)  # fmt: skip
+    trainer = recipe.trainer()(model=model, processing_class=lm.tokenizer, reward_funcs=recipe.reward, args=config,
+                               train_dataset=rows, peft_config=lora)  # fmt: skip
     trainer.add_callback(trainer_metrics_callback(config.output_dir))  # reward per step -> metrics.jsonl
     trainer.train()
     trainer.save_model(config.output_dir)  # (the Trainer saves on the main process only)
@@ -562,7 +269,7 @@ def _eval_first_stage_rank(given: bool | None, saved: dict, model_dir: Path, rec
     if recorded is not None and given != recorded:
         warnings.warn(f"{model_dir} was trained with first_stage_rank={recorded} (its rerank.json) but is evaluated "
                       f"with first_stage_rank={given}: its prompts differ from training, so the scores are not "
-                      f"the trained model's; drop --first-stage-rank to use the saved value", stacklevel=3)  # fmt: skip
+                      f"the trained model's; drop --first_stage_rank to use the saved value", stacklevel=3)  # fmt: skip
     return given
 
 
@@ -597,8 +304,9 @@ def _eval_scorer(scorer: Any, args: EvalArgs, coll: Collection, retriever: BM25R
     """Rerank ``args.split``'s queries with ``scorer``, write the TREC run, print its metrics next to BM25's;
     returns the reranker's metrics. ``test_fraction``, ``split_seed`` and ``fold`` are the model's own split, so
     ``test`` is exactly the queries its training never saw."""
-    from rankrl.rerank.collections import evaluate, write_run
-    from rankrl.rerank.env import RERANK_MEASURES, rerank_run
+    from rankrl.rerank.collections import write_run
+    from rankrl.rerank.evaluate import RERANK_MEASURES, rerank_run
+    from rankrl.rerank.metrics import evaluate
 
     train_q, test_q = split_queries(coll, test_fraction, split_seed, fold=fold)
     qids = {"train": train_q, "test": test_q, "all": coll.judged_qids}[args.split][: args.max_queries]

@@ -5,32 +5,19 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import ir_measures
 import pytest
 
 from rankrl.rerank.collections import (
-    BM25Retriever,
     Collection,
     CollectionFormatError,
     candidates,
-    evaluate,
-    evaluate_per_query,
     load_collection,
     read_cranfield,
     read_run,
     split_queries,
-    tokenize,
     write_run,
 )
-
-CRANFIELD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cranfield"
-
-
-@pytest.fixture(scope="module")
-def cranfield() -> Collection:
-    if not (CRANFIELD / "cran.all.1400").is_file():
-        pytest.skip(f"{CRANFIELD} is absent (the ../shared data sets sit beside the repo in CI)")
-    return load_collection(CRANFIELD)
+from tests.rerank.tiny import tiny_trec
 
 
 def _write(path: Path, text: str, crlf: bool = False) -> None:
@@ -48,14 +35,6 @@ def tiny_cranfield(root: Path, qrels: str | None = None) -> Path:
     _write(root / "cran.qry", ".I 001\n.W\nwing lift in a slipstream .\n.I 002\n.W\nflutter of panels .\n"
            ".I 004\n.W\nwhat problems of heat conduction\nin composite slabs .\n", crlf=True)  # fmt: skip
     _write(root / "cranqrel", qrels or "1 1 1 \n1 2 -1 \n2 1 4 \n3 2 2 \n3 1 3 \n", crlf=True)
-    return root
-
-
-def tiny_trec(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "docs.tsv").write_text("d1\twing lift slipstream\nd2\tTitle\theat conduction slabs\nd3\tflutter panel\n")
-    (root / "topics.tsv").write_text("q1\twing lift\nq2\theat conduction\nq3\tpanel flutter\n")
-    (root / "qrels.txt").write_text("q1 0 d1 2\nq1 0 d3 0\nq2 0 d2 1\nq3 0 d3 -2\nq3 0 d1 1\n")
     return root
 
 
@@ -77,15 +56,6 @@ def test_cranfield_counts_and_traps(cranfield):
     assert cranfield.queries["3"].startswith("what problems of heat conduction in composite slabs")  # .I 004
     assert cranfield.docs["471"] == cranfield.docs["995"] == ""  # empty records in the source
     assert len(cranfield.judged_qids) == 225
-
-
-def test_bm25_cranfield_sanity(cranfield):
-    run = BM25Retriever(cranfield).search(list(cranfield.queries), k=100)
-    metrics = evaluate(run, cranfield.qrels)
-    assert metrics["nDCG@10"] == pytest.approx(0.344, abs=0.01)  # data README; 0.010 with the .I-label trap
-    assert set(metrics) == {"nDCG@10", "RR@10", "R@100"}
-    per_query = evaluate_per_query(run, cranfield.qrels, ("nDCG@10",))["nDCG@10"]
-    assert len(per_query) == 225 and sum(per_query.values()) / 225 == pytest.approx(metrics["nDCG@10"])
 
 
 @pytest.mark.parametrize(
@@ -200,29 +170,3 @@ def test_run_file_round_trip_and_errors(tmp_path):
         read_run(path)
 
 
-# ---------------------------------------------------------------------------------------------- BM25, metrics
-def test_bm25_on_a_tiny_collection(tmp_path):
-    coll = load_collection(tiny_trec(tmp_path / "t"))
-    retriever = BM25Retriever(coll)
-    run = retriever.search(["q1", "q2"], k=10)
-    assert list(run["q1"]) == ["d1"] and list(run["q2"]) == ["d2"]  # docs sharing no term are not retrieved
-    assert retriever.search_text("nothing matches") == {}
-    assert tokenize("Mach-2 FLOW, p=6.5") == ["mach", "2", "flow", "p", "6", "5"]
-    assert retriever.idf("wing") > 0 and retriever.idf("zzz") == 0.0
-    with pytest.raises(KeyError, match="unknown query"):
-        retriever.search(["q7"])
-
-
-def test_evaluate_uses_ir_measures_and_counts_missing_queries():
-    qrels = {"a": {"d1": 2, "d2": 0}, "b": {"d3": 1}, "c": {"d1": 0}}
-    run = {"a": {"d2": 2.0, "d1": 1.0}, "b": {"d3": 1.0}}
-    # ir-measures alone averages over every judged query (c scores 0); evaluate() defaults to the run's queries.
-    both = {q: qrels[q] for q in ("a", "b")}
-    expected = ir_measures.calc_aggregate([ir_measures.nDCG @ 10, ir_measures.RR @ 10], both, run)
-    got = evaluate(run, qrels, ("nDCG@10", "RR@10"))
-    assert got == {"nDCG@10": pytest.approx(expected[ir_measures.nDCG @ 10]), "RR@10": pytest.approx(0.75)}
-    # An explicit query the run lacks is an empty ranking (0), as in trec_eval -c.
-    assert evaluate(run, qrels, ("RR@10",), qids=["a", "b", "c"])["RR@10"] == pytest.approx(0.5)
-    assert evaluate_per_query(run, qrels, ("RR@10",), qids=["b", "a"]) == {"RR@10": {"b": 1.0, "a": 0.5}}
-    with pytest.raises(ValueError, match="without judgments"):
-        evaluate(run, qrels, qids=["zz"])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gymnasium as gym
 import ir_measures
 import numpy as np
@@ -12,10 +10,12 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import rankrl  # noqa: F401  (registers rankrl/Rerank-v0)
-from rankrl.rerank.collections import BM25Retriever, Collection, evaluate, load_collection, split_queries
-from rankrl.rerank.env import RerankConfig, RerankEnv, rank_with, rerank
+from rankrl.rerank.bm25 import BM25Retriever
+from rankrl.rerank.collections import Collection, split_queries
+from rankrl.rerank.env import RerankConfig, RerankEnv
+from rankrl.rerank.evaluate import rank_with, rerank
+from rankrl.rerank.metrics import evaluate
 
-CRANFIELD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cranfield"
 NDCG10 = ir_measures.nDCG @ 10
 
 
@@ -28,13 +28,6 @@ def tiny() -> Collection:
     queries = {"q1": "wing lift", "q2": "heat conduction", "q3": "boundary layer flow"}
     qrels = {"q1": {"d1": 3, "d2": 1, "d6": 2, "d3": 0}, "q2": {"d3": 2, "d4": 1}, "q3": {"d5": 3, "d7": 1}}
     return Collection(docs=docs, queries=queries, qrels=qrels, name="tiny")
-
-
-@pytest.fixture(scope="module")
-def cranfield() -> Collection:
-    if not (CRANFIELD / "cran.all.1400").is_file():
-        pytest.skip(f"{CRANFIELD} is absent (the ../shared data sets sit beside the repo in CI)")
-    return load_collection(CRANFIELD)
 
 
 def _ndcg10(coll: Collection, run: dict) -> float:
