@@ -17,7 +17,6 @@ SVD-parameterised LoRA at ``init_r`` (peft#1327, peft#1801).
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -339,89 +338,61 @@ def run_adalora(
 ) -> AdaLoraResult:
     """Fine-tune with PEFT AdaLoRA for ``config.steps`` steps on exactly FineTuneRun's data and schedule.
 
-    A :class:`FineTuneRun` is built for its data pipeline, batch order, learning-rate schedule and
-    evaluation (none of that is duplicated here); AdaLoRA wraps a deep copy of the same freshly loaded
-    model, so the base weights and classification head start identical to the LoRA baselines'. The loop is
-    FineTuneRun's plus ``update_and_allocate`` between ``optimizer.step()`` and ``zero_grad()``.
+    The run *is* a :class:`FineTuneRun` (its data pipeline, batch order, learning-rate schedule, optimizer groups
+    and evaluation; nothing of that is restated here) training the AdaLoRA model it is handed through
+    ``adapter=``, with ``update_and_allocate`` as its public per-step hook (between ``optimizer.step()`` and
+    ``zero_grad()``, as PEFT requires). The base weights and classification head start identical to the LoRA
+    baselines' (same loading, same seed).
 
     Args:
         config: the run (model, task, steps, lr, batch size, ...); ``ranks``/``r_max``/``shrink`` are unused.
         budget: sets AdaLoRA's ``target_r`` (see :func:`adalora_config`); the final ranks are checked against
             it in ``metrics["budget/violation"]`` (AdaLoRA counts ranks, not parameters, so it may exceed it).
-        loaded: an already loaded model (wrapped in place by the data-only FineTuneRun, as FineTuneRun does).
+        loaded: an already loaded model (wrapped by AdaLoRA in place).
         task: an already loaded task.
         tracker: a :class:`rankrl.tracking.Tracker`.
         reallocate: ``False`` skips ``update_and_allocate`` (AdaLoRA as users often run it by mistake: an
             SVD-LoRA at ``init_r`` that never prunes); for ablations.
         adalora_kwargs: forwarded to :func:`adalora_config` (``target_r``, ``init_r``, ``tinit``, ...).
     """
-    import torch
     from peft import get_peft_model
 
-    from rankrl.models import load_model
     from rankrl.ranks.costs import allocation_cost
-    from rankrl.ranks.finetune import FineTuneRun
-    from rankrl.ranks.lora import check_pattern_keys
-    from rankrl.ranks.targets import find_target_modules
-    from rankrl.tasks import load_task
+    from rankrl.ranks.finetune import FineTuneRun, load_run_inputs
+    from rankrl.ranks.lora import PEFT_TASK_TYPES, check_pattern_keys
 
-    # the same loading calls FineTuneRun makes, so the run below sees the same task and model
-    task = task or load_task(config.task, seed=config.seed, labels=config.labels, max_train=config.max_train)
-    loaded = loaded or load_model(
-        config.model, task_kind=task.kind, num_labels=max(task.num_labels, 2), seed=config.seed
-    )
-    base = copy.deepcopy(loaded.model)
-    targets = find_target_modules(base)
-    run = FineTuneRun(config, loaded=loaded, task=task, tracker=tracker, ranks={t.name: 0 for t in targets})
-    task_type = "SEQ_CLS" if task.kind == "classification" else "CAUSAL_LM"
-    ada_config = adalora_config(
-        targets, budget, config.steps, alpha=config.alpha, dropout=config.dropout, task_type=task_type,
-        **adalora_kwargs,
-    )  # fmt: skip
-    check_pattern_keys(base, ada_config, exact=True)
-    torch.manual_seed(config.seed)
-    model = get_peft_model(base, ada_config)
-    run.model = model  # FineTuneRun.evaluate() and its logging act on run.model
+    task, loaded = load_run_inputs(config, task=task, loaded=loaded)
+    made: dict[str, Any] = {}
 
-    adapters = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
-    heads = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
-    groups = [{"params": adapters, "lr": config.lr}]
-    if heads:
-        groups.append({"params": heads, "lr": config.head_lr or config.lr})
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, run._lr_factor)
+    def adapter(base: Any, targets: list) -> Any:
+        made["config"] = adalora_config(targets, budget, config.steps, alpha=config.alpha, dropout=config.dropout,
+                                        task_type=PEFT_TASK_TYPES[task.kind], **adalora_kwargs)  # fmt: skip
+        check_pattern_keys(base, made["config"], exact=True)
+        return get_peft_model(base, made["config"])
 
-    losses: list[float] = []
+    run = FineTuneRun(config, loaded=loaded, task=task, tracker=tracker, adapter=adapter)
+    model, ada_config, targets = run.model, made["config"], run.targets
+    if reallocate:
+        run.step_hooks.append(lambda r, step: adalora_step(r.model, step))
     metrics: dict[str, float] = {}
-    for step in range(1, config.steps + 1):
-        model.train()
-        loss = model(**run._next_batch()).loss
-        if not torch.isfinite(loss):
-            losses.append(math.nan)
+    chunk = config.eval_every or config.steps
+    while not run.finished:
+        train = run.advance(chunk)
+        if train.get("train/nan"):
             metrics["train/nan"] = 1.0
             break
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if reallocate:
-            adalora_step(model, step)
-        optimizer.zero_grad(set_to_none=True)
-        run.state.step = step
-        losses.append(loss.item())
-        if config.eval_every and step % config.eval_every == 0 and step < config.steps:
-            run._log({"train/loss": float(np.mean(losses[-config.eval_every :]))})
+        if config.eval_every and not run.finished:
             with _without_orth_reg(model):
                 run.evaluate()
     with _without_orth_reg(model):
         metrics.update(run.evaluate())
 
     ranks = adalora_ranks(model)
-    window = losses[-config.eval_every :] if config.eval_every else losses
-    metrics["train/loss"] = float(np.mean(window)) if window else math.nan
+    metrics["train/loss"] = train["train/loss"]
     cost = allocation_cost(targets, ranks, precision_bits=budget.precision_bits, optimizer=budget.optimizer)
     metrics.update(cost.as_metrics())
     metrics.update(budget_metrics(targets, ranks, budget))
     for i, t in enumerate(targets):
         metrics[f"rank/layer_{i}"] = float(ranks[t.name])
-    run._log({k: v for k, v in metrics.items() if not k.startswith("quality/")})  # quality/ already logged
+    run.log({k: v for k, v in metrics.items() if not k.startswith("quality/")})  # quality/ already logged
     return AdaLoraResult(ranks=ranks, config=ada_config, metrics=metrics, model=model)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,14 @@ class FineTuneRun:
         task: an already loaded task (default: load ``config.task``).
         tracker: a :class:`rankrl.tracking.Tracker`; metrics are also returned by each call.
         ranks: initial ranks (default: parse ``config.ranks``).
+        adapter: ``adapter(base_model, targets) -> peft_model`` trains that PEFT model (e.g. AdaLoRA) instead of the
+            rank-masked LoRA, on the same data, order, schedule and evaluation; the run then has no rank masks
+            (``set_ranks``/``costs`` refuse). ``torch.manual_seed(config.seed)`` precedes it, as it precedes the LoRA.
+
+    Attributes:
+        step_hooks: callables ``hook(run, step)`` run after every optimizer and scheduler step, before the gradients
+            are cleared (``step`` counts from 1), e.g. AdaLoRA's ``update_and_allocate``
+            (:func:`rankrl.ranks.baselines.run_adalora`).
     """
 
     def __init__(
@@ -117,8 +125,10 @@ class FineTuneRun:
         task: Task | None = None,
         tracker: Any = None,
         ranks: Mapping[str, int] | None = None,
+        adapter: Callable[[torch.nn.Module, list], torch.nn.Module] | None = None,
     ) -> None:
         self.config = config
+        self.step_hooks: list[Callable[[FineTuneRun, int], None]] = []
         if config.threads:
             torch.set_num_threads(config.threads)
         self.task, self.loaded = load_run_inputs(config, task=task, loaded=loaded)
@@ -127,19 +137,24 @@ class FineTuneRun:
         from rankrl.ranks.targets import find_target_modules
 
         targets = find_target_modules(self.loaded.model)
-        if ranks is None:
-            ranks = parse_rank_spec(config.ranks, targets, config.r_max)
-        self.lora = RankedLoRA(
-            self.loaded.model,
-            ranks,
-            targets=targets,
-            r_max=config.r_max,
-            alpha=config.alpha,
-            dropout=config.dropout,
-            task_type="SEQ_CLS" if self.task.kind == "classification" else "CAUSAL_LM",
-            shrink=config.shrink,
-        )
-        self.model = self.lora.peft_model
+        self._targets = tuple(targets)
+        if adapter is not None:
+            self.lora = None
+            self.model = adapter(self.loaded.model, targets)
+        else:
+            if ranks is None:
+                ranks = parse_rank_spec(config.ranks, targets, config.r_max)
+            self.lora = RankedLoRA(
+                self.loaded.model,
+                ranks,
+                targets=targets,
+                r_max=config.r_max,
+                alpha=config.alpha,
+                dropout=config.dropout,
+                task_type="SEQ_CLS" if self.task.kind == "classification" else "CAUSAL_LM",
+                shrink=config.shrink,
+            )
+            self.model = self.lora.peft_model
         self.tracker = tracker
         self.state = RunState()
         self._train = self._encode(self.task.splits["train"])
@@ -219,11 +234,13 @@ class FineTuneRun:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.state.step += 1
                 out = {"train/loss": math.nan, "train/nan": 1.0}
-                self._log(out)
+                self.log(out)
                 return out
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
+            for hook in self.step_hooks:
+                hook(self, self.state.step + 1)
             self.optimizer.zero_grad(set_to_none=True)
             self.state.step += 1
             losses.append(loss.item())
@@ -234,7 +251,7 @@ class FineTuneRun:
             "train/loss": float(np.mean(losses)) if losses else math.nan,
             "train/lr": self.scheduler.get_last_lr()[0],
         }
-        self._log(out)
+        self.log(out)
         return out
 
     @property
@@ -268,31 +285,37 @@ class FineTuneRun:
             "quality/accuracy": correct / max(count, 1),
         }
         self.state.last_eval = metrics
-        self._log(metrics)
+        self.log(metrics)
         return metrics
 
     # ----------------------------------------------------------------------------------------- ranks
     def set_ranks(self, ranks: Mapping[str, int]) -> dict[str, float]:
         """Re-allocate ranks mid-run (kept directions keep weights and optimizer state); returns the new costs."""
-        self.lora.set_ranks(ranks, self.optimizer)
+        self._masked().set_ranks(ranks, self.optimizer)
         return self.costs(log=True)
 
     @property
     def ranks(self) -> dict[str, int]:
-        return dict(self.lora.ranks)
+        return dict(self._masked().ranks)
 
     @property
     def targets(self):
-        return self.lora.targets
+        return self.lora.targets if self.lora is not None else self._targets
+
+    def _masked(self) -> RankedLoRA:
+        if self.lora is None:
+            raise ValueError("this run trains its own adapter (adapter=...), not rank-masked LoRA: it has no ranks")
+        return self.lora
 
     def costs(self, log: bool = False) -> dict[str, float]:
         """``cost/*`` and ``rank/*`` metrics of the active allocation (per token FLOPs, params, bits)."""
-        cost = allocation_cost(self.lora.targets, self.lora.ranks, precision_bits=self.config.precision_bits)
+        lora = self._masked()
+        cost = allocation_cost(lora.targets, lora.ranks, precision_bits=self.config.precision_bits)
         metrics = cost.as_metrics()
-        for i, t in enumerate(self.lora.targets):
-            metrics[f"rank/layer_{i}"] = self.lora.ranks[t.name]
+        for i, t in enumerate(lora.targets):
+            metrics[f"rank/layer_{i}"] = lora.ranks[t.name]
         if log:
-            self._log(metrics)
+            self.log(metrics)
         return metrics
 
     def features(self, n_batches: int = 4) -> Any:
@@ -307,7 +330,7 @@ class FineTuneRun:
             cache_dir=cache_dir() / "features", cache_key=key,
         )  # fmt: skip
 
-    def _log(self, metrics: Mapping[str, float]) -> None:
+    def log(self, metrics: Mapping[str, float]) -> None:
         if self.tracker is not None:
             self.tracker.log(metrics, step=self.state.step)
 

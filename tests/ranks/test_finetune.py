@@ -109,3 +109,24 @@ def test_features_come_from_the_live_model_and_are_cached(monkeypatch):
     monkeypatch.setattr(run.model, "forward", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran model")))
     again = run.features(n_batches=2)  # cache hit: the model is not run
     assert (again.static == feats.static).all()
+
+
+def test_step_hooks_run_after_every_optimizer_step_in_order():
+    """The public per-step hook sees steps 1..k, each after the optimizer step (weights already changed)."""
+    from rankrl.ranks.finetune import FineTuneConfig, FineTuneRun
+
+    run = FineTuneRun(FineTuneConfig(model="tiny-bert", steps=3, batch_size=4, max_eval=8, max_train=32, lr=1e-2))
+    def flat(r):
+        return torch.cat([p.detach().flatten() for p in r.model.parameters() if p.requires_grad])
+
+    last, seen = [flat(run)], []
+
+    def hook(r, step):
+        seen.append((step, not torch.equal(last[-1], flat(r))))
+        last.append(flat(r))
+
+    run.step_hooks.append(hook)
+    run.advance(3)
+    assert seen == [(1, True), (2, True), (3, True)]
+    with pytest.raises(ValueError, match="no ranks"):
+        FineTuneRun(FineTuneConfig(model="tiny-bert", steps=1, max_train=8), adapter=lambda base, t: base).ranks
