@@ -129,4 +129,4 @@ def test_step_hooks_run_after_every_optimizer_step_in_order():
     run.advance(3)
     assert seen == [(1, True), (2, True), (3, True)]
     with pytest.raises(ValueError, match="no ranks"):
-        FineTuneRun(FineTuneConfig(model="tiny-bert", steps=1, max_train=8), adapter=lambda base, t: base).ranks
+        _ = FineTuneRun(FineTuneConfig(model="tiny-bert", steps=1, max_train=8), adapter=lambda base, t: base).ranks
