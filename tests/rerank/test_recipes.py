@@ -258,3 +258,20 @@ def test_setwise_label_picks_refuse_multi_token_labels():
     long_label = next(i for i in range(2, 400) if len(lm.tokenizer.encode(str(i), add_special_tokens=False)) > 1)
     with pytest.raises(ValueError, match="single-token labels.*smaller --window"):
         rank_r1.setwise_label_picks(lm.model, lm.tokenizer, "q", [["d"] * long_label])
+
+
+def test_recipes_registry_and_unknown_recipe_messages():
+    """One dict entry per recipe module; an unknown name is refused with the choices listed, wherever it enters."""
+    from rankrl.rerank.recipes import RECIPES, Recipe
+
+    assert list(RECIPES) == ["rank-r1", "erank", "grouprank"]
+    assert all(isinstance(r, Recipe) and r.name == name for name, r in RECIPES.items())
+    choices = r"\('rank-r1', 'erank', 'grouprank'\), got 'listwise'"
+    with pytest.raises(ValueError, match=r"--recipe must be one of " + choices):
+        rr.RerankArgs(recipe="listwise")
+    with pytest.raises(ValueError, match=r"^recipe must be one of " + choices):
+        rr.build_dataset("listwise", tiny_collection(), ["0"])
+    with pytest.raises(ValueError, match=r"^recipe must be one of " + choices):
+        rr.make_scorer("listwise", None, None)
+    with pytest.raises(ValueError, match="unknown features"):
+        Recipe(name="x", candidates=len, rows=len, reward=len, scorer=len, features=frozenset({"depht"}))
