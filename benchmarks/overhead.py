@@ -46,9 +46,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from rankrl.models import load_model  # noqa: E402
+from rankrl.ranks.finetune import FineTuneConfig, FineTuneRun  # noqa: E402
 from rankrl.tasks import load_task  # noqa: E402
 from rankrl.tracking import Tracker  # noqa: E402
-from rankrl.ranks.finetune import FineTuneConfig, FineTuneRun  # noqa: E402
 
 GOAL = 1.03
 CHECK_STEPS = 2
