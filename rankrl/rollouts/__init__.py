@@ -1,2 +1,4 @@
-"""Knapsack RL rollout budgets for GRPO: the allocator maths, the variable-group GRPO trainer, the env, learned
-allocators."""
+"""Knapsack RL rollout budgets for GRPO, bottom to top: ``knapsack`` (the allocator maths, pure numpy),
+``history`` (one per-prompt rollout record), ``config`` / ``sim`` / ``env`` (the RolloutBudget envs), ``data`` /
+``grpo`` / ``live`` (the variable-group GRPO trainer and the env's live backend), ``allocator`` / ``calibrate``
+(learned allocators, sim calibration), ``job`` / ``commands`` (``rankrl rollouts``)."""
