@@ -8,7 +8,8 @@ import torch as th
 from gymnasium import spaces
 
 from rankrl.rollouts.allocator import Allocator, load_allocator, save_allocator, train_allocator
-from rankrl.rollouts.env import PromptHistory, RolloutBudgetEnv
+from rankrl.rollouts.env import RolloutBudgetEnv
+from rankrl.rollouts.history import RolloutHistory
 from rankrl.set_policy import SetActorCriticPolicy
 
 ROWS, FEATS, GLOBS = 8, 5, 3
@@ -102,7 +103,7 @@ def test_short_ppo_run_saves_and_loads(tmp_path):
     alloc = loaded.allocate_env(env)
     assert alloc.sum() == 24 and alloc.min() >= 2 and alloc.max() <= 12
     # a trainer's call: a history, fewer prompts than rows, its own budget
-    hist = PromptHistory(100)
+    hist = RolloutHistory(100)
     hist.record(np.array([4, 9]), [np.ones(4), np.array([0.0, 1.0])], round_idx=0)
     alloc = loaded(hist, np.array([4, 9, 17, 50]), budget=20, round_idx=1, horizon=10)
     assert alloc.sum() == 20 and alloc.min() >= 2 and alloc.max() <= 12

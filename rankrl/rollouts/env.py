@@ -24,7 +24,7 @@ import numpy as np
 from gymnasium import spaces
 
 from rankrl.rollouts.config import LiveConfig, RolloutBudgetConfig, SimConfig
-from rankrl.rollouts.history import NEVER, PromptHistory, RolloutHistory, group_stats
+from rankrl.rollouts.history import NEVER, RolloutHistory, group_stats
 from rankrl.rollouts.knapsack import allocate, allocate_uniform, estimate_success_rate, nonzero_group_probability
 from rankrl.rollouts.sim import SimBackend
 
@@ -32,7 +32,6 @@ __all__ = [
     "BASELINES",
     "N_GLOBALS",
     "N_ROW_FEATURES",
-    "PromptHistory",  # the old name of rankrl.rollouts.history.RolloutHistory, re-exported for outside callers
     "RolloutBackend",
     "RolloutBudgetEnv",
     "allocate_max_effective",

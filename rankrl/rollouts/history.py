@@ -26,7 +26,7 @@ import numpy as np
 
 from rankrl.rollouts.knapsack import success_rates_from_history
 
-__all__ = ["NEVER", "PromptHistory", "RolloutHistory", "effective_rollout_ratio", "group_stats"]
+__all__ = ["NEVER", "RolloutHistory", "effective_rollout_ratio", "group_stats"]
 
 #: ``last_seen`` of a row never recorded
 NEVER = -1_000_000
@@ -172,7 +172,3 @@ class RolloutHistory:
 
     def __contains__(self, key: object) -> bool:
         return key in self._outcomes
-
-
-#: the env's former name for :class:`RolloutHistory` (kept for callers outside ``rankrl.rollouts``)
-PromptHistory = RolloutHistory
