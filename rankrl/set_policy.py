@@ -15,8 +15,11 @@ Usage (no PPO subclassing; SB3 builds everything from the policy class and ``pol
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.distributions import DiagGaussianDistribution
@@ -24,7 +27,8 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-__all__ = ["MaskedDiagGaussian", "RowHead", "SetActorCriticPolicy", "SetEncoder", "SetLatentNet", "masked_mean"]
+__all__ = ["MaskedDiagGaussian", "PolicySpecError", "RowHead", "SetActorCriticPolicy", "SetEncoder", "SetLatentNet",
+           "build_policy", "load_policy_weights", "masked_mean", "policy_spec", "save_policy_weights"]
 
 
 def masked_mean(x: th.Tensor, mask: th.Tensor) -> th.Tensor:
@@ -229,3 +233,109 @@ class SetActorCriticPolicy(ActorCriticPolicy):
     def _get_action_dist_from_latent(self, latent_pi: th.Tensor) -> MaskedDiagGaussian:
         mask = latent_pi[:, -self.mlp_extractor.rows :]
         return self.action_dist.proba_distribution(self.action_net(latent_pi), self.log_std, mask)
+
+
+# ------------------------------------------------------------------------------------------- files (no pickle)
+#: a set policy on disk: ``state_dict`` as safetensors + :func:`policy_spec` as JSON. Nothing in either file runs
+#: code when loaded (unlike ``PPO.load``, which unpickles the zip's ``data`` entries with cloudpickle).
+SPEC_FORMAT = "rankrl/set-actor-critic-policy"
+_ACTIVATIONS: dict[str, type[nn.Module]] = {c.__name__: c for c in (nn.Tanh, nn.ReLU, nn.GELU, nn.SiLU, nn.ELU,
+                                                                     nn.LeakyReLU)}  # fmt: skip
+_OPTIMIZERS: dict[str, type[th.optim.Optimizer]] = {
+    c.__name__: c for c in (th.optim.Adam, th.optim.AdamW, th.optim.SGD, th.optim.RMSprop)}  # fmt: skip
+_SPEC_KWARGS = ("net_arch", "hidden", "context", "n_heads", "activation_fn", "log_std_init", "ortho_init",
+                "normalize_images", "share_features_extractor", "optimizer_class", "optimizer_kwargs")  # fmt: skip
+
+
+class PolicySpecError(ValueError):
+    """A policy spec (JSON) that does not describe a :class:`SetActorCriticPolicy` this code can build."""
+
+
+def _box_to_json(box: spaces.Space) -> dict[str, Any]:
+    if not isinstance(box, spaces.Box):
+        raise PolicySpecError(f"only Box spaces can be saved, got {box}")
+
+    def bound(a: Any) -> Any:
+        a = np.asarray(a, dtype=np.float64)
+        return float(a.flat[0]) if a.size and (a == a.flat[0]).all() else a.tolist()
+
+    return {"shape": list(box.shape), "dtype": str(box.dtype), "low": bound(box.low), "high": bound(box.high)}
+
+
+def _box_from_json(d: Any, where: str) -> spaces.Box:
+    if not isinstance(d, dict) or set(d) != {"shape", "dtype", "low", "high"}:
+        raise PolicySpecError(f"{where}: expected {{shape, dtype, low, high}}, got {d!r}")
+    if d["dtype"] not in ("float32", "float64"):
+        raise PolicySpecError(f"{where}: dtype {d['dtype']!r} is not float32/float64")
+    shape = tuple(int(s) for s in d["shape"])
+    dtype = np.dtype(d["dtype"])
+    low, high = (np.broadcast_to(np.asarray(d[k], dtype=dtype), shape) for k in ("low", "high"))
+    return spaces.Box(low.copy(), high.copy(), shape, dtype=dtype)
+
+
+def policy_spec(policy: SetActorCriticPolicy) -> dict[str, Any]:
+    """Everything needed to rebuild ``policy`` (its spaces and constructor arguments) as plain JSON data."""
+    params = policy._get_constructor_parameters()
+    if params.get("features_extractor_class", SetEncoder) is not SetEncoder or params.get("use_sde"):
+        raise PolicySpecError("only SetEncoder features and use_sde=False can be saved as a spec")
+    act, opt = params["activation_fn"], params["optimizer_class"]
+    if act not in _ACTIVATIONS.values() or opt not in _OPTIMIZERS.values():
+        raise PolicySpecError(f"activation {act} / optimizer {opt} not in {sorted(_ACTIVATIONS)} / "
+                              f"{sorted(_OPTIMIZERS)}")  # fmt: skip
+    obs = params["observation_space"]
+    kwargs = {"net_arch": {k: list(v) for k, v in dict(params["net_arch"]).items()},
+              "activation_fn": act.__name__, "optimizer_class": opt.__name__,
+              "optimizer_kwargs": dict(params.get("optimizer_kwargs") or {})}  # fmt: skip
+    kwargs.update({k: params[k] if k in params else getattr(policy, k) for k in _SPEC_KWARGS if k not in kwargs})
+    return {"format": SPEC_FORMAT, "class": "SetActorCriticPolicy",
+            "observation_space": {k: _box_to_json(obs[k]) for k in ("rows", "mask", "globals")},
+            "action_space": _box_to_json(params["action_space"]), "kwargs": kwargs}  # fmt: skip
+
+
+def build_policy(spec: dict[str, Any], lr: float = 0.0) -> SetActorCriticPolicy:
+    """A fresh :class:`SetActorCriticPolicy` (untrained weights) from a :func:`policy_spec`; unknown keys raise.
+
+    Raises:
+        PolicySpecError: naming what does not fit.
+    """
+    if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT or spec.get("class") != "SetActorCriticPolicy":
+        got = spec.get("format") if isinstance(spec, dict) else spec
+        raise PolicySpecError(f"not a set-policy spec (format {got!r}, expected {SPEC_FORMAT!r})")
+    if extra := sorted(set(spec) - {"format", "class", "observation_space", "action_space", "kwargs"}):
+        raise PolicySpecError(f"unknown spec keys {extra}")
+    kwargs = dict(spec["kwargs"])
+    if extra := sorted(set(kwargs) - set(_SPEC_KWARGS)):
+        raise PolicySpecError(f"unknown policy arguments {extra}; known: {list(_SPEC_KWARGS)}")
+    try:
+        kwargs["activation_fn"] = _ACTIVATIONS[kwargs.get("activation_fn", "Tanh")]
+        kwargs["optimizer_class"] = _OPTIMIZERS[kwargs.get("optimizer_class", "Adam")]
+    except KeyError as e:
+        raise PolicySpecError(f"activation/optimizer {e} is not one of {sorted(_ACTIVATIONS)} / "
+                              f"{sorted(_OPTIMIZERS)}") from None
+    obs = spec["observation_space"]
+    if not isinstance(obs, dict) or set(obs) != {"rows", "mask", "globals"}:
+        raise PolicySpecError(f"observation_space must have rows, mask, globals; got {obs!r}")
+    obs_space = spaces.Dict({k: _box_from_json(obs[k], f"observation_space.{k}") for k in ("rows", "mask", "globals")})
+    action_space = _box_from_json(spec["action_space"], "action_space")
+    return SetActorCriticPolicy(obs_space, action_space, lambda _: lr, **kwargs)
+
+
+def save_policy_weights(policy: nn.Module, path: str | os.PathLike) -> Path:
+    """``policy.state_dict()`` as a safetensors file, written atomically."""
+    from safetensors.torch import save_file
+
+    from rankrl.atomic import atomic_write
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in policy.state_dict().items()}
+    return atomic_write(path, lambda p: save_file(state, str(p)), ".safetensors")
+
+
+def load_policy_weights(policy: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a :func:`save_policy_weights` file into ``policy`` (every key must match: ``strict=True``)."""
+    from safetensors.torch import load_file
+
+    missing, unexpected = policy.load_state_dict(load_file(str(path), device="cpu"), strict=False)
+    if missing or unexpected:
+        raise PolicySpecError(f"{path}: weights do not fit the network (missing {missing[:3]}, unexpected "
+                              f"{unexpected[:3]})")  # fmt: skip
+    return policy

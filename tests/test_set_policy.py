@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch as th
@@ -119,3 +121,30 @@ def test_unshared_extractors_and_attention_build():
     mean, value = _outputs(policy, _obs(4))
     assert mean.shape == (2, ROWS) and value.shape == (2, 1)
     assert policy.pi_features_extractor is not policy.vf_features_extractor
+
+
+@pytest.mark.parametrize("kwargs", [dict(context="mean"), dict(context="attention", hidden=16, n_heads=2,
+                                    share_features_extractor=False, net_arch=dict(pi=[8], vf=[8, 8]))])  # fmt: skip
+def test_spec_and_safetensors_rebuild_the_same_policy_without_pickle(tmp_path, kwargs):
+    from rankrl.set_policy import build_policy, load_policy_weights, policy_spec, save_policy_weights
+
+    policy = _policy(**kwargs)
+    spec = json.loads(json.dumps(policy_spec(policy)))  # plain JSON data
+    path = save_policy_weights(policy, tmp_path / "w.safetensors")
+    rebuilt = load_policy_weights(build_policy(spec), path).eval()
+    obs = _obs(5)
+    (m0, v0), (m1, v1) = _outputs(policy, obs), _outputs(rebuilt, obs)
+    assert th.equal(m0, m1) and th.equal(v0, v1)
+    assert policy_spec(rebuilt) == policy_spec(policy)
+
+
+def test_spec_with_unknown_keys_or_classes_is_refused():
+    from rankrl.set_policy import PolicySpecError, build_policy, policy_spec
+
+    spec = policy_spec(_policy())
+    with pytest.raises(PolicySpecError, match="unknown policy arguments"):
+        build_policy({**spec, "kwargs": {**spec["kwargs"], "lr_schedule": "os.system"}})
+    with pytest.raises(PolicySpecError, match="activation"):
+        build_policy({**spec, "kwargs": {**spec["kwargs"], "activation_fn": "os.system"}})
+    with pytest.raises(PolicySpecError, match="not a set-policy spec"):
+        build_policy({**spec, "class": "PPO"})
