@@ -45,6 +45,13 @@ def test_finetune_runs_logs_exports_and_resumes(tmp_path, capsys):
 
     with pytest.raises(SystemExit, match="no checkpoint"):
         main(["finetune", "--model", "tiny-bert", "--out", str(tmp_path / "empty"), "--resume", "--no_wandb"])
+    changed = [*args, "--no_wandb", "--resume"]
+    changed[changed.index("--lr") + 1], changed[changed.index("--steps") + 1] = "0.02", "8"
+    with pytest.raises(SystemExit, match=r"--lr: checkpoint 0.01 vs now 0.02, --steps: checkpoint 6 vs now 8"):
+        main(changed)  # flags that change the run are refused by name, not silently replaced by the checkpoint's
+    rows = read_metrics(out)
+    assert main([*args, "--no_wandb", "--resume", "--threads", "1", "--eval_every", "2"]) == 0  # these may change
+    assert read_metrics(out) == rows  # the run was finished: nothing trained, nothing logged twice
 
 
 def test_interrupted_finetune_resumes_from_its_checkpoint(tmp_path, monkeypatch):
@@ -67,4 +74,65 @@ def test_interrupted_finetune_resumes_from_its_checkpoint(tmp_path, monkeypatch)
     assert [r["step"] for r in read_metrics(out) if "quality/accuracy" in r] == [0, 3]
     assert main([*args, "--resume"]) == 0
     assert [r["step"] for r in read_metrics(out) if "quality/accuracy" in r] == [0, 3, 6]  # nothing lost
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_resume_cuts_metrics_logged_after_the_checkpoint(tmp_path, monkeypatch):
+    from rankrl.ranks.finetune import FineTuneRun
+
+    out = tmp_path / "run"
+    args = ["finetune", "--model", "tiny-bert", "--ranks", "uniform:2", "--r_max", "2", "--steps", "6",
+            "--eval_every", "3", "--max_eval", "16", "--batch_size", "4", "--out", str(out), "--no_progress",
+            "--no_wandb"]  # fmt: skip
+    save, calls = FineTuneRun.save_checkpoint, []
+
+    def crash_before_second_checkpoint(self, path):
+        calls.append(self.state.step)
+        if len(calls) == 2:  # step 6 was trained, evaluated and logged; the checkpoint still says step 3
+            raise KeyboardInterrupt
+        save(self, path)
+
+    monkeypatch.setattr(FineTuneRun, "save_checkpoint", crash_before_second_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    monkeypatch.setattr(FineTuneRun, "save_checkpoint", save)
+    assert [r["step"] for r in read_metrics(out) if "quality/accuracy" in r] == [0, 3, 6]
+    assert main([*args, "--resume"]) == 0
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows if "quality/accuracy" in r] == [0, 3, 6]  # step 6 once, from the resumed run
+    assert [r["step"] for r in rows if "train/loss" in r] == [3, 6]
+    assert [r["step"] for r in rows] == sorted(r["step"] for r in rows)
+
+
+def test_sigint_checkpoints_exits_130_and_resume_finishes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import torch
+
+    out = tmp_path / "run"
+    args = ["finetune", "--model", "tiny-bert", "--ranks", "uniform:2", "--r_max", "2", "--steps", "400",
+            "--eval_every", "0", "--max_eval", "16", "--max_train", "64", "--batch_size", "4", "--threads", "1",
+            "--out", str(out), "--no_progress", "--no_wandb"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rankrl.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+    seen = []
+    for line in proc.stdout:  # training starts right after the first evaluation is printed
+        seen.append(line)
+        if line.startswith("step 0:"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(seen) + rest
+    assert "SIGINT: stopped at step" in rest and "--resume" in rest
+    step = torch.load(out / "checkpoint.pt", weights_only=True)["state"]["step"]
+    assert 0 <= step < 400 and not (out / "adapter").exists()
+    assert all(r["step"] <= step for r in read_metrics(out))
+    assert main([*args, "--resume"]) == 0
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows if "quality/accuracy" in r] == [0, 400]
+    assert [r["step"] for r in rows] == sorted(r["step"] for r in rows)
     assert (out / "adapter" / "adapter_model.safetensors").exists()

@@ -12,7 +12,6 @@ that ``LoraConfig.from_pretrained(DIR)`` loads; its keys are checked against the
 from __future__ import annotations
 
 import csv
-import json
 import os
 import warnings
 from collections.abc import Mapping
@@ -22,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from rankrl.atomic import atomic_write, atomic_write_json
 from rankrl.ranks.budgets import BudgetSpec
 from rankrl.ranks.policy import Allocation, PolicyLayoutError, load_policy
 
-__all__ = ["ApplyConfig", "ApplyResult", "PolicyLayoutError", "apply_policy", "plot_rank_grid"]
+__all__ = ["ApplyConfig", "ApplyResult", "PolicyLayoutError", "apply_policy", "plot_rank_grid", "write_ranks"]
 
 
 def plot_rank_grid(targets: tuple, ranks: Mapping[str, int], out: str | os.PathLike, title: str = "",
@@ -43,15 +43,21 @@ def plot_rank_grid(targets: tuple, ranks: Mapping[str, int], out: str | os.PathL
     return annotated_heatmap(grid, [f"layer {i}" for i in range(layers)], kinds, out, title=title, vmax=r_max)
 
 
-def _write_ranks(targets: tuple, ranks: Mapping[str, int], out: Path) -> None:
-    (out / "ranks.json").write_text(json.dumps({t.name: int(ranks[t.name]) for t in targets}, indent=1))
-    with (out / "ranks.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["module", "kind", "layer", "in_features", "out_features", "rank", "params"])
-        for t in targets:
-            r = int(ranks[t.name])
-            w.writerow([t.name, t.kind, t.layer_index, t.in_features, t.out_features, r,
-                        r * (t.in_features + t.out_features)])  # fmt: skip
+def write_ranks(targets: tuple, ranks: Mapping[str, int], out: Path) -> None:
+    """``ranks.json`` ({module: rank}) and ``ranks.csv`` (one row per module with its shape and params) in ``out``,
+    each written atomically: a failure half-way leaves the previous file whole."""
+    atomic_write_json(out / "ranks.json", {t.name: int(ranks[t.name]) for t in targets})
+
+    def table(path: Path) -> None:
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["module", "kind", "layer", "in_features", "out_features", "rank", "params"])
+            for t in targets:
+                r = int(ranks[t.name])
+                w.writerow([t.name, t.kind, t.layer_index, t.in_features, t.out_features, r,
+                            r * (t.in_features + t.out_features)])  # fmt: skip
+
+    atomic_write(out / "ranks.csv", table, ".csv")
 
 
 # ------------------------------------------------------------------------------------------------- apply
@@ -60,7 +66,7 @@ class ApplyConfig:
     """Apply a trained rank policy to a (new) model: ranks under a budget -> PEFT adapter_config.json (+ fine-tune)."""
 
     policy: str
-    """directory (or file) with policy.zip + policy.json from `rankrl train-policy`"""
+    """directory (or file) with policy.safetensors + policy.json from `rankrl train-policy`"""
     model: str
     """the model to allocate for (alias, local directory or hub id); may differ from the training model"""
     out: str = "runs/apply"
@@ -134,7 +140,7 @@ def apply_policy(config: ApplyConfig) -> ApplyResult:
     lora = write_adapter_config(alloc.ranks, out, config.model, alpha=run["alpha"], dropout=run["dropout"],
                                 task_kind=kind, num_labels=max(task_obj.num_labels, 2) if task_obj else 2,
                                 seed=config.seed)  # fmt: skip
-    _write_ranks(targets, alloc.ranks, out)
+    write_ranks(targets, alloc.ranks, out)
     png = plot_rank_grid(targets, alloc.ranks, out / "ranks.png", title=f"{config.model}: policy ranks "
                          f"({alloc.metrics['cost/params']:,.0f} params)", r_max=run["r_max"])  # fmt: skip
     print(f"policy {loaded.path} (trained on {meta['trained_on']['model']}/{meta['trained_on']['task']}) -> "
@@ -175,7 +181,7 @@ def apply_policy(config: ApplyConfig) -> ApplyResult:
     summary = {"policy": str(loaded.path), "model": config.model, "task": task, "budget": alloc.budget.caps,
                "channel": alloc.channel, **alloc.metrics,
                "uniform_rank": uni_r, "finetune": result.finetune}  # fmt: skip
-    (out / "apply.json").write_text(json.dumps(summary, indent=1, default=str))
+    atomic_write_json(out / "apply.json", summary)
     print(f"adapter_config.json (PEFT LoraConfig), ranks.json/.csv, {png.name} -> {out}")
     return result
 

@@ -1,4 +1,5 @@
-"""``rankrl finetune | train-policy | apply | baselines``: the rank domain's subcommands (``rankrl.cli`` dispatches)."""
+"""``rankrl finetune | train-policy | apply | baselines | convert-policy``: the rank domain's subcommands
+(``rankrl.cli`` dispatches)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ class FinetuneArgs(FineTuneConfig):
     wandb: bool = True
     """log to W&B (offline unless WANDB_MODE / credentials say otherwise)"""
     resume: bool = False
-    """continue from <out>/checkpoint.pt instead of starting anew"""
+    """continue from <out>/checkpoint.pt (the run settings must equal the checkpoint's; threads, eval_every and
+    eval_batch_size may change); Ctrl-C / SIGTERM save that checkpoint and exit 130"""
     progress: bool = True
     """show a progress bar"""
 
@@ -38,10 +40,10 @@ def cmd_train_policy(argv: Sequence[str]) -> int:
     from rankrl.ranks.train import TrainPolicyConfig
 
     config = parse_config(TrainPolicyConfig, list(argv), prog="rankrl train-policy")
+    from rankrl.interrupt import EXIT_INTERRUPTED
     from rankrl.ranks.train import train_policy
 
-    train_policy(config)
-    return 0
+    return EXIT_INTERRUPTED if train_policy(config).interrupted else 0
 
 
 def _policy_command(argv: Sequence[str], module: str, config_name: str, fn_name: str, prog: str) -> int:
@@ -69,3 +71,43 @@ def cmd_apply(argv: Sequence[str]) -> int:
 def cmd_baselines(argv: Sequence[str]) -> int:
     """``rankrl baselines``: every rank baseline (and a policy) fine-tuned live at equal budget, one table."""
     return _policy_command(argv, "compare", "BaselinesConfig", "run_baselines", "rankrl baselines")
+
+
+@dataclass(frozen=True)
+class ConvertPolicyArgs:
+    """Convert an old-format rank policy (SB3 policy.zip, and checkpoint.zip if present) to safetensors + JSON.
+
+    The old files are pickles: reading them runs whatever code they hold. Convert only a file you trust (one you
+    trained yourself); rankrl reads the converted policy without running anything."""
+
+    policy: str
+    """directory with the old policy.zip + policy.json (and optionally checkpoint.zip + checkpoint.json)"""
+    trust: bool = False
+    """required: you trust this file (converting unpickles it, which can run code)"""
+
+
+def cmd_convert_policy(argv: Sequence[str]) -> int:
+    """``rankrl convert-policy --policy DIR --trust``: one-time conversion of a trusted pickle-based policy."""
+    from pathlib import Path
+
+    from rankrl.ranks.policy import LEGACY_POLICY_FILE, PolicyLayoutError, convert_legacy_policy
+
+    args = parse_config(ConvertPolicyArgs, list(argv), prog="rankrl convert-policy")
+    folder = Path(args.policy)
+    folder = folder if folder.is_dir() else folder.parent
+    if not args.trust:
+        print(f"rankrl convert-policy: converting {folder / LEGACY_POLICY_FILE} unpickles it, which runs any code it "
+              "holds. Only if you trust where it came from (e.g. you trained it), pass --trust", file=sys.stderr)
+        return 2
+    try:
+        written = [convert_legacy_policy(folder)]
+    except PolicyLayoutError as e:
+        print(f"rankrl convert-policy: {e}", file=sys.stderr)
+        return 2
+    from rankrl.ranks.train import LEGACY_CHECKPOINT_FILE, convert_legacy_checkpoint
+
+    if (folder / LEGACY_CHECKPOINT_FILE).exists():
+        written.append(convert_legacy_checkpoint(folder))
+    print(f"converted -> {', '.join(str(p) for p in written)}; the old .zip files are no longer read (delete them "
+          "once the converted policy works)")
+    return 0

@@ -9,7 +9,6 @@ per-step hook, :func:`rankrl.ranks.baselines.run_adalora`).
 from __future__ import annotations
 
 import csv
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from rankrl.atomic import atomic_write, atomic_write_json
 from rankrl.ranks.budgets import BudgetSpec
 from rankrl.ranks.finetune import FineTuneConfig, episode_run
 
@@ -45,7 +45,7 @@ class BaselinesConfig:
     methods: tuple[str, ...] = METHODS
     """baselines to run (subset of uniform, random, spectrum, importance, adalora)"""
     policy: str | None = None
-    """also run a trained policy (directory with policy.zip + policy.json)"""
+    """also run a trained policy (directory with policy.safetensors + policy.json)"""
     adalora_worst_case: bool = True
     """AdaLoRA target_r such that no final pattern can exceed the cap (False: uniform's r, may overshoot)"""
     out: str = "runs/baselines"
@@ -93,6 +93,11 @@ def run_baselines(config: BaselinesConfig) -> dict[str, Any]:
     budget = c.budget.resolve(targets)
     grid = check_grid(targets, c.rank_grid or pow2_grid(r_max), r_max)
     fixed = {"uniform": uniform(targets, budget, grid, r_max=r_max)}
+    if not any(fixed["uniform"].values()):  # every module at rank 0: each method would train the head only
+        need = sum(t.in_features + t.out_features for t in targets) * min(g for g in grid if g > 0)
+        raise ValueError(f"the budget ({', '.join(f'{k} {v:,.6g}' for k, v in budget.caps.items())}) is below uniform "
+                         f"LoRA at the lowest rank ({need:,} params): every method would train the head only. Raise "
+                         f"it (--budget.params >= {need}, --budget.rank >= 1 or --budget.flops)")  # fmt: skip
     if "spectrum" in c.methods:
         fixed["spectrum"] = spectrum(targets, feats, budget, grid, r_max=r_max)
     if "importance" in c.methods:
@@ -136,7 +141,7 @@ def run_baselines(config: BaselinesConfig) -> dict[str, Any]:
                           f"{row['accuracy']:.4f} params {row['params']:,} ({row['seconds']:.1f}s)", flush=True)
         table = _aggregate(runs)
         result = {"budget": budget.caps, "grid": list(grid), "table": table, "runs": runs, "config": asdict(c)}
-        _write_results(result, Path(c.out))
+        write_results(result, Path(c.out))
         _print_results(c, table, budget)
         tracker.summary({f"{r['method']}@{r['lr']:g}/{k}": r[k] for r in table for k in ("eval_loss", "accuracy")})
         if tracker.wandb_run is not None:
@@ -165,13 +170,17 @@ def _aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
-def _write_results(result: dict[str, Any], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
-    with (out / "results.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(result["table"][0]))
-        w.writeheader()
-        w.writerows(result["table"])
+def write_results(result: dict[str, Any], out: Path) -> None:
+    """``results.json`` (everything) and ``results.csv`` (the table) in ``out``, each written atomically."""
+    atomic_write_json(out / "results.json", result)
+
+    def table(path: Path) -> None:
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(result["table"][0]))
+            w.writeheader()
+            w.writerows(result["table"])
+
+    atomic_write(out / "results.csv", table, ".csv")
 
 
 def _print_results(c: BaselinesConfig, table: list[dict[str, Any]], budget: Any) -> None:

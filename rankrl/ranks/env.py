@@ -169,7 +169,8 @@ class LoRARankEnv(gym.Env):
     at construction.
 
     ## Version History
-    * v0: initial version (live and calibrated-sim backends).
+    * v0: initial version (live and calibrated-sim backends). A NaN action entry now raises ``ValueError`` (it used
+      to be read as score 0, the grid's middle rank); every finite action means what it did, so the id stays v0.
     """
 
     metadata = {"render_modes": []}
@@ -306,7 +307,11 @@ class LoRARankEnv(gym.Env):
     def decode_action(self, action: np.ndarray) -> dict[str, int]:
         """Grid rank per module for a score action (before projection; padded entries ignored)."""
         a = np.asarray(action, dtype=np.float64).reshape(-1)[: len(self.targets)]
-        a = np.clip(np.nan_to_num(a, nan=0.0), -1.0, 1.0)
+        if bad := [t.name for t, x in zip(self.targets, a, strict=True) if math.isnan(x)]:
+            # a NaN score is a diverged policy, not a request for the grid's middle rank
+            raise ValueError(f"the action is NaN for {len(bad)} module(s) (e.g. {bad[0]}): the policy diverged; "
+                             "retrain it (e.g. a lower --ppo_lr)")  # fmt: skip
+        a = np.clip(a, -1.0, 1.0)
         idx = np.rint((a + 1.0) / 2.0 * (len(self.grid) - 1)).astype(np.int64)
         return {t.name: int(self.grid[i]) for t, i in zip(self.targets, idx, strict=True)}
 

@@ -236,6 +236,13 @@ def gradient_sensitivity(
             m.training = mode
     if n_batches == 0:
         raise ValueError("gradient_sensitivity needs at least one batch")
+    if not (torch.isfinite(sens).all() and torch.isfinite(norms).all()):
+        # NaN features used to become the neutral columns: a diverged measurement posing as "all equally sensitive"
+        finite = (torch.isfinite(sens) & torch.isfinite(norms)).tolist()
+        bad = [t.name for t, ok in zip(targets, finite, strict=True) if not ok]
+        raise ValueError(f"gradient sensitivity is not finite for {len(bad)} module(s) (e.g. {bad[0]}): the loss or "
+                         "gradients on the feature batches are NaN/inf. Check the model and task (a smaller --lr if "
+                         "the model was trained), or use --task none for neutral gradient columns")  # fmt: skip
     sens_rel = _relative(sens.numpy())
     return np.stack([sens_rel, np.log1p(sens_rel), _relative(norms.numpy())], axis=1).astype(np.float32)
 

@@ -219,15 +219,17 @@ class FineTuneRun:
         return max(0.0, (c.steps - step) / max(c.steps - c.warmup_steps, 1))
 
     # ----------------------------------------------------------------------------------------- train
-    def advance(self, k: int, progress: Any = None) -> dict[str, float]:
-        """Train ``k`` optimizer steps (fewer if the run ends). Returns ``train/loss`` (mean) and ``train/lr``.
+    def advance(self, k: int, progress: Any = None, stop: Any = ()) -> dict[str, float]:
+        """Train ``k`` optimizer steps (fewer if the run ends, or once ``stop`` is truthy: a
+        :class:`rankrl.interrupt.StopRequest` is polled between steps). Returns ``train/loss`` (mean) and
+        ``train/lr``; nothing is logged when ``stop`` prevented every step.
 
         A non-finite loss stops early and is reported as ``train/loss = nan`` with ``train/nan = 1``.
         """
         self.model.train()
         losses = []
         for _ in range(k):
-            if self.finished:
+            if self.finished or stop:
                 break
             loss = self.model(**self._next_batch()).loss
             if not torch.isfinite(loss):
@@ -251,7 +253,8 @@ class FineTuneRun:
             "train/loss": float(np.mean(losses)) if losses else math.nan,
             "train/lr": self.scheduler.get_last_lr()[0],
         }
-        self.log(out)
+        if losses or not stop:
+            self.log(out)
         return out
 
     @property
@@ -320,15 +323,16 @@ class FineTuneRun:
 
     def features(self, n_batches: int = 4) -> Any:
         """Per-module feature rows (shape, spectrum, gradient sensitivity on ``n_batches`` real training batches),
-        cached per (model, task) under :func:`rankrl.models.cache_dir`; see :mod:`rankrl.ranks.features`."""
+        cached under :func:`rankrl.models.cache_dir` by :func:`features_cache_key` at step 0 (later the trained
+        adapters change the gradients: measured, not cached); see :mod:`rankrl.ranks.features`."""
         from rankrl.models import cache_dir
         from rankrl.ranks.features import compute_features
 
-        key = f"{self.loaded.model_id}|{self.task.name}|{len(self.task.splits['train'])}|{n_batches}|{self.config.seed}"
-        return compute_features(
-            self.model.base_model.model, self.targets, list(batches(self, n_batches)), max_batches=n_batches,
-            cache_dir=cache_dir() / "features", cache_key=key,
-        )  # fmt: skip
+        key = features_cache_key(self.config, self.loaded.model_id, self.task.name, len(self.task.splits["train"]),
+                                 n_batches)
+        cache = dict(cache_dir=cache_dir() / "features", cache_key=key) if self.state.step == 0 else {}
+        return compute_features(self.model.base_model.model, self.targets, list(batches(self, n_batches)),
+                                max_batches=n_batches, **cache)  # fmt: skip
 
     def log(self, metrics: Mapping[str, float]) -> None:
         if self.tracker is not None:
@@ -356,8 +360,11 @@ class FineTuneRun:
         return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
     @classmethod
-    def resume(cls, path: str | os.PathLike, *, tracker: Any = None, **kwargs: Any) -> FineTuneRun:
-        """Rebuild a run from :meth:`save_checkpoint` and continue where it stopped."""
+    def resume(cls, path: str | os.PathLike, *, tracker: Any = None, config: FineTuneConfig | None = None,
+               **kwargs: Any) -> FineTuneRun:  # fmt: skip
+        """Rebuild a run from :meth:`save_checkpoint` and continue where it stopped (``config``: the checkpoint's,
+        or one the caller checked against it with :func:`checkpoint_config` and
+        :func:`rankrl.ranks.resume.check_same_settings`). Loads with ``weights_only=True``: nothing is unpickled."""
         path = Path(path)
         if path.is_dir():
             path = path / CHECKPOINT
@@ -365,8 +372,8 @@ class FineTuneRun:
             raise FileNotFoundError(
                 f"no checkpoint at {path}; start a run first or point --resume at its directory"
             )
-        payload = torch.load(path, weights_only=False)
-        config = FineTuneConfig(**payload["config"])
+        payload = torch.load(path, weights_only=True)  # tensors and plain data only: loading runs no code
+        config = config or FineTuneConfig(**payload["config"])
         run = cls(config, tracker=tracker, ranks=payload["ranks"], **kwargs)
         run.lora._scaling.update(payload["scaling"])
         run.lora.set_ranks(payload["ranks"])  # refresh masks with the restored scalings
@@ -385,6 +392,31 @@ class FineTuneRun:
         run._order = run._epoch_order(run.state.epoch)
         torch.set_rng_state(payload["torch_rng"])
         return run
+
+
+#: run settings a resumed fine-tune may change (they change neither the weights nor what is measured)
+RESUMABLE_CHANGES = frozenset({"threads", "eval_every", "eval_batch_size"})
+
+
+def checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The run config a :meth:`FineTuneRun.save_checkpoint` file holds (``weights_only=True``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    return dict(torch.load(path, weights_only=True)["config"])
+
+
+def features_cache_key(config: FineTuneConfig, model_id: str, task_name: str, n_train: int, n_batches: int) -> str:
+    """The feature-cache key of a run: everything that changes the feature rows. The model (and its head, seeded),
+    the task, its label granularity (TREC-6 and TREC-50 differ) and size, and the batches (``n_batches`` x
+    ``batch_size`` rows tokenised to ``max_length``, drawn by ``seed``). The adapter is not in it: at step 0 every
+    ``lora_B`` is zero, so it changes no gradient (later in a run :meth:`FineTuneRun.features` does not cache)."""
+    import json
+
+    c = config
+    return json.dumps({"v": 2, "model": model_id, "task": task_name, "labels": c.labels, "n_train": n_train,
+                       "max_train": c.max_train, "n_batches": n_batches, "batch_size": c.batch_size,
+                       "max_length": c.max_length, "seed": c.seed}, sort_keys=True)  # fmt: skip
 
 
 def _trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

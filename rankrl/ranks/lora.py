@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rankrl.atomic import replace_dir
 from rankrl.ranks.targets import TargetModule, find_target_modules
 
 ADAPTER = "default"
@@ -241,7 +242,8 @@ class RankedLoRA:
 
     def export(self, out_dir: str | os.PathLike) -> Path:
         """Write a PEFT adapter directory (``adapter_config.json`` + ``adapter_model.safetensors`` + ``ranks.json``)
-        loadable by ``PeftModel.from_pretrained``. Atomic: written to a temp dir, then moved into place."""
+        loadable by ``PeftModel.from_pretrained``. Atomic: written to a temp dir beside it, then swapped in
+        (:func:`rankrl.atomic.replace_dir`): an existing adapter is only removed once the new one is complete."""
         from safetensors.torch import save_file
 
         config = self.lora_config()
@@ -253,9 +255,7 @@ class RankedLoRA:
             config.save_pretrained(tmp)
             save_file(self.adapter_state_dict(), tmp / "adapter_model.safetensors")
             (tmp / "ranks.json").write_text(json.dumps(self.ranks, indent=1))
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
+            replace_dir(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -324,7 +324,9 @@ def parse_rank_spec(spec: str, targets: Sequence[TargetModule], r_max: int) -> d
         ``uniform:R``   every module gets rank R.
         ``kind:q=8,v=8,up=4,default=0``   by canonical projection kind (see :data:`rankrl.ranks.targets.KINDS`).
         ``PATH.json``   ``{"<module name or name suffix>": rank, ..., "default": rank}``; every key must match
-                        at least one module, and every module must be covered (or a ``default`` given).
+                        at least one module, no module may be matched by two keys (``output.dense`` also ends
+                        ``attention.output.dense``: use full names), and every module must be covered (or a
+                        ``default`` given).
     """
     if spec.startswith("uniform:"):
         r = _parse_int(spec.split(":", 1)[1], spec)
@@ -353,12 +355,18 @@ def parse_rank_spec(spec: str, targets: Sequence[TargetModule], r_max: int) -> d
         raise ValueError(f'{path}: not valid JSON ({e}); expected {{"module name": rank, ...}}') from e
     default = table.pop("default", None)
     out: dict[str, int] = {}
+    matched_by: dict[str, str] = {}
     for key, r in table.items():
         hits = [t.name for t in targets if t.name == key or t.name.endswith("." + key)]
         if not hits:
             raise RankPatternError(f"{path}: key {key!r} matches no adapted module (e.g. {targets[0].name})")
+        if clash := [h for h in hits if h in matched_by]:
+            raise RankPatternError(f"{path}: keys {matched_by[clash[0]]!r} and {key!r} both match {clash[0]} "
+                                   f"({len(clash)} module(s) in all), so one rank would silently win; use full module "
+                                   f"names (e.g. {clash[0]!r})")  # fmt: skip
         for h in hits:
             out[h] = int(r)
+            matched_by[h] = key
     for t in targets:
         if t.name not in out:
             if default is None:
@@ -426,13 +434,13 @@ def write_adapter_config(ranks: Mapping[str, int], out: str | os.PathLike, model
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out))
-    try:
+    try:  # written, read back and checked in a temp dir; only a config that passed is moved into place
         config.save_pretrained(tmp)
+        back = LoraConfig.from_pretrained(str(tmp))
+        fresh = load_model(model, task_kind=task_kind or "classification", num_labels=num_labels, seed=seed).model
+        check_pattern_keys(fresh, back, exact=True)
+        check_adapter_ranks(get_peft_model(fresh, back), {n: int(r) for n, r in ranks.items()})
         os.replace(tmp / "adapter_config.json", out / "adapter_config.json")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    back = LoraConfig.from_pretrained(str(out))
-    fresh = load_model(model, task_kind=task_kind or "classification", num_labels=num_labels, seed=seed).model
-    check_pattern_keys(fresh, back, exact=True)
-    check_adapter_ranks(get_peft_model(fresh, back), {n: int(r) for n, r in ranks.items()})
     return back

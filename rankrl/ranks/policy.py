@@ -1,5 +1,11 @@
-"""A trained rank policy on disk and in use: the ``policy.zip`` + ``policy.json`` format, loading with a layout
-check, widening to more modules, and the policy's allocation for any model under a :class:`BudgetSpec`.
+"""A trained rank policy on disk and in use: the ``policy.safetensors`` + ``policy.json`` format, loading with a
+layout check, widening to more modules, and the policy's allocation for any model under a :class:`BudgetSpec`.
+
+Nothing a user may receive runs code when loaded: the weights are safetensors and the network (spaces,
+architecture, hyper-parameters) is JSON from which :func:`rankrl.set_policy.build_policy` builds the
+:class:`~rankrl.set_policy.SetActorCriticPolicy`. The old ``policy.zip`` (SB3's ``PPO.save``, whose ``data``
+entries are cloudpickle that ``PPO.load`` runs) is refused with :class:`UnsafePolicyFileError`;
+:func:`convert_legacy_policy` (``rankrl convert-policy --policy DIR --trust``) converts a file the user trusts, once.
 
 Transfer: the set policy's weights do not depend on the number of rows, so a model with more adapted modules
 than the policy's ``max_modules`` is handled by re-instantiating the policy with more rows and the same weights
@@ -21,7 +27,9 @@ import numpy as np
 from rankrl.atomic import atomic_write
 from rankrl.ranks.budgets import BudgetSpec
 
-POLICY_FILE, POLICY_META = "policy.zip", "policy.json"
+POLICY_FILE, POLICY_META = "policy.safetensors", "policy.json"
+#: the old, pickle-based SB3 zip: refused by :func:`load_policy`, converted by :func:`convert_legacy_policy`
+LEGACY_POLICY_FILE = "policy.zip"
 
 
 #: policy.json format tag and version (bump when the observation/action contract changes)
@@ -29,11 +37,6 @@ POLICY_FORMAT, LAYOUT_VERSION = "rankrl/ranks/lora-rank-policy", 1
 
 
 # ------------------------------------------------------------------------------------------------- saving
-def save_sb3(model: Any, path: Path) -> Path:
-    """``model.save`` (SB3 zip) written atomically."""
-    return atomic_write(path, model.save, ".zip")  # the .zip suffix stops SB3 from appending one
-
-
 def save_json(data: Any, path: Path) -> Path:
     """``data`` as indented JSON, written atomically."""
     return atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=1, default=str)), ".json")
@@ -66,10 +69,14 @@ def policy_meta(config: Any, timesteps_done: int = 0) -> dict[str, Any]:
 
 
 def save_policy(model: Any, out: str | os.PathLike, config: Any, timesteps_done: int) -> Path:
-    """Write ``policy.zip`` (SB3) and ``policy.json`` (:func:`policy_meta`) into ``out``, atomically."""
+    """Write ``policy.safetensors`` (the weights of ``model.policy``) and ``policy.json`` (:func:`policy_meta` plus
+    the network's :func:`~rankrl.set_policy.policy_spec`) into ``out``, each atomically, weights first."""
+    from rankrl.set_policy import policy_spec, save_policy_weights
+
     out = Path(out)
-    save_sb3(model, out / POLICY_FILE)
-    save_json(policy_meta(config, timesteps_done), out / POLICY_META)
+    save_policy_weights(model.policy, out / POLICY_FILE)
+    meta = policy_meta(config, timesteps_done) | {"weights": POLICY_FILE, "network": policy_spec(model.policy)}
+    save_json(meta, out / POLICY_META)
     return out / POLICY_FILE
 
 
@@ -79,6 +86,18 @@ _FIX = ("retrain the policy with this rankrl (`rankrl train-policy --out DIR`, t
 
 class PolicyLayoutError(ValueError):
     """A policy file does not fit this rankrl's observation layout (or is not a rank policy at all)."""
+
+
+class UnsafePolicyFileError(PolicyLayoutError):
+    """A policy or checkpoint in the old pickle-based format: loading it would run code from the file."""
+
+
+def legacy_message(path: Path, folder: Path) -> str:
+    """Why an old SB3 zip is refused, and the fix."""
+    return (f"{path} is in the old policy format (an SB3 zip whose entries are unpickled on load, so the file can run "
+            "any code); rankrl does not load it. If you trust where it came from, convert it once with `rankrl "
+            f"convert-policy --policy {folder} --trust` (writes {POLICY_FILE} + JSON); otherwise retrain it with "
+            "`rankrl train-policy`")  # fmt: skip
 
 
 @dataclass
@@ -91,27 +110,59 @@ class LoadedPolicy:
 
 
 def load_policy(path: str | os.PathLike) -> LoadedPolicy:
-    """Load ``policy.zip`` + ``policy.json`` (a directory, or the path of either file) on CPU.
+    """Load ``policy.safetensors`` + ``policy.json`` (a directory, or the path of either file) on CPU: the network
+    is built from the JSON and the weights loaded into it; nothing is unpickled.
 
     Raises:
+        UnsafePolicyFileError: only the old pickle-based ``policy.zip`` is there (the message names the converter).
         PolicyLayoutError: missing or foreign ``policy.json``, or another observation layout.
     """
-    from stable_baselines3 import PPO
+    from rankrl.set_policy import PolicySpecError, build_policy, load_policy_weights
 
     p = Path(path)
     folder = p if p.is_dir() else p.parent
-    meta_path, zip_path = folder / POLICY_META, folder / POLICY_FILE
-    if not zip_path.exists() or not meta_path.exists():
+    meta_path, weights = folder / POLICY_META, folder / POLICY_FILE
+    if not weights.exists() and (folder / LEGACY_POLICY_FILE).exists():
+        raise UnsafePolicyFileError(legacy_message(folder / LEGACY_POLICY_FILE, folder))
+    if not weights.exists() or not meta_path.exists():
         raise PolicyLayoutError(f"--policy {path}: expected {POLICY_FILE} and {POLICY_META} in {folder}; "
                                 "train one with `rankrl train-policy --out DIR`")  # fmt: skip
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != POLICY_FORMAT:
         raise PolicyLayoutError(f"{meta_path} is not a LoRA rank policy (format {meta.get('format')!r}, expected "
                                 f"{POLICY_FORMAT!r}); {_FIX}")  # fmt: skip
-    policy = PPO.load(zip_path, device="cpu").policy
+    check_layout(meta, None, meta_path)
+    if "network" not in meta:
+        raise PolicyLayoutError(f"{meta_path} has no 'network' record (a policy.json of the old format); {_FIX}")
+    try:
+        policy = load_policy_weights(build_policy(meta["network"]), weights)
+    except PolicySpecError as e:
+        raise PolicyLayoutError(f"{meta_path}: {e}; {_FIX}") from None
     policy.set_training_mode(False)
     check_layout(meta, policy, meta_path)
     return LoadedPolicy(policy, meta, folder)
+
+
+def convert_legacy_policy(folder: str | os.PathLike) -> Path:
+    """Convert a trusted old ``policy.zip`` (SB3, pickle) in ``folder`` to ``policy.safetensors`` + the network in
+    ``policy.json``. **Runs the code in the zip** (``PPO.load``): only for files the user trusts; the CLI asks for
+    ``--trust``. The zip is left in place (delete it once the converted policy works)."""
+    from stable_baselines3 import PPO
+
+    from rankrl.set_policy import policy_spec, save_policy_weights
+
+    folder = Path(folder)
+    zip_path, meta_path = folder / LEGACY_POLICY_FILE, folder / POLICY_META
+    if not zip_path.exists() or not meta_path.exists():
+        raise PolicyLayoutError(f"{folder}: no old-format {LEGACY_POLICY_FILE} + {POLICY_META} to convert")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != POLICY_FORMAT:
+        raise PolicyLayoutError(f"{meta_path} is not a LoRA rank policy (format {meta.get('format')!r})")
+    check_layout(meta, None, meta_path)
+    policy = PPO.load(zip_path, device="cpu").policy
+    save_policy_weights(policy, folder / POLICY_FILE)
+    save_json(meta | {"weights": POLICY_FILE, "network": policy_spec(policy)}, meta_path)
+    return folder / POLICY_FILE
 
 
 def check_layout(meta: Mapping[str, Any], policy: Any = None, where: Any = "policy.json") -> None:

@@ -434,7 +434,11 @@ def _fit(targets: Sequence[TargetModule], grad_sens: np.ndarray, probes: Sequenc
     x0 = np.concatenate([[0.5, 0.1, 1.0, 0.1, 1.0], np.zeros(len(kinds))])
     lo = np.concatenate([[0.0, 0.0, 0.0, 0.0, 0.0], np.full(len(kinds), -3.0)])
     hi = np.concatenate([[1.0, 50.0, 50.0, 5.0, 2.0], np.full(len(kinds), 3.0)])
-    x = least_squares(residuals, x0, bounds=(lo, hi)).x if rows else x0
+    if not rows:  # nothing to fit: the start values would pose as a calibration
+        raise RuntimeError("no calibration probe has a finite eval loss after step 0 (each diverged or stopped at its "
+                           "first evaluation), so the sim cannot be fitted; lower --env.run.lr, or raise "
+                           "--probe_steps / --probe_evals")  # fmt: skip
+    x = least_squares(residuals, x0, bounds=(lo, hi)).x
     points = [(L, a) for p in probes for L, a in zip(p.losses, p.accuracies, strict=True) if math.isfinite(L)]
     losses, accs = np.array([p[0] for p in points]), np.array([p[1] for p in points])
     slope, intercept = np.polyfit(losses, accs, 1) if np.ptp(losses) > 1e-12 else (0.0, float(accs.mean()))

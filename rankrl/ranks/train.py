@@ -3,14 +3,18 @@
 The policy learns on ``rankrl/LoRARank-Sim-v0`` (a surrogate calibrated from short live probes of the same model
 and task, :func:`rankrl.ranks.sim.calibrate`, cached) or directly on the live env. SB3 is used as a
 library: the architecture comes in through ``policy_kwargs`` (:class:`~rankrl.set_policy.SetActorCriticPolicy`),
-logging and checkpoints through callbacks. Checkpoints are atomic (``model.save`` to a temp file, then
-``os.replace``) and taken right after a PPO update, so ``--resume`` (``PPO.load`` +
-``learn(reset_num_timesteps=False)``) loses nothing but the rollout in flight.
+logging and checkpoints through callbacks. Checkpoints are taken right after a PPO update and hold no pickle:
+the policy's weights (safetensors), the optimizer state (``torch.load(weights_only=True)``) and the counters,
+config and network as JSON, each written atomically. ``--resume`` rebuilds PPO from the config, loads them and
+continues (``learn(reset_num_timesteps=False)``), losing nothing but the rollout in flight; its ``metrics.jsonl``
+is first cut back to the checkpoint's step. SIGINT / SIGTERM (Ctrl-C, ``kill``) stop at the next env step: the
+checkpoint and the policy files are written at the last update and the command exits with status 130.
 
 Whatever it trained on, the policy is then run for one live episode (deterministic) next to uniform LoRA at the
-same budget, same seed and same channel draws: the sim is only a surrogate. Outputs in ``--out``: ``policy.zip``
-and ``policy.json`` (the observation layout that :mod:`rankrl.ranks.apply` checks), ``checkpoint.zip`` +
-``checkpoint.json``, ``metrics.jsonl`` (+ W&B), ``curves.png``, ``rank_heatmap*.png`` and ``summary.json``.
+same budget, same seed and same channel draws: the sim is only a surrogate. Outputs in ``--out``:
+``policy.safetensors`` and ``policy.json`` (network and the observation layout that :mod:`rankrl.ranks.apply`
+checks), ``checkpoint.safetensors`` + ``checkpoint_optimizer.pt`` + ``checkpoint.json``, ``metrics.jsonl``
+(+ W&B), ``curves.png``, ``rank_heatmap*.png`` and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import numpy as np
 from rankrl.ranks.budgets import BudgetSpec
 from rankrl.ranks.env import LoRARankConfig
 from rankrl.ranks.finetune import FineTuneConfig
-from rankrl.ranks.policy import POLICY_FILE, POLICY_META, save_json, save_policy, save_sb3
+from rankrl.ranks.policy import POLICY_FILE, POLICY_META, legacy_message, save_json, save_policy
+from rankrl.ranks.resume import check_same_settings, truncate_metrics
 
 __all__ = [
     "ENV_IDS",
@@ -43,7 +48,11 @@ __all__ = [
 ]
 
 ENV_IDS: tuple[str, ...] = ("rankrl/LoRARank-Sim-v0", "rankrl/LoRARank-v0")
-CHECKPOINT_FILE, CHECKPOINT_STATE = "checkpoint.zip", "checkpoint.json"
+CHECKPOINT_FILE, CHECKPOINT_STATE, CHECKPOINT_OPTIMIZER = "checkpoint.safetensors", "checkpoint.json", \
+    "checkpoint_optimizer.pt"
+#: the old, pickle-based SB3 checkpoint: refused by ``--resume``, converted by ``rankrl convert-policy --trust``
+LEGACY_CHECKPOINT_FILE = "checkpoint.zip"
+CHECKPOINT_FORMAT = "rankrl/ranks/train-policy-checkpoint"
 #: config fields that may change between a run and its --resume
 RESUMABLE_CHANGES = frozenset({"timesteps", "checkpoint_every", "resume", "wandb", "progress", "env.run.threads",
                                "out"})
@@ -58,7 +67,7 @@ def _episode() -> LoRARankConfig:
 @dataclass(frozen=True)
 class TrainPolicyConfig:
     """Train a LoRA rank-allocation policy (PPO, one head shared by all modules) on the LoRARank env, evaluate it
-    live against uniform LoRA at the same budget, and save policy.zip + policy.json for `rankrl apply`.
+    live against uniform LoRA at the same budget, and save policy.safetensors + policy.json for `rankrl apply`.
 
     The episode is the env config, which nests the fine-tuning run: ``--env.run.lr``, ``--env.run.model``,
     ``--env.budget.rank``, ``--env.decisions``, ``--env.w_quality``, ... (every field of both is a flag)."""
@@ -94,11 +103,11 @@ class TrainPolicyConfig:
     context: str = "mean"
     """how a module sees the others: 'mean' (masked mean-pool) or 'attention'"""
     out: str = "runs/policy"
-    """run directory: policy.zip, policy.json, checkpoint.*, metrics.jsonl, PNGs, summary.json"""
+    """run directory: policy.safetensors, policy.json, checkpoint.*, metrics.jsonl, PNGs, summary.json"""
     checkpoint_every: int = 1024
     """checkpoint after the first PPO update past every this many env steps (0: only at the end)"""
     resume: bool = False
-    """continue from <out>/checkpoint.zip up to --timesteps (the other settings must match the checkpoint's)"""
+    """continue from <out>/checkpoint.* up to --timesteps (the other settings must match the checkpoint's)"""
     wandb: bool = True
     """log to W&B (offline unless WANDB_MODE / credentials say otherwise)"""
     progress: bool = True
@@ -151,6 +160,8 @@ class TrainResult:
         timesteps_done: env steps PPO has taken over all runs of this directory.
         live: live evaluation, ``{"policy": summary, "uniform": summary}`` (see :func:`episode_summary`).
         sim: sim evaluation (sim training only), same layout.
+        interrupted: the name of the signal (``"SIGINT"``/``"SIGTERM"``) that stopped training early (checkpoint
+            and policy saved, no evaluation), else ``""``.
     """
 
     model: Any
@@ -158,6 +169,7 @@ class TrainResult:
     timesteps_done: int
     live: dict[str, dict[str, Any]] = field(default_factory=dict)
     sim: dict[str, dict[str, Any]] = field(default_factory=dict)
+    interrupted: str = ""
 
 
 # ------------------------------------------------------------------------------------------------------ envs
@@ -222,7 +234,7 @@ def plot_rank_heatmap(targets: Any, allocations: list[Mapping[str, int]], out: s
 
 
 # ---------------------------------------------------------------------------------------------- callbacks
-def _callbacks(tracker: Any, config: TrainPolicyConfig, out: Path) -> list[Any]:
+def _callbacks(tracker: Any, config: TrainPolicyConfig, out: Path, stop: Any = ()) -> list[Any]:
     from stable_baselines3.common.callbacks import BaseCallback
 
     class EpisodeLogger(BaseCallback):
@@ -239,7 +251,7 @@ def _callbacks(tracker: Any, config: TrainPolicyConfig, out: Path) -> list[Any]:
                 self.running.setdefault(k, []).append(info)
                 if done:
                     self.finished.append(episode_summary(self.running.pop(k)))
-            return True
+            return not stop  # a SIGINT/SIGTERM: stop learn() here (rollout_end is not called, nothing logged)
 
         def _on_rollout_end(self) -> None:
             metrics = {k: v for k, v in self.model.logger.name_to_value.items() if k.startswith("train/")}
@@ -266,11 +278,13 @@ def _callbacks(tracker: Any, config: TrainPolicyConfig, out: Path) -> list[Any]:
         def __init__(self) -> None:
             super().__init__()
             self.last = None
+            self.updated_at = 0  # env steps the weights reflect: the count at the last update
 
         def _on_training_start(self) -> None:
-            self.last = self.num_timesteps
+            self.last = self.updated_at = self.num_timesteps
 
         def _on_rollout_start(self) -> None:
+            self.updated_at = self.num_timesteps
             every = config.checkpoint_every
             if every and self.num_timesteps - self.last >= every:
                 save_checkpoint(self.model, out, config)
@@ -282,47 +296,74 @@ def _callbacks(tracker: Any, config: TrainPolicyConfig, out: Path) -> list[Any]:
     return [EpisodeLogger(), Checkpointer()]
 
 
-def save_checkpoint(model: Any, out: Path, config: TrainPolicyConfig) -> Path:
-    """``checkpoint.zip`` (SB3 weights + optimizer + timestep count) and ``checkpoint.json`` (config, steps done)."""
-    save_sb3(model, out / CHECKPOINT_FILE)
-    save_json({"timesteps_done": int(model.num_timesteps), "timesteps": config.timesteps, "saved_at": time.time(),
-                "config": asdict(config)}, out / CHECKPOINT_STATE)  # fmt: skip
+def save_checkpoint(model: Any, out: Path, config: TrainPolicyConfig, timesteps_done: int | None = None) -> Path:
+    """``checkpoint.safetensors`` (policy weights), ``checkpoint_optimizer.pt`` (the Adam state: tensors and numbers
+    only, read back with ``weights_only=True``) and, last, ``checkpoint.json`` (steps done, updates done, config,
+    network); each atomic. ``timesteps_done`` defaults to ``model.num_timesteps``."""
+    import torch
+
+    from rankrl.atomic import atomic_write
+    from rankrl.set_policy import policy_spec, save_policy_weights
+
+    done = int(model.num_timesteps if timesteps_done is None else timesteps_done)
+    save_policy_weights(model.policy, out / CHECKPOINT_FILE)
+    optimizer = model.policy.optimizer.state_dict()
+    atomic_write(out / CHECKPOINT_OPTIMIZER, lambda p: torch.save(optimizer, p), ".pt")
+    save_json({"format": CHECKPOINT_FORMAT, "timesteps_done": done, "n_updates": int(model._n_updates),
+               "timesteps": config.timesteps, "saved_at": time.time(), "config": asdict(config),
+               "network": policy_spec(model.policy)}, out / CHECKPOINT_STATE)  # fmt: skip
     return out / CHECKPOINT_FILE
 
 
+def load_checkpoint(model: Any, out: Path, state: Mapping[str, Any]) -> None:
+    """Load a :func:`save_checkpoint` into a PPO built from the same config (weights, optimizer, counters);
+    nothing is unpickled."""
+    import torch
+
+    from rankrl.set_policy import load_policy_weights, policy_spec
+
+    if json.loads(json.dumps(policy_spec(model.policy))) != state["network"]:
+        raise SystemExit(f"--resume: the network in {out / CHECKPOINT_STATE} differs from the one these settings "
+                         "build; pass the checkpoint's settings or use a new --out")  # fmt: skip
+    load_policy_weights(model.policy, out / CHECKPOINT_FILE)
+    model.policy.optimizer.load_state_dict(torch.load(out / CHECKPOINT_OPTIMIZER, weights_only=True))
+    model.num_timesteps = int(state["timesteps_done"])
+    model._n_updates = int(state["n_updates"])
+
+
 def _check_resumable(config: TrainPolicyConfig, out: Path) -> dict[str, Any]:
-    state_path, ckpt = out / CHECKPOINT_STATE, out / CHECKPOINT_FILE
-    if not (state_path.exists() and ckpt.exists()):
-        raise SystemExit(f"--resume: no checkpoint ({CHECKPOINT_FILE} + {CHECKPOINT_STATE}) in {out}; "
-                         "run without --resume first")  # fmt: skip
+    state_path, files = out / CHECKPOINT_STATE, (out / CHECKPOINT_FILE, out / CHECKPOINT_OPTIMIZER)
+    if not all(f.exists() for f in files) and (out / LEGACY_CHECKPOINT_FILE).exists():
+        raise SystemExit(f"--resume: {legacy_message(out / LEGACY_CHECKPOINT_FILE, out)}")
+    if not (state_path.exists() and all(f.exists() for f in files)):
+        raise SystemExit(f"--resume: no checkpoint ({CHECKPOINT_FILE} + {CHECKPOINT_OPTIMIZER} + {CHECKPOINT_STATE}) "
+                         f"in {out}; run without --resume first")  # fmt: skip
     state = json.loads(state_path.read_text())
-    mine, theirs = _dotted(json.loads(json.dumps(asdict(config), default=str))), _dotted(state["config"])
-    diff = {k: (theirs.get(k), v) for k, v in mine.items() if k not in RESUMABLE_CHANGES and theirs.get(k) != v}
-    if diff:
-        shown = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-        raise SystemExit(f"--resume: settings differ from the checkpoint in {out} ({shown}); pass the same values "
-                         "(only timesteps, checkpoint_every, wandb, progress, env.run.threads may change) or use a new "
-                         "--out")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise SystemExit(f"--resume: {state_path} is not a train-policy checkpoint of this rankrl; use a new --out")
+    check_same_settings(state["config"], asdict(config), RESUMABLE_CHANGES, out=out)
     return state
-
-
-def _dotted(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"env": {"run": {"lr": 1}}}`` -> ``{"env.run.lr": 1}`` (how the flags name them)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_dotted(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
-    return out
 
 
 # -------------------------------------------------------------------------------------------------- train
 def train_policy(config: TrainPolicyConfig, *, calibration: Any = None) -> TrainResult:
     """Train (or resume) a rank policy, save it, evaluate it on sim (when sim-trained) and always on live.
 
+    SIGINT / SIGTERM while it runs stop training at the next env step: the checkpoint and the policy files are
+    written at the last PPO update, evaluation is skipped and the result has ``interrupted`` set (the CLI exits 130).
+
     Args:
         config: the run.
         calibration: a :class:`~rankrl.ranks.sim.SimCalibration` for the sim env (default: calibrate
             ``config``'s model and task from live probes, or read that calibration from cache).
     """
+    from rankrl.interrupt import stop_on_signals
+
+    with stop_on_signals() as stop:
+        return _train_policy(config, calibration, stop)
+
+
+def _train_policy(config: TrainPolicyConfig, calibration: Any, stop: Any) -> TrainResult:
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
@@ -345,6 +386,8 @@ def train_policy(config: TrainPolicyConfig, *, calibration: Any = None) -> Train
         calibration = calibrate(config.env, config.probes, probe_steps, probe_evals=config.probe_evals)
         print(f"  done in {time.time() - t0:.1f}s: loss0 {calibration.loss0:.3f}, floor {calibration.loss_inf:.3f}, "
               f"rate0 {calibration.rate0:.4f}, rate1 {calibration.rate1:.4f}", flush=True)  # fmt: skip
+    if state is not None and (cut := truncate_metrics(out, int(state["timesteps_done"]))):
+        print(f"metrics.jsonl: dropped {cut} rows logged after the checkpoint (step {state['timesteps_done']})")
     tracker = Tracker(out, config=asdict(config) | {"job": "train-policy"}, use_wandb=config.wandb,
                       resume=config.resume)  # fmt: skip
     try:
@@ -353,30 +396,36 @@ def train_policy(config: TrainPolicyConfig, *, calibration: Any = None) -> Train
         targets = vec.envs[0].unwrapped.targets
         if config.backend == "sim":
             torch.set_num_threads(1)  # small policy nets and a numpy surrogate: one thread is fastest
+        model = PPO(SetActorCriticPolicy, vec, n_steps=config.n_steps, batch_size=min(config.ppo_batch_size,
+                    config.n_steps), n_epochs=config.n_epochs, learning_rate=config.ppo_lr, gamma=config.gamma,
+                    gae_lambda=0.95, ent_coef=config.ent_coef, seed=config.run.seed, device="cpu", verbose=0,
+                    policy_kwargs=dict(hidden=config.hidden, context=config.context, log_std_init=-1.0))  # fmt: skip
         if state is not None:
-            model = PPO.load(out / CHECKPOINT_FILE, env=vec, device="cpu")
+            load_checkpoint(model, out, state)
             print(f"resuming from {out / CHECKPOINT_FILE} at {model.num_timesteps} of {config.timesteps} env steps")
-        else:
-            model = PPO(SetActorCriticPolicy, vec, n_steps=config.n_steps, batch_size=min(config.ppo_batch_size,
-                        config.n_steps), n_epochs=config.n_epochs, learning_rate=config.ppo_lr, gamma=config.gamma,
-                        gae_lambda=0.95, ent_coef=config.ent_coef, seed=config.run.seed, device="cpu", verbose=0,
-                        policy_kwargs=dict(hidden=config.hidden, context=config.context,
-                                           log_std_init=-1.0))  # fmt: skip
         print(f"{config.env_id}: {config.run.model}/{config.run.task}, {len(targets)} modules, "
               f"grid {vec.envs[0].unwrapped.grid}, "
               f"{config.env.decisions} decisions x {config.run.steps // config.env.decisions} steps, budget "
               f"{_budget_text(config)}", flush=True)  # fmt: skip
         remaining = config.timesteps - model.num_timesteps
-        if remaining > 0:
-            model.learn(remaining, callback=_callbacks(tracker, config, out), reset_num_timesteps=state is None,
+        done = int(model.num_timesteps)
+        if remaining > 0 and not stop:
+            callbacks = _callbacks(tracker, config, out, stop)
+            model.learn(remaining, callback=callbacks, reset_num_timesteps=state is None,
                         progress_bar=config.progress)  # fmt: skip
-        else:
+            # stopped by a signal: the weights are those of the last update, the steps after it were not learnt
+            done = callbacks[1].updated_at if stop else int(model.num_timesteps)
+        elif remaining <= 0:
             print(f"checkpoint already at {model.num_timesteps} >= --timesteps {config.timesteps}: nothing to train")
         torch.set_num_threads(threads)
-        done = int(model.num_timesteps)
-        save_checkpoint(model, out, config)
+        save_checkpoint(model, out, config, done)
         save_policy(model, out, config, done)
         result = TrainResult(model, out, done)
+        if stop:
+            result.interrupted = stop.name
+            print(f"\n{stop.name}: stopped at {done} of {config.timesteps} env steps; checkpoint and policy saved in "
+                  f"{out} (no evaluation). Continue with the same flags and --resume", flush=True)  # fmt: skip
+            return result
         summary: dict[str, Any] = {"timesteps_done": done}
 
         def act(obs: Any, env: Any) -> np.ndarray:
@@ -435,3 +484,18 @@ def _print_table(title: str, rows: Mapping[str, Mapping[str, Any]]) -> None:
         loss, acc = (f"{s[k]:.4f}" if math.isfinite(s[k]) else "nan" for k in ("eval_loss", "accuracy"))
         print(f"  {name:<10} {loss:>9} {acc:>9} {s['reward']:>8.4f} {s['params']:>13,.0f} {s['bits']:>12,.0f} "
               f"{s['tx_seconds']:>11.4f} {s['violation']:>9.3f}")  # fmt: skip
+
+
+def convert_legacy_checkpoint(out: str | os.PathLike) -> Path:
+    """Convert a trusted old ``checkpoint.zip`` (SB3, pickle) in ``out`` to the pickle-free checkpoint files, so
+    ``--resume`` continues it. **Runs the code in the zip** (``PPO.load``): only for files the user trusts."""
+    from stable_baselines3 import PPO
+
+    out = Path(out)
+    state_path = out / CHECKPOINT_STATE
+    if not (out / LEGACY_CHECKPOINT_FILE).exists() or not state_path.exists():
+        raise SystemExit(f"{out}: no old-format {LEGACY_CHECKPOINT_FILE} + {CHECKPOINT_STATE} to convert")
+    old = json.loads(state_path.read_text())
+    model = PPO.load(out / LEGACY_CHECKPOINT_FILE, device="cpu")
+    config = TrainPolicyConfig.from_dict(old["config"])
+    return save_checkpoint(model, out, config, int(old.get("timesteps_done", model.num_timesteps)))
