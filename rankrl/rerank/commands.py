@@ -10,7 +10,7 @@ from rankrl.args import parse_config
 RERANK_USAGE = """usage: rankrl rerank {train,train-encoder,eval} [--help] [options]
 
   train          GRPO reranker: --recipe rank-r1|erank|grouprank (erank: SFT --sft_steps, then listwise GRPO);
-                 every GRPOConfig flag works
+                 every GRPOConfig flag works; --resume_from_checkpoint DIR|true continues a run
   train-encoder  GRPO over sampled rankings with a MiniLM bi-encoder policy (LoRA query encoder + BM25 weight)
   eval           rerank BM25 top-k of held-out queries with a trained model; TREC run file + nDCG@10 table"""
 
@@ -46,5 +46,23 @@ def cmd_rerank(argv: Sequence[str]) -> int:
     parser = TrlParser((RerankArgs, GRPOConfig), prog="rankrl rerank train")
     if "-h" in argv[1:] or "--help" in argv[1:]:
         parser.parse_args(["--help"])
-    args, config = parser.parse_args_and_config(with_grpo_defaults(argv[1:], RERANK_GRPO_DEFAULTS))
+    # TRL validates num_generations while parsing: start it at --rollouts, which it is set to anyway
+    defaults = RERANK_GRPO_DEFAULTS | {"--num_generations": _flag_value(argv[1:], "--rollouts") or
+                                       str(RerankArgs.rollouts)}  # fmt: skip
+    args, config = parser.parse_args_and_config(with_grpo_defaults(argv[1:], defaults))
+    if any(a == "--num_generations" or a.startswith("--num_generations=") for a in argv[1:]):
+        from rankrl.rerank.job import check_num_generations
+
+        check_num_generations(config.num_generations, args.rollouts)
     return run_rerank_train(args, config)
+
+
+def _flag_value(argv: Sequence[str], flag: str) -> str | None:
+    """The last value ``argv`` gives ``flag`` (``--flag v`` or ``--flag=v``), else None."""
+    value = None
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+    return value

@@ -8,6 +8,12 @@ each under :mod:`rankrl.rerank.recipes`) says how a query's candidates become tr
 trainer (ERank: SFT first, then a query-grouped GRPO) and how a trained model scores candidates; this module only
 wires them: :func:`build_dataset`, :func:`make_scorer`, :func:`run_rerank_train`, :func:`run_rerank_eval`.
 
+``train`` resumes with ``--resume_from_checkpoint DIR|true`` (flags that change the run must match
+``run_args.json``; ``metrics.jsonl`` is cut back to the checkpoint's step; erank re-runs its seeded SFT stage first,
+then continues GRPO from the checkpoint) and stops on SIGINT / SIGTERM after the current step with a checkpoint
+(exit status 130). ``eval`` writes the TREC run and, beside it, a JSON of the metrics with the count of generated
+completions it could not parse (each fell back to BM25 order, see :class:`~rankrl.rerank.prompts.ParseCount`).
+
 All trainers use LoRA (PEFT ``peft_config``). ``train`` saves the merged model + tokenizer + ``rerank.json`` (the
 :class:`RerankArgs`, ``first_stage_rank`` included) to ``<output_dir>/merged`` so ``rankrl rerank eval --model
 <output_dir>`` needs nothing else and prompts the way the model was trained.
@@ -178,17 +184,35 @@ def _load(args: RerankArgs, seed: int):
     return lm
 
 
+#: GRPOConfig's own num_generations default (a config still holding it did not set the flag)
+_TRL_NUM_GENERATIONS_DEFAULT = 8
+
+
+def check_num_generations(num_generations: int | None, rollouts: int) -> None:
+    """``--num_generations`` is set from ``--rollouts`` in ``rerank train``: refuse a different explicit value."""
+    if num_generations is not None and int(num_generations) != rollouts:
+        raise ValueError(f"--num_generations {num_generations} conflicts with --rollouts {rollouts}: rankrl rerank "
+                         f"train sets TRL's num_generations from --rollouts; pass --rollouts {num_generations} "
+                         "instead")  # fmt: skip
+
+
 def run_rerank_train(args: RerankArgs, config: Any) -> int:
     """Train ``args.recipe`` with GRPO (``config``: a ``trl.GRPOConfig``), ERank with SFT first; saves the merged
-    model to ``<output_dir>/merged``. Returns 0."""
+    model to ``<output_dir>/merged``. Returns 0, or 130 after a SIGINT / SIGTERM (with a checkpoint once GRPO
+    started)."""
     from peft import LoraConfig
 
+    from rankrl.interrupt import EXIT_INTERRUPTED, stop_on_signals
     from rankrl.rerank.collections import load_collection
-    from rankrl.tracking import trainer_metrics_callback, wandb_mode
+    from rankrl.tracking import check_run_args, grpo_run_flags, resume_checkpoint, wandb_mode
 
     if "wandb" in (config.report_to or []):
         os.environ.setdefault("WANDB_MODE", wandb_mode())
+    if config.num_generations != _TRL_NUM_GENERATIONS_DEFAULT:  # set in a --config file or in code
+        check_num_generations(config.num_generations, args.rollouts)
     config.num_generations = args.rollouts
+    resume = resume_checkpoint(config.resume_from_checkpoint, config.output_dir)
+    check_run_args(config.output_dir, {**asdict(args), **grpo_run_flags(config)}, resuming=resume is not None)
     coll = load_collection(args.data)
     train_q, _ = split_queries(coll, args.test_fraction, args.split_seed)
     train_q = train_q[: args.max_queries] if args.max_queries else train_q
@@ -202,6 +226,32 @@ def run_rerank_train(args: RerankArgs, config: Any) -> int:
     print(f"rerank train | recipe {args.recipe} | model {args.model} | {len(rows)} rows from {len(train_q)} queries"
           + (" | BM25 rank in prompts" if args.first_stage_rank else ""))  # fmt: skip
     recipe = RECIPES[args.recipe]
+    with stop_on_signals() as stop:
+        trainer = _train_stages(args, config, lm, model, rows, coll, lora, recipe, resume, stop)
+    if stop:
+        where = (f"after step {trainer.state.global_step}; checkpoint -> {Path(config.output_dir)}/checkpoint-"
+                 f"{trainer.state.global_step}; continue with the same flags and --resume_from_checkpoint true"
+                 if trainer is not None else
+                 "during the SFT stage, before any GRPO checkpoint; run the same command again")  # fmt: skip
+        print(f"{stop.name}: stopped {where}")
+        return EXIT_INTERRUPTED
+    trainer.save_model(config.output_dir)  # (the Trainer saves on the main process only)
+    merged = Path(config.output_dir) / "merged"
+    if trainer.accelerator.is_main_process:  # under `accelerate launch`, one writer for the merged model
+        trainer.model.merge_and_unload().save_pretrained(merged)
+        lm.tokenizer.save_pretrained(merged)
+        atomic_write_text(merged / "rerank.json", json.dumps(asdict(args), indent=1))
+        print(f"saved -> {merged}")
+    trainer.accelerator.wait_for_everyone()
+    return 0
+
+
+def _train_stages(args: RerankArgs, config: Any, lm: Any, model: Any, rows: Any, coll: Collection, lora: Any,
+                  recipe: Any, resume: str | None, stop: Any) -> Any:  # fmt: skip
+    """ERank's SFT stage (if any), then GRPO (resumed from ``resume``); the GRPO trainer, or None when ``stop``
+    fired during SFT."""
+    from rankrl.tracking import checkpoint_step, trainer_metrics_callback, trainer_stop_callback
+
     if recipe.sft_dataset is not None and args.sft_steps:
         from trl import SFTConfig, SFTTrainer
 
@@ -212,21 +262,18 @@ def run_rerank_train(args: RerankArgs, config: Any) -> int:
                             seed=config.seed)  # fmt: skip
         sft = SFTTrainer(model=model, args=sft_cfg, train_dataset=recipe.sft_dataset(coll, rows),
                          processing_class=lm.tokenizer, peft_config=lora)  # fmt: skip
+        sft.add_callback(trainer_stop_callback(stop))
         sft.train()
+        if stop:  # SFT is seeded and re-run on resume, so its checkpoint would not be used
+            return None
         model = sft.model.merge_and_unload()  # stage 2 trains a fresh adapter on the SFT-merged weights
     trainer = recipe.trainer()(model=model, processing_class=lm.tokenizer, reward_funcs=recipe.reward, args=config,
                                train_dataset=rows, peft_config=lora)  # fmt: skip
-    trainer.add_callback(trainer_metrics_callback(config.output_dir))  # reward per step -> metrics.jsonl
-    trainer.train()
-    trainer.save_model(config.output_dir)  # (the Trainer saves on the main process only)
-    merged = Path(config.output_dir) / "merged"
-    if trainer.accelerator.is_main_process:  # under `accelerate launch`, one writer for the merged model
-        trainer.model.merge_and_unload().save_pretrained(merged)
-        lm.tokenizer.save_pretrained(merged)
-        atomic_write_text(merged / "rerank.json", json.dumps(asdict(args), indent=1))
-        print(f"saved -> {merged}")
-    trainer.accelerator.wait_for_everyone()
-    return 0
+    resume_step = checkpoint_step(resume) if resume is not None else None
+    trainer.add_callback(trainer_metrics_callback(config.output_dir, resume_step=resume_step))  # -> metrics.jsonl
+    trainer.add_callback(trainer_stop_callback(stop))
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
 
 
 @dataclass
@@ -301,9 +348,11 @@ def run_rerank_eval(args: EvalArgs) -> dict[str, float]:
 def _eval_scorer(scorer: Any, args: EvalArgs, coll: Collection, retriever: BM25Retriever, test_fraction: float,
                  split_seed: int, out: Path, label: str, note: str = "",
                  fold: int = 0) -> dict[str, float]:  # fmt: skip
-    """Rerank ``args.split``'s queries with ``scorer``, write the TREC run, print its metrics next to BM25's;
-    returns the reranker's metrics. ``test_fraction``, ``split_seed`` and ``fold`` are the model's own split, so
-    ``test`` is exactly the queries its training never saw."""
+    """Rerank ``args.split``'s queries with ``scorer``, write the TREC run and ``<run file>.json`` (metrics, BM25's, and
+    the unparsable-completion count when the scorer parses text), print its metrics next to BM25's; returns the
+    reranker's metrics (plus ``rerank/unparsable`` and ``rerank/unparsable_share`` for parsing scorers).
+    ``test_fraction``, ``split_seed`` and ``fold`` are the model's own split, so ``test`` is exactly the queries its
+    training never saw."""
     from rankrl.rerank.collections import write_run
     from rankrl.rerank.evaluate import RERANK_MEASURES, rerank_run
     from rankrl.rerank.metrics import evaluate
@@ -319,7 +368,22 @@ def _eval_scorer(scorer: Any, args: EvalArgs, coll: Collection, retriever: BM25R
     print(f"{'measure':<10}{'BM25':>8}{label:>12}   ({what})")
     for m in RERANK_MEASURES:
         print(f"{m:<10}{base[m]:>8.4f}{metrics[m]:>12.4f}")
-    print(f"run -> {out}")
+    record: dict[str, Any] = {"label": label, "split": args.split, "k": args.k, "queries": len(qids),
+                              "metrics": dict(metrics), "bm25": dict(base)}  # fmt: skip
+    count = getattr(scorer, "parse_count", None)
+    if count is not None:
+        share = count.failed / count.total if count.total else 0.0
+        metrics = {**metrics, "rerank/unparsable": count.failed, "rerank/unparsable_share": share}
+        record.update(unparsable=count.failed, parsed_total=count.total, unparsable_share=share)
+        print(f"unparsable {count.what}: {count.failed} of {count.total} ({share:.1%})")
+        if count.failed:
+            warnings.warn(f"{count.failed} of {count.total} {count.what} could not be parsed and fell back to "
+                          f"{count.fallback}, so the {label} scores are partly BM25's; use a model trained for the "
+                          "answer format" + (" or --setwise_pick likelihood (no parsing)" if label == "rank-r1"
+                                             else ""), stacklevel=3)  # fmt: skip
+    summary = out.with_name(out.name + ".json")
+    atomic_write_text(summary, json.dumps(record, indent=1))
+    print(f"run -> {out}\nmetrics -> {summary}")
     return metrics
 
 

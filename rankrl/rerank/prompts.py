@@ -5,6 +5,8 @@
 * Rewards: a completion a recipe cannot parse gets that recipe's lowest reward and is **counted** in
   :data:`UNPARSABLE` (recipe -> count) and, under a TRL trainer, logged as ``rerank/unparsable_<recipe>`` (the
   share of unparsable completions of the call) by :func:`count_unparsable`.
+* Evaluation: a scorer that parses generated text carries a :class:`ParseCount` (``scorer.parse_count``), so
+  ``rankrl rerank eval`` reports how many completions fell back to a default instead of being read.
 * Inference: :func:`chat_prompts` (the chat template with the generation prompt), :func:`next_token_logits`
   (one left-padded forward pass per batch) and :func:`generate_texts` (greedy decoding).
 """
@@ -13,10 +15,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "UNPARSABLE",
+    "ParseCount",
     "chat_prompts",
     "clip_text",
     "count_unparsable",
@@ -28,6 +32,22 @@ __all__ = [
 
 #: recipe -> number of completions that could not be parsed (reward 0); reset with ``UNPARSABLE.clear()``.
 UNPARSABLE: Counter = Counter()
+
+
+@dataclass
+class ParseCount:
+    """Completions an inference scorer read (``total``) and could not parse (``failed``, each given a fallback)."""
+
+    failed: int = 0
+    total: int = 0
+    what: str = "completions"
+    """what was parsed, for messages"""
+    fallback: str = "a default"
+    """what an unparsable completion became, for messages"""
+
+    def add(self, failed: int, total: int) -> None:
+        self.failed += int(failed)
+        self.total += int(total)
 
 
 def require_chat_template(tokenizer: Any, model_name: str) -> None:

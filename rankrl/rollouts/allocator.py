@@ -4,6 +4,11 @@
 config, e.g. every difficulty mix x history length, so one policy covers them all). :class:`Allocator` turns
 a trained policy into the callable a GRPO trainer needs: prompt history in, integer allocation out, through
 the same observation builder and score -> allocation mapping as the env.
+
+Files (:func:`save_allocator`): ``policy.safetensors`` (weights), ``policy.json`` (architecture, spaces,
+hyper-parameters) and ``env_config.json``; :func:`load_policy` builds the policy from the JSON and loads the weights,
+so opening an allocator someone sent you runs no code. Old pickled ``model.zip`` directories are refused;
+:func:`convert_allocator` (``rankrl rollouts convert-allocator --allocator DIR --trust``) rewrites a trusted one.
 """
 
 from __future__ import annotations
@@ -16,20 +21,40 @@ from typing import Any
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
+from torch import nn
 
+from rankrl.atomic import atomic_write, atomic_write_text
 from rankrl.rollouts.config import RolloutBudgetConfig
 from rankrl.rollouts.env import RolloutBudgetEnv, build_observation, scores_to_allocation
 from rankrl.rollouts.history import RolloutHistory
-from rankrl.set_policy import SetActorCriticPolicy
+from rankrl.set_policy import SetActorCriticPolicy, SetEncoder
 
-__all__ = ["Allocator", "load_allocator", "save_allocator", "train_allocator"]
+__all__ = [
+    "Allocator",
+    "TrainerAllocator",
+    "convert_allocator",
+    "load_allocator",
+    "load_policy",
+    "save_allocator",
+    "space_from_json",
+    "space_to_json",
+    "train_allocator",
+    "trainer_allocator",
+]
 
 #: config fields that shape the policy's inputs/outputs: they must agree across training envs
 _POLICY_FIELDS = ("max_prompts", "n_min", "n_max", "temperature", "prior_alpha", "prior_beta")
-MODEL_FILE, CONFIG_FILE = "model.zip", "env_config.json"
+#: an allocator directory: weights (safetensors), architecture + spaces + hyper-parameters (JSON), env config (JSON)
+WEIGHTS_FILE, POLICY_FILE, CONFIG_FILE = "policy.safetensors", "policy.json", "env_config.json"
+#: the old pickled SB3 zip, refused when loading (see :func:`convert_allocator`)
+LEGACY_MODEL_FILE = "model.zip"
+POLICY_FORMAT = "rankrl-set-policy-v1"
+#: activations a policy file may name (a name, not a pickled class)
+ACTIVATIONS = {c.__name__: c for c in (nn.Tanh, nn.ReLU, nn.ELU, nn.GELU, nn.LeakyReLU, nn.SiLU)}
 
 
 def _env_config(kwargs: Mapping[str, Any]) -> RolloutBudgetConfig:
@@ -98,22 +123,151 @@ def train_allocator(
     return model
 
 
-def save_allocator(model: PPO, directory: str | Path, env_kwargs: Mapping[str, Any]) -> Path:
-    """Write ``model.zip`` and the env config the policy was trained for (``env_config.json``) to a directory."""
+def save_allocator(model: Any, directory: str | Path, env_kwargs: Mapping[str, Any]) -> Path:
+    """Write a trained allocator to a directory: the policy weights as ``policy.safetensors`` and, as JSON, its
+    architecture, spaces and training hyper-parameters (``policy.json``) and the env config it was trained for
+    (``env_config.json``). Nothing in it runs code when loaded (no pickle), and every file is written atomically.
+
+    Args:
+        model: the trained ``PPO`` (or its ``SetActorCriticPolicy``).
+        directory: the allocator directory (created).
+        env_kwargs: the ``RolloutBudgetEnv`` keyword arguments the policy was trained for.
+    """
+    from safetensors.torch import save_file
+
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save(out / MODEL_FILE)
+    policy = getattr(model, "policy", model)
+    if type(policy) is not SetActorCriticPolicy:
+        raise TypeError(f"save_allocator saves a SetActorCriticPolicy, got {type(policy).__name__}")
+    params = policy._get_constructor_parameters()
+    if params["features_extractor_class"] is not SetEncoder or params["use_sde"]:
+        raise TypeError("save_allocator saves SetEncoder policies without gSDE only")
+    activation = params["activation_fn"].__name__
+    if ACTIVATIONS.get(activation) is not params["activation_fn"]:
+        raise TypeError(f"activation_fn {activation} is not one of {sorted(ACTIVATIONS)}")
+    # clone: shared-feature-extractor entries share storage, which safetensors refuses to write
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in policy.state_dict().items()}
+    atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(weights, str(tmp), metadata={"format": "pt"}))
+    spec = {
+        "format": POLICY_FORMAT,
+        "policy_class": "SetActorCriticPolicy",
+        "policy_kwargs": {
+            "net_arch": {k: list(v) for k, v in dict(params["net_arch"]).items()},
+            "activation_fn": activation,
+            "log_std_init": float(params["log_std_init"]),
+            "ortho_init": bool(params["ortho_init"]),
+            "normalize_images": bool(params["normalize_images"]),
+            "hidden": int(params["hidden"]),
+            "context": str(params["context"]),
+            "n_heads": int(params["n_heads"]),
+        },
+        "observation_space": space_to_json(policy.observation_space),
+        "action_space": space_to_json(policy.action_space),
+        "hyperparameters": _hyperparameters(model),
+    }
+    atomic_write_text(out / POLICY_FILE, json.dumps(spec, indent=1))
     cfg = _env_config(env_kwargs)
-    (out / CONFIG_FILE).write_text(json.dumps({f.name: getattr(cfg, f.name) for f in fields(cfg)}, indent=2))
+    atomic_write_text(out / CONFIG_FILE, json.dumps({f.name: getattr(cfg, f.name) for f in fields(cfg)}, indent=2))
     return out
 
 
-def load_allocator(directory: str | Path, deterministic: bool = True) -> Allocator:
-    """Load what :func:`save_allocator` wrote as an :class:`Allocator` (CPU)."""
+def _hyperparameters(model: Any) -> dict[str, Any]:
+    """The PPO settings a policy was trained with, for the record (numbers only; schedules as their start value)."""
+    out: dict[str, Any] = {}
+    for name in ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range",
+                 "ent_coef", "vf_coef", "max_grad_norm", "seed", "num_timesteps"):  # fmt: skip
+        value = getattr(model, name, None)
+        value = value(1.0) if callable(value) else value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = value
+    return out
+
+
+def space_to_json(space: spaces.Space) -> dict[str, Any]:
+    """A ``Box`` or a ``Dict`` of them as JSON (type, shape, dtype, bounds)."""
+    if isinstance(space, spaces.Dict):
+        return {"type": "Dict", "spaces": {k: space_to_json(v) for k, v in space.spaces.items()}}
+    if isinstance(space, spaces.Box):
+        return {"type": "Box", "shape": list(space.shape), "dtype": str(space.dtype), "low": space.low.tolist(),
+                "high": space.high.tolist()}  # fmt: skip
+    raise TypeError(f"only Box and Dict spaces are saved, got {space}")
+
+
+def space_from_json(data: Mapping[str, Any]) -> spaces.Space:
+    """The inverse of :func:`space_to_json`."""
+    if data.get("type") == "Dict":
+        return spaces.Dict({k: space_from_json(v) for k, v in data["spaces"].items()})
+    if data.get("type") == "Box":
+        dtype = np.dtype(data["dtype"])
+        return spaces.Box(np.asarray(data["low"], dtype), np.asarray(data["high"], dtype), tuple(data["shape"]), dtype)
+    raise ValueError(f"unknown space {data.get('type')!r} in {POLICY_FILE} (Box and Dict only)")
+
+
+def _refuse_pickled(path: Path) -> None:
+    if (path / LEGACY_MODEL_FILE).exists() and not (path / WEIGHTS_FILE).exists():
+        raise ValueError(
+            f"{path} holds an old-format allocator ({LEGACY_MODEL_FILE}, an SB3 zip whose pickled entries run code "
+            f"when loaded), which rankrl no longer opens. If you trust where it came from, convert it once: "
+            f"`rankrl rollouts convert-allocator --allocator {path} --trust` (writes {WEIGHTS_FILE} + {POLICY_FILE}); "
+            "else retrain it with `rankrl rollouts train-allocator`"
+        )
+
+
+def load_policy(directory: str | Path) -> SetActorCriticPolicy:
+    """The :class:`~rankrl.set_policy.SetActorCriticPolicy` of an allocator directory, built from ``policy.json``
+    with the weights of ``policy.safetensors`` (CPU, eval mode). Never unpickles anything."""
+    from safetensors.torch import load_file
+
     path = Path(directory)
+    _refuse_pickled(path)
+    for name in (WEIGHTS_FILE, POLICY_FILE):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path}: no {name}; not an allocator directory written by save_allocator")
+    spec = json.loads((path / POLICY_FILE).read_text())
+    if spec.get("format") != POLICY_FORMAT or spec.get("policy_class") != "SetActorCriticPolicy":
+        raise ValueError(f"{path / POLICY_FILE}: format {spec.get('format')!r} / policy {spec.get('policy_class')!r}, "
+                         f"expected {POLICY_FORMAT!r} / 'SetActorCriticPolicy'")  # fmt: skip
+    kwargs = dict(spec["policy_kwargs"])
+    activation = kwargs.pop("activation_fn")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{path / POLICY_FILE}: activation_fn {activation!r} is not one of {sorted(ACTIVATIONS)}")
+    policy = SetActorCriticPolicy(space_from_json(spec["observation_space"]), space_from_json(spec["action_space"]),
+                                  lambda _: 0.0, activation_fn=ACTIVATIONS[activation], **kwargs)  # fmt: skip
+    policy.load_state_dict(load_file(str(path / WEIGHTS_FILE), device="cpu"), strict=True)
+    policy.set_training_mode(False)
+    return policy
+
+
+def load_allocator(directory: str | Path, deterministic: bool = True) -> Allocator:
+    """Load what :func:`save_allocator` wrote as an :class:`Allocator` (CPU); an old pickled ``model.zip`` is
+    refused with the command that converts it."""
+    path = Path(directory)
+    _refuse_pickled(path)
     config = RolloutBudgetConfig(**json.loads((path / CONFIG_FILE).read_text()))
-    model = PPO.load(path / MODEL_FILE, device="cpu")
-    return Allocator(model, config, deterministic=deterministic)
+    policy = load_policy(path)
+    rows = config.rows
+    if policy.action_space.shape != (rows,):
+        raise ValueError(f"{path}: the policy acts on {policy.action_space.shape} rows but {CONFIG_FILE} says {rows}")
+    return Allocator(policy, config, deterministic=deterministic)
+
+
+def convert_allocator(directory: str | Path, *, trust: bool = False) -> Path:
+    """Rewrite an old pickled allocator (``model.zip`` + ``env_config.json``) as safetensors + JSON, in place.
+
+    Loading ``model.zip`` unpickles it, which runs whatever code it carries: only do this for a file you trust
+    (``trust=True``). Afterwards the directory loads without unpickling; ``model.zip`` is left as it was.
+    """
+    path = Path(directory)
+    if not (path / LEGACY_MODEL_FILE).is_file():
+        raise FileNotFoundError(f"{path}: no {LEGACY_MODEL_FILE} to convert")
+    if not trust:
+        raise ValueError(f"converting {path / LEGACY_MODEL_FILE} unpickles it, which runs any code it carries; "
+                         "pass --trust only if you trust where the file came from")  # fmt: skip
+    from stable_baselines3 import PPO
+
+    model = PPO.load(path / LEGACY_MODEL_FILE, device="cpu")  # trusted by the caller (trust=True)
+    env_kwargs = json.loads((path / CONFIG_FILE).read_text())
+    return save_allocator(model, path, env_kwargs)
 
 
 class Allocator:
@@ -185,6 +339,16 @@ class TrainerAllocator:
         """Row of each prompt key in :attr:`history`'s arrays."""
         return self.history.ids
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to continue exactly: own history, folded-in totals, round clock (JSON-able)."""
+        return {"seen": dict(self.seen), "round": self.round, "history": self.history.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (a resumed run)."""
+        self.seen = {str(k): int(v) for k, v in state["seen"].items()}
+        self.round = int(state["round"])
+        self.history = RolloutHistory.from_state_dict(state["history"])
+
     def __call__(self, keys: list[str], history: RolloutHistory, budget: int) -> np.ndarray:
         ids = self.history.rows(keys)
         for key in history.keys():
@@ -201,8 +365,9 @@ class TrainerAllocator:
 def trainer_allocator(directory: str | Path, horizon: int | None = None) -> TrainerAllocator:
     """Load a trained allocator (``save_allocator``) as a ``RolloutGRPOTrainer`` allocator."""
     path = Path(directory)
-    if not (path / MODEL_FILE).exists():
+    _refuse_pickled(path)
+    if not (path / WEIGHTS_FILE).exists():
         raise FileNotFoundError(
-            f"--allocator {directory!r}: not 'uniform', 'knapsack' or a trained allocator directory with {MODEL_FILE}"
+            f"--allocator {directory!r}: not 'uniform', 'knapsack' or a trained allocator directory with {WEIGHTS_FILE}"
         )
     return TrainerAllocator(load_allocator(path), horizon=horizon)

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 
 from rankrl.args import parse_config
 
-ROLLOUTS_USAGE = """usage: rankrl rollouts {train,train-allocator} [--help] [options]
+ROLLOUTS_USAGE = """usage: rankrl rollouts {train,train-allocator,convert-allocator} [--help] [options]
 
-  train             GRPO, each prompt getting the rollouts an allocator gives it (Knapsack RL);
-                    every GRPOConfig flag works
-  train-allocator   train a PPO allocator on the RolloutBudget-Sim env (for --allocator DIR)"""
+  train              GRPO, each prompt getting the rollouts an allocator gives it (Knapsack RL);
+                     every GRPOConfig flag works; --resume_from_checkpoint DIR|true continues a run
+  train-allocator    train a PPO allocator on the RolloutBudget-Sim env (for --allocator DIR)
+  convert-allocator  rewrite an old pickled allocator (model.zip) you trust as safetensors + JSON (--trust)"""
 
 
 def cmd_rollouts(argv: Sequence[str]) -> int:
@@ -23,8 +24,11 @@ def cmd_rollouts(argv: Sequence[str]) -> int:
         return 0
     if argv[0] == "train-allocator":
         return cmd_train_allocator(argv[1:])
+    if argv[0] == "convert-allocator":
+        return cmd_convert_allocator(argv[1:])
     if argv[0] != "train":
-        print(f"rankrl rollouts: unknown subcommand {argv[0]!r}; use 'train' or 'train-allocator'", file=sys.stderr)
+        print(f"rankrl rollouts: unknown subcommand {argv[0]!r}; use 'train', 'train-allocator' or "
+              "'convert-allocator'", file=sys.stderr)  # fmt: skip
         return 2
     from trl import GRPOConfig, TrlParser
 
@@ -35,8 +39,35 @@ def cmd_rollouts(argv: Sequence[str]) -> int:
     if "-h" in rest or "--help" in rest:
         TrlParser((RolloutsArgs, GRPOConfig), prog="rankrl rollouts train").parse_args(["--help"])
     parser = TrlParser((RolloutsArgs, GRPOConfig), prog="rankrl rollouts train")
-    args, config = parser.parse_args_and_config(with_grpo_defaults(rest, {"--output_dir": "runs/rollouts"}))
+    # TRL validates num_generations while parsing: start it at --rollouts_per_prompt, which it is set to anyway
+    groups = flag_value(rest, "--rollouts_per_prompt") or str(RolloutsArgs.rollouts_per_prompt)
+    defaults = {"--output_dir": "runs/rollouts", "--num_generations": groups}
+    args, config = parser.parse_args_and_config(with_grpo_defaults(rest, defaults))
+    if passed(rest, "--num_generations"):
+        from rankrl.rollouts.job import check_num_generations
+
+        check_num_generations(config.num_generations, args.rollouts_per_prompt)
     return run_rollouts_train(args, config, make_allocator(args))
+
+
+def passed(argv: Sequence[str], flag: str) -> bool:
+    """Whether ``argv`` gives ``flag`` (``--flag v`` or ``--flag=v``)."""
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def flag_value(argv: Sequence[str], flag: str) -> str | None:
+    """The last value ``argv`` gives ``flag`` (``--flag v`` or ``--flag=v``), else None.
+
+    >>> flag_value(["--a", "1", "--b=2", "--a=3"], "--a"), flag_value(["--a"], "--b")
+    ('3', None)
+    """
+    value = None
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+    return value
 
 
 @dataclass(frozen=True)
@@ -44,7 +75,7 @@ class TrainAllocatorArgs:
     """Train the learned rollout allocator (SB3 PPO, one head shared by all prompts) on RolloutBudget-Sim-v0."""
 
     out: str = "runs/allocator"
-    """directory for model.zip + env_config.json (pass it to `rankrl rollouts train --allocator`)"""
+    """directory for policy.safetensors + policy.json + env_config.json (for `rankrl rollouts train --allocator`)"""
     timesteps: int = 20_000
     """PPO env steps (GRPO rounds) summed over the training envs"""
     difficulty: tuple[str, ...] = ("hard", "mixed", "bimodal")
@@ -73,6 +104,30 @@ def cmd_train_allocator(argv: Sequence[str]) -> int:
     model = train_allocator(members, a.timesteps, seed=a.seed, verbose=0)
     out = save_allocator(model, a.out, members[0])
     print(f"allocator trained for {a.timesteps} steps on {len(members)} sim configs -> {out}")
+    return 0
+
+
+@dataclass(frozen=True)
+class ConvertAllocatorArgs:
+    """Rewrite an old allocator directory (a pickled SB3 model.zip) as policy.safetensors + policy.json, in place."""
+
+    allocator: str
+    """the old allocator directory (model.zip + env_config.json)"""
+    trust: bool = False
+    """required: loading model.zip unpickles it, which runs any code it carries; only for files you trust"""
+
+
+def cmd_convert_allocator(argv: Sequence[str]) -> int:
+    a = parse_config(ConvertAllocatorArgs, list(argv), prog="rankrl rollouts convert-allocator")
+    from rankrl.rollouts.allocator import convert_allocator
+
+    if not a.trust:
+        print(f"rankrl rollouts convert-allocator: converting {a.allocator} unpickles its model.zip, which runs any "
+              "code it carries; add --trust if you trust where it came from (else retrain with "
+              "`rankrl rollouts train-allocator`)", file=sys.stderr)  # fmt: skip
+        return 2
+    out = convert_allocator(a.allocator, trust=True)
+    print(f"converted -> {out} (policy.safetensors + policy.json; model.zip is no longer read)")
     return 0
 
 

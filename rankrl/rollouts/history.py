@@ -167,6 +167,43 @@ class RolloutHistory:
         """Beta-posterior-mean success rate per key from its kept outcomes (unseen keys: the prior mean)."""
         return success_rates_from_history([self.outcomes(k) for k in keys], *prior)
 
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """The whole history as JSON-able data (keys must be ``str`` or ``int``), for a training checkpoint.
+
+        >>> h = RolloutHistory(window=3)
+        >>> h.update(["a", "a", "b"], [True, False, True], round_idx=4)
+        >>> g = RolloutHistory.from_state_dict(h.state_dict())
+        >>> g.outcomes("a"), g.counts("b"), g.last_seen.tolist(), g.window
+        ([1, 0], (1, 1), [4, 4], 3)
+        """
+        for key in self.ids:
+            if not isinstance(key, str | int) or isinstance(key, bool):
+                raise TypeError(f"only str and int prompt keys can be checkpointed, got {key!r}")
+        return {
+            "window": self.window,
+            "ids": [[k, r] for k, r in self.ids.items()],
+            "trials": self.trials.tolist(),
+            "successes": self.successes.tolist(),
+            "last_frac": self.last_frac.tolist(),
+            "last_seen": self.last_seen.tolist(),
+            "outcomes": [[k, list(v)] for k, v in self._outcomes.items()],
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> RolloutHistory:
+        """The history :meth:`state_dict` described."""
+        history = cls(0, window=state["window"])
+        history.ids = {k: int(r) for k, r in state["ids"]}
+        history.trials = np.asarray(state["trials"], dtype=np.float64)
+        history.successes = np.asarray(state["successes"], dtype=np.float64)
+        history.last_frac = np.asarray(state["last_frac"], dtype=np.float64)
+        history.last_seen = np.asarray(state["last_seen"], dtype=np.int64)
+        history._outcomes = {k: deque(v, maxlen=history.window) for k, v in state["outcomes"]}
+        if not len(history.ids) == history.trials.size == history.last_seen.size:
+            raise ValueError("a rollout history checkpoint whose rows and arrays disagree")
+        return history
+
     def __len__(self) -> int:
         return len(self._outcomes)
 

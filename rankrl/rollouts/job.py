@@ -4,15 +4,22 @@ a verifiable-answer task, through :class:`~rankrl.rollouts.grpo.RolloutGRPOTrain
 Every ``GRPOConfig`` flag works (TRL's own parser); rankrl adds the model/task/allocator fields of
 :class:`RolloutsArgs`. Metrics go to TRL's loggers (W&B by default, offline unless configured) and to
 ``<output_dir>/metrics.jsonl``; the rollouts-per-prompt histogram goes to W&B each round.
+
+Resume: ``--resume_from_checkpoint DIR`` (or ``true``: the newest ``checkpoint-N``) continues TRL's state, the
+rollout history (and a learned allocator's own state) saved as ``rollout_history.json`` in every checkpoint, and
+``metrics.jsonl`` cut back to the checkpoint's step; flags that change the run must match ``run_args.json``.
+SIGINT / SIGTERM finish the current step, save ``checkpoint-N`` and exit with status 130.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rankrl.atomic import atomic_write_text
 from rankrl.rollouts.data import build_dataset
 from rankrl.rollouts.grpo import Allocator
 
@@ -49,18 +56,47 @@ class RolloutsArgs:
             raise ValueError("--prompt_format must be auto, plain or chat")
 
 
+#: the rollout history (and a learned allocator's state) inside each TRL checkpoint folder
+HISTORY_FILE = "rollout_history.json"
+#: GRPOConfig's own num_generations default (a config still holding it did not set the flag)
+_TRL_NUM_GENERATIONS_DEFAULT = 8
+
+
+def check_num_generations(num_generations: int | None, rollouts_per_prompt: int) -> None:
+    """``--num_generations`` is derived from ``--rollouts_per_prompt`` here: refuse a different explicit value
+    (None: not given) instead of overwriting it without a word."""
+    if num_generations is not None and int(num_generations) != rollouts_per_prompt:
+        raise ValueError(f"--num_generations {num_generations} conflicts with --rollouts_per_prompt "
+                         f"{rollouts_per_prompt}: rankrl rollouts train sets TRL's num_generations from "
+                         "--rollouts_per_prompt (the average rollouts per prompt); pass --rollouts_per_prompt "
+                         f"{num_generations} instead")  # fmt: skip
+
+
 def run_rollouts_train(args: RolloutsArgs, config: Any, allocator: Allocator) -> int:
-    """Train; returns 0. ``config`` is a ``trl.GRPOConfig`` (its ``num_generations`` is set from ``args``)."""
+    """Train; returns 0, or 130 after a SIGINT / SIGTERM saved a checkpoint. ``config`` is a ``trl.GRPOConfig``
+    (its ``num_generations`` is set from ``args.rollouts_per_prompt``; a different value set on it is refused)."""
     from peft import LoraConfig
 
+    from rankrl.interrupt import EXIT_INTERRUPTED, stop_on_signals
     from rankrl.models import load_model
     from rankrl.rewards import numeric_answer_reward
     from rankrl.rollouts.grpo import RolloutGRPOTrainer
-    from rankrl.tracking import wandb_mode
+    from rankrl.tracking import (
+        check_run_args,
+        checkpoint_step,
+        grpo_run_flags,
+        resume_checkpoint,
+        trainer_stop_callback,
+        wandb_mode,
+    )
 
     if "wandb" in (config.report_to or []):
         os.environ.setdefault("WANDB_MODE", wandb_mode())
+    if config.num_generations != _TRL_NUM_GENERATIONS_DEFAULT:  # set in a --config file or in code
+        check_num_generations(config.num_generations, args.rollouts_per_prompt)
     config.num_generations = args.rollouts_per_prompt
+    resume = resume_checkpoint(config.resume_from_checkpoint, config.output_dir)
+    check_run_args(config.output_dir, {**asdict(args), **grpo_run_flags(config)}, resuming=resume is not None)
     loaded = load_model(args.model, task_kind="causal_lm", seed=config.seed)
     dataset = build_dataset(args.task, loaded.tokenizer, config.seed, max_prompts=args.max_prompts,
                             prompt_format=args.prompt_format, model=args.model)  # fmt: skip
@@ -77,16 +113,63 @@ def run_rollouts_train(args: RolloutsArgs, config: Any, allocator: Allocator) ->
         peft_config=peft_config,
         allocator=allocator,
     )
-    trainer.add_callback(_round_logger(trainer, Path(config.output_dir)))
+    resume_step = None
+    if resume is not None:
+        resume_step = checkpoint_step(resume)
+        load_history(trainer, allocator, resume)
+    trainer.add_callback(_round_logger(trainer, Path(config.output_dir), resume_step))
+    trainer.add_callback(history_checkpoint_callback(trainer, allocator))
     print(f"rollouts train | model {args.model} | task {args.task} ({len(dataset)} prompts) | allocator "
-          f"{args.allocator} | {args.rollouts_per_prompt} rollouts/prompt on average")  # fmt: skip
-    trainer.train()
+          f"{args.allocator} | {args.rollouts_per_prompt} rollouts/prompt on average"
+          + (f" | resuming from step {resume_step} ({resume})" if resume else ""))  # fmt: skip
+    with stop_on_signals() as stop:
+        trainer.add_callback(trainer_stop_callback(stop))
+        trainer.train(resume_from_checkpoint=resume)
+    if stop:
+        step = trainer.state.global_step
+        print(f"{stop.name}: stopped after step {step}; checkpoint -> {Path(config.output_dir) / f'checkpoint-{step}'}"
+              f"; continue with the same flags and --resume_from_checkpoint true")  # fmt: skip
+        return EXIT_INTERRUPTED
     trainer.save_model(config.output_dir)
     _print_summary(Path(config.output_dir) / "metrics.jsonl")
     return 0
 
 
-def _round_logger(trainer: Any, out_dir: Path) -> Any:
+def history_checkpoint_callback(trainer: Any, allocator: Any) -> Any:
+    """A ``TrainerCallback`` writing the trainer's rollout history (and the allocator's ``state_dict()``, if it has
+    one) as JSON into every checkpoint folder TRL saves (main process; the history is identical on every rank)."""
+    from transformers import TrainerCallback
+
+    class RolloutHistoryCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            saved = {"step": state.global_step, "history": trainer.history.state_dict(),
+                     "allocator": allocator.state_dict() if hasattr(allocator, "state_dict") else None}  # fmt: skip
+            atomic_write_text(folder / HISTORY_FILE, json.dumps(saved))
+
+    return RolloutHistoryCheckpoint()
+
+
+def load_history(trainer: Any, allocator: Any, checkpoint: str | Path) -> None:
+    """Restore what :func:`history_checkpoint_callback` saved in ``checkpoint`` into the trainer and allocator."""
+    from rankrl.rollouts.history import RolloutHistory
+
+    path = Path(checkpoint) / HISTORY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{checkpoint} has no {HISTORY_FILE}: the rollout history cannot be restored, so the "
+                                "allocator would restart from nothing; resume from a checkpoint saved by rankrl "
+                                "rollouts train, or start a fresh run")  # fmt: skip
+    saved = json.loads(path.read_text())
+    trainer.history = RolloutHistory.from_state_dict(saved["history"])
+    if saved.get("allocator") is not None:
+        if not hasattr(allocator, "load_state_dict"):
+            raise ValueError(f"{path} holds a learned allocator's state but --allocator is not a learned allocator")
+        allocator.load_state_dict(saved["allocator"])
+
+
+def _round_logger(trainer: Any, out_dir: Path, resume_step: int | None = None) -> Any:
     """Every TRL log row to ``metrics.jsonl``; the rollouts histogram to W&B."""
     from rankrl.tracking import trainer_metrics_callback
 
@@ -98,7 +181,7 @@ def _round_logger(trainer: Any, out_dir: Path) -> Any:
             if wandb.run is not None:
                 wandb.log({"grpo/rollouts_per_prompt": wandb.Histogram(counts)}, commit=False)
 
-    return trainer_metrics_callback(out_dir, on_log=histogram)
+    return trainer_metrics_callback(out_dir, on_log=histogram, resume_step=resume_step)
 
 
 def _print_summary(path: Path) -> None:

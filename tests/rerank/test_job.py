@@ -189,3 +189,32 @@ def test_train_records_first_stage_rank(tmp_path, monkeypatch):
     assert len(built) == 1 and built[0][0] is True and all(RANK_LINE in p[0]["content"] for p in built[0][1])
     rewards = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "reward" in r]
     assert len(rewards) == 1 and -0.5 <= rewards[0]["reward"] <= 1.0  # listwise reward per step, read back
+
+
+def test_eval_counts_and_reports_setwise_parse_failures(tmp_path, capsys):
+    import json
+
+    data = write_trec(tiny_collection(), tmp_path / "coll")
+    run = tmp_path / "r1.trec"
+    # an untrained tiny model never writes <think>..</think><answer>[i]</answer>: every window falls back
+    with pytest.warns(UserWarning, match=r"setwise completions could not be parsed .*--setwise_pick likelihood"):
+        metrics = rr.run_rerank_eval(rr.EvalArgs(model="tiny-qwen", recipe="rank-r1", data=str(data), k=4,
+                                                 run=str(run)))  # fmt: skip
+    saved = json.loads((tmp_path / "r1.trec.json").read_text())
+    assert saved["unparsable"] == saved["parsed_total"] == metrics["rerank/unparsable"] > 0
+    assert saved["unparsable_share"] == metrics["rerank/unparsable_share"] == 1.0
+    out = capsys.readouterr().out
+    assert f"unparsable setwise completions: {saved['unparsable']} of {saved['parsed_total']}" in out
+    assert saved["metrics"]["nDCG@10"] == metrics["nDCG@10"]
+
+
+def test_setwise_scorer_counts_only_what_fails_to_parse(monkeypatch):
+    from rankrl.rerank.recipes.base import RecipeOptions
+
+    answers = iter(["<think>x</think><answer>[2]</answer>", "[1]"])
+    monkeypatch.setattr(rank_r1, "generate_texts", lambda m, t, msgs, n: [next(answers) for _ in msgs])
+    score = rank_r1.scorer(None, None, RecipeOptions(window=2))
+    score("q", ["a", "b"])  # one window: parsed
+    score("q", ["a", "b"])  # a fresh memo: asked again, unparsable
+    assert (score.parse_count.failed, score.parse_count.total) == (1, 2)
+    assert not hasattr(rank_r1.scorer(None, None, RecipeOptions(setwise_pick="likelihood")), "parse_count")

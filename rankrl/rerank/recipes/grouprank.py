@@ -20,7 +20,7 @@ import numpy as np
 from rankrl.rerank.collections import Collection
 from rankrl.rerank.evaluate import Scorer
 from rankrl.rerank.metrics import ndcg
-from rankrl.rerank.prompts import count_unparsable, generate_texts, listing
+from rankrl.rerank.prompts import ParseCount, count_unparsable, generate_texts, listing
 from rankrl.rerank.recipes.base import Recipe, RecipeOptions
 from rankrl.rewards import completion_text
 
@@ -104,7 +104,9 @@ def rows(coll: Collection, qid: str, docs: list[str], rng: random.Random, opts: 
 
 
 def scorer(model: Any, tokenizer: Any, opts: RecipeOptions) -> Scorer:
-    """Scores of consecutive groups of ``opts.group_size`` candidates, one greedy completion per group."""
+    """Scores of consecutive groups of ``opts.group_size`` candidates, one greedy completion per group; a completion
+    that does not parse scores its group 0 (BM25 order) and is counted in the scorer's ``parse_count``."""
+    count = ParseCount(what="grouprank completions", fallback="score 0 for its group (BM25 order)")
 
     def score(q, docs):
         groups = [docs[i : i + opts.group_size] for i in range(0, len(docs), opts.group_size)]
@@ -112,9 +114,12 @@ def scorer(model: Any, tokenizer: Any, opts: RecipeOptions) -> Scorer:
                                opts.max_new_tokens)  # fmt: skip
         out: list[float] = []
         for g, t in zip(groups, texts, strict=True):
-            out += parse_group_scores(t, len(g)) or [0.0] * len(g)
+            parsed = parse_group_scores(t, len(g))
+            count.add(parsed is None, 1)
+            out += parsed or [0.0] * len(g)
         return out
 
+    score.parse_count = count
     return score
 
 

@@ -20,7 +20,14 @@ from typing import Any
 
 from rankrl.rerank.collections import Collection
 from rankrl.rerank.evaluate import Scorer
-from rankrl.rerank.prompts import chat_prompts, count_unparsable, generate_texts, listing, next_token_logits
+from rankrl.rerank.prompts import (
+    ParseCount,
+    chat_prompts,
+    count_unparsable,
+    generate_texts,
+    listing,
+    next_token_logits,
+)
 from rankrl.rerank.recipes.base import Recipe, RecipeOptions
 from rankrl.rewards import completion_text
 
@@ -143,7 +150,9 @@ def setwise_rank(pick, docs: Sequence[str], window: int = 4, top: int = 10) -> l
 
 
 def scorer(model: Any, tokenizer: Any, opts: RecipeOptions) -> Scorer:
-    """Setwise tournament over windows of ``opts.window``, each decided as ``opts.setwise_pick`` says."""
+    """Setwise tournament over windows of ``opts.window``, each decided as ``opts.setwise_pick`` says. A generated
+    answer that does not parse picks the window's first candidate and is counted in the scorer's ``parse_count``."""
+    count = ParseCount(what="setwise completions", fallback="its window's first candidate (BM25 order)")
 
     def pick_fn(q):
         if opts.setwise_pick == "likelihood":
@@ -152,11 +161,18 @@ def scorer(model: Any, tokenizer: Any, opts: RecipeOptions) -> Scorer:
         def pick(windows):
             texts = generate_texts(model, tokenizer, [rank_r1_messages(q, w, opts.max_chars) for w in windows],
                                    opts.max_new_tokens)  # fmt: skip
-            return [(parse_setwise(t) or 1) - 1 for t in texts]
+            picks = [parse_setwise(t) for t in texts]
+            count.add(sum(p is None for p in picks), len(picks))
+            return [(p or 1) - 1 for p in picks]
 
         return pick
 
-    return lambda q, docs: setwise_rank(pick_fn(q), docs, opts.window)
+    def score(q: str, docs: list[str]) -> list[float]:
+        return setwise_rank(pick_fn(q), docs, opts.window)
+
+    if opts.setwise_pick == "generate":  # likelihood picks parse nothing
+        score.parse_count = count
+    return score
 
 
 RECIPE = Recipe(name="rank-r1", candidates=lambda opts: opts.window, rows=rows, reward=rank_r1_reward, scorer=scorer,
