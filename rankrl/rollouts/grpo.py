@@ -12,7 +12,8 @@ How (the one override, ``_generate_and_score_completions``; see ``../shared/note
 2. The stock method then generates one completion per row, scores them, and computes log-probs; its advantages use
    ``rewards.view(-1, G)``, i.e. groups that straddle our prompts, so step 3 replaces them.
 3. Advantages are recomputed over the real groups with a NaN-padded (groups x max N_i) matrix and
-   ``nanmean``/``nanstd``: the stock operation sequence, bitwise identical to it when every N_i == G (tested). A
+   ``nanmean``/``nanstd``: the stock operation sequence, bitwise identical to it when every N_i == G (tested in one
+   process, ``tests/rollouts/test_grpo.py``, and under 2 gloo DDP ranks, ``tests/rollouts/test_ddp.py``). A
    group of one rollout gets advantage 0. The rewards are read back from ``self._logs["rewards"]``, where the stock
    method stores the gathered per-function rewards of the round (the output dict carries only advantages), so no
    second method is overridden or wrapped.

@@ -1,5 +1,6 @@
 """2-rank DDP check launched by ``tests/rollouts/test_ddp.py`` (not collected by pytest): ``RolloutGRPOTrainer``
-with the uniform allocator trains bitwise like stock ``GRPOTrainer`` under the same 2-process gloo CPU launch.
+with the uniform allocator trains bitwise like stock ``GRPOTrainer`` under the same 2-process gloo CPU launch, and
+with the knapsack allocator every rank ends with the same global rollout history and round.
 
 Usage: ``accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no
 tests/rollouts/ddp_equal.py OUT.json`` (``use_cpu=True`` makes the ranks gloo CPU processes). Rank 0 writes OUT.json.
@@ -16,7 +17,7 @@ from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
 from rankrl.models import load_model
-from rankrl.rollouts.grpo import RolloutGRPOTrainer
+from rankrl.rollouts.grpo import RolloutGRPOTrainer, knapsack_allocator
 from rankrl.tasks import load_task
 
 
@@ -25,7 +26,7 @@ def digit_share(completions, **kwargs):
     return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
 
 
-def train(cls, out_dir):
+def train(cls, out_dir, **kwargs):
     rows = load_task("arith").splits["train"][:16]
     dataset = Dataset.from_dict({"prompt": [r.text for r in rows], "target": [r.target for r in rows]})
     lm = load_model("tiny-qwen", task_kind="causal_lm", seed=0)
@@ -35,7 +36,7 @@ def train(cls, out_dir):
                         report_to="none", logging_steps=1, gradient_checkpointing=False, save_strategy="no",
                         learning_rate=1e-2)  # fmt: skip
     trainer = cls(model=lm.model, processing_class=lm.tokenizer, reward_funcs=digit_share, args=config,
-                  train_dataset=dataset)  # fmt: skip
+                  train_dataset=dataset, **kwargs)  # fmt: skip
     trainer.train()
     logs = [{k: v for k, v in h.items() if "time" not in k and "per_second" not in k and not k.startswith("grpo/")}
             for h in trainer.state.log_history]  # fmt: skip
@@ -48,6 +49,7 @@ def main(out: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stock, stock_logs, stock_params, changed = train(GRPOTrainer, f"{tmp}/stock")
         rollout, rollout_logs, rollout_params, _ = train(RolloutGRPOTrainer, f"{tmp}/rollout")
+        knapsack = train(RolloutGRPOTrainer, f"{tmp}/knapsack", allocator=knapsack_allocator(n_min=2))[0]
     acc = rollout.accelerator
     unequal = [n for n, p in rollout_params.items() if not torch.equal(p, stock_params[n])]
     result = {
@@ -59,6 +61,8 @@ def main(out: str) -> None:
         "changed": changed,
         "losses": [h["loss"] for h in stock_logs if "loss" in h],
         "groups": rollout.last_round.counts,
+        "knapsack_history": knapsack.history.state_dict(),
+        "knapsack_round": [knapsack.last_round.keys, knapsack.last_round.counts],
     }
     gathered = [result]
     if acc.num_processes > 1:

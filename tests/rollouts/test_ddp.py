@@ -1,6 +1,7 @@
 """The README's claim, run: under 2-rank DDP (gloo on CPU, ``accelerate launch --multi_gpu --num_processes 2``),
 ``RolloutGRPOTrainer`` with the uniform allocation trains bitwise like stock ``GRPOTrainer`` (losses, logged
-metrics, weights), while its round and history are the global ones (every rank sees both ranks' prompt groups)."""
+metrics, weights), and with the knapsack allocator its round and history are the global ones, identical on both
+ranks (every rank records both ranks' prompt groups)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,8 @@ def test_uniform_allocation_equals_stock_grpo_under_two_ddp_ranks(tmp_path):
         assert r["logs_equal"] and r["unequal_params"] == [], r
         assert r["changed"] and len(r["losses"]) == 2  # training moved the weights: the comparison is not vacuous
         assert r["groups"] == [4, 4, 4, 4]  # 2 prompts x 4 rollouts per rank, gathered over both ranks
+    keys, counts = ranks[0]["knapsack_round"]
+    assert len(keys) == 4 and sum(counts) == 16 and min(counts) >= 2
+    assert ranks[0]["knapsack_round"] == ranks[1]["knapsack_round"]
+    assert ranks[0]["knapsack_history"] == ranks[1]["knapsack_history"]
+    assert sum(ranks[0]["knapsack_history"]["trials"]) == 2 * 16  # 2 steps x 16 rollouts over both ranks

@@ -1,11 +1,7 @@
 """RolloutGRPOTrainer: stock-equal under a uniform allocation, exact variable groups otherwise, loud errors.
 
-Multi-process check (not run here, ~30 s per launch on 2 CPU cores): a script that builds ``RolloutGRPOTrainer`` on
-tiny-qwen with ``GRPOConfig(use_cpu=True, per_device_train_batch_size=8, num_generations=4, ...)`` and
-``allocator=knapsack_allocator(n_min=2)`` and trains a few steps, launched with
-``accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no script.py``
-(``use_cpu=True`` makes it 2 gloo CPU ranks; ``accelerate launch --cpu --num_processes 2`` starts ONE process). With
-the uniform allocator the weights after 3 steps hash equal to stock ``GRPOTrainer``'s under the same launch.
+The same claims under 2 DDP ranks (gloo on CPU, ``accelerate launch --multi_gpu --num_processes 2``) are tested by
+``tests/rollouts/test_ddp.py``, which launches ``tests/rollouts/ddp_equal.py``.
 """
 
 from __future__ import annotations
