@@ -238,16 +238,17 @@ def check_run_args(output_dir: str | os.PathLike, run_args: Mapping[str, Any], *
     atomic_write_text(path, json.dumps(now, indent=1))
 
 
-def trainer_stop_callback(stop: Any) -> Any:
+def trainer_stop_callback(stop: Any, *, save: bool = True) -> Any:
     """A ``transformers.TrainerCallback`` that, once ``stop`` is truthy (a :class:`rankrl.interrupt.StopRequest`),
     ends training after the current optimizer step with a checkpoint (``control.should_save`` and
-    ``control.should_training_stop``; the Trainer saves ``checkpoint-N`` even with ``save_strategy no``)."""
+    ``control.should_training_stop``; the Trainer saves ``checkpoint-N`` even with ``save_strategy no``).
+    ``save=False`` only stops (a stage that is re-run rather than resumed)."""
     from transformers import TrainerCallback
 
     class StopOnSignal(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if stop:
-                control.should_save = True
+                control.should_save = control.should_save or save
                 control.should_training_stop = True
             return control
 

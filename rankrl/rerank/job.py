@@ -262,7 +262,7 @@ def _train_stages(args: RerankArgs, config: Any, lm: Any, model: Any, rows: Any,
                             seed=config.seed)  # fmt: skip
         sft = SFTTrainer(model=model, args=sft_cfg, train_dataset=recipe.sft_dataset(coll, rows),
                          processing_class=lm.tokenizer, peft_config=lora)  # fmt: skip
-        sft.add_callback(trainer_stop_callback(stop))
+        sft.add_callback(trainer_stop_callback(stop, save=False))
         sft.train()
         if stop:  # SFT is seeded and re-run on resume, so its checkpoint would not be used
             return None

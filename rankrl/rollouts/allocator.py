@@ -21,17 +21,21 @@ from typing import Any
 
 import numpy as np
 import torch as th
-from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
-from torch import nn
 
-from rankrl.atomic import atomic_write, atomic_write_text
+from rankrl.atomic import atomic_write_json
 from rankrl.rollouts.config import RolloutBudgetConfig
 from rankrl.rollouts.env import RolloutBudgetEnv, build_observation, scores_to_allocation
 from rankrl.rollouts.history import RolloutHistory
-from rankrl.set_policy import SetActorCriticPolicy, SetEncoder
+from rankrl.set_policy import (
+    SetActorCriticPolicy,
+    build_policy,
+    load_policy_weights,
+    policy_spec,
+    save_policy_weights,
+)
 
 __all__ = [
     "Allocator",
@@ -40,8 +44,6 @@ __all__ = [
     "load_allocator",
     "load_policy",
     "save_allocator",
-    "space_from_json",
-    "space_to_json",
     "train_allocator",
     "trainer_allocator",
 ]
@@ -52,9 +54,6 @@ _POLICY_FIELDS = ("max_prompts", "n_min", "n_max", "temperature", "prior_alpha",
 WEIGHTS_FILE, POLICY_FILE, CONFIG_FILE = "policy.safetensors", "policy.json", "env_config.json"
 #: the old pickled SB3 zip, refused when loading (see :func:`convert_allocator`)
 LEGACY_MODEL_FILE = "model.zip"
-POLICY_FORMAT = "rankrl-set-policy-v1"
-#: activations a policy file may name (a name, not a pickled class)
-ACTIVATIONS = {c.__name__: c for c in (nn.Tanh, nn.ReLU, nn.ELU, nn.GELU, nn.LeakyReLU, nn.SiLU)}
 
 
 def _env_config(kwargs: Mapping[str, Any]) -> RolloutBudgetConfig:
@@ -124,50 +123,23 @@ def train_allocator(
 
 
 def save_allocator(model: Any, directory: str | Path, env_kwargs: Mapping[str, Any]) -> Path:
-    """Write a trained allocator to a directory: the policy weights as ``policy.safetensors`` and, as JSON, its
-    architecture, spaces and training hyper-parameters (``policy.json``) and the env config it was trained for
-    (``env_config.json``). Nothing in it runs code when loaded (no pickle), and every file is written atomically.
+    """Write a trained allocator to a directory: the policy weights as ``policy.safetensors``, and as JSON its
+    network (:func:`~rankrl.set_policy.policy_spec`: architecture and spaces) with the PPO hyper-parameters
+    (``policy.json``) and the env config it was trained for (``env_config.json``). Nothing in it runs code when
+    loaded (no pickle); each file is written atomically, weights first.
 
     Args:
         model: the trained ``PPO`` (or its ``SetActorCriticPolicy``).
         directory: the allocator directory (created).
         env_kwargs: the ``RolloutBudgetEnv`` keyword arguments the policy was trained for.
     """
-    from safetensors.torch import save_file
-
     out = Path(directory)
     policy = getattr(model, "policy", model)
-    if type(policy) is not SetActorCriticPolicy:
-        raise TypeError(f"save_allocator saves a SetActorCriticPolicy, got {type(policy).__name__}")
-    params = policy._get_constructor_parameters()
-    if params["features_extractor_class"] is not SetEncoder or params["use_sde"]:
-        raise TypeError("save_allocator saves SetEncoder policies without gSDE only")
-    activation = params["activation_fn"].__name__
-    if ACTIVATIONS.get(activation) is not params["activation_fn"]:
-        raise TypeError(f"activation_fn {activation} is not one of {sorted(ACTIVATIONS)}")
-    # clone: shared-feature-extractor entries share storage, which safetensors refuses to write
-    weights = {k: v.detach().cpu().contiguous().clone() for k, v in policy.state_dict().items()}
-    atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(weights, str(tmp), metadata={"format": "pt"}))
-    spec = {
-        "format": POLICY_FORMAT,
-        "policy_class": "SetActorCriticPolicy",
-        "policy_kwargs": {
-            "net_arch": {k: list(v) for k, v in dict(params["net_arch"]).items()},
-            "activation_fn": activation,
-            "log_std_init": float(params["log_std_init"]),
-            "ortho_init": bool(params["ortho_init"]),
-            "normalize_images": bool(params["normalize_images"]),
-            "hidden": int(params["hidden"]),
-            "context": str(params["context"]),
-            "n_heads": int(params["n_heads"]),
-        },
-        "observation_space": space_to_json(policy.observation_space),
-        "action_space": space_to_json(policy.action_space),
-        "hyperparameters": _hyperparameters(model),
-    }
-    atomic_write_text(out / POLICY_FILE, json.dumps(spec, indent=1))
+    save_policy_weights(policy, out / WEIGHTS_FILE)
+    meta = {"weights": WEIGHTS_FILE, "network": policy_spec(policy), "hyperparameters": _hyperparameters(model)}
+    atomic_write_json(out / POLICY_FILE, meta)
     cfg = _env_config(env_kwargs)
-    atomic_write_text(out / CONFIG_FILE, json.dumps({f.name: getattr(cfg, f.name) for f in fields(cfg)}, indent=2))
+    atomic_write_json(out / CONFIG_FILE, {f.name: getattr(cfg, f.name) for f in fields(cfg)})
     return out
 
 
@@ -183,26 +155,6 @@ def _hyperparameters(model: Any) -> dict[str, Any]:
     return out
 
 
-def space_to_json(space: spaces.Space) -> dict[str, Any]:
-    """A ``Box`` or a ``Dict`` of them as JSON (type, shape, dtype, bounds)."""
-    if isinstance(space, spaces.Dict):
-        return {"type": "Dict", "spaces": {k: space_to_json(v) for k, v in space.spaces.items()}}
-    if isinstance(space, spaces.Box):
-        return {"type": "Box", "shape": list(space.shape), "dtype": str(space.dtype), "low": space.low.tolist(),
-                "high": space.high.tolist()}  # fmt: skip
-    raise TypeError(f"only Box and Dict spaces are saved, got {space}")
-
-
-def space_from_json(data: Mapping[str, Any]) -> spaces.Space:
-    """The inverse of :func:`space_to_json`."""
-    if data.get("type") == "Dict":
-        return spaces.Dict({k: space_from_json(v) for k, v in data["spaces"].items()})
-    if data.get("type") == "Box":
-        dtype = np.dtype(data["dtype"])
-        return spaces.Box(np.asarray(data["low"], dtype), np.asarray(data["high"], dtype), tuple(data["shape"]), dtype)
-    raise ValueError(f"unknown space {data.get('type')!r} in {POLICY_FILE} (Box and Dict only)")
-
-
 def _refuse_pickled(path: Path) -> None:
     if (path / LEGACY_MODEL_FILE).exists() and not (path / WEIGHTS_FILE).exists():
         raise ValueError(
@@ -214,26 +166,18 @@ def _refuse_pickled(path: Path) -> None:
 
 
 def load_policy(directory: str | Path) -> SetActorCriticPolicy:
-    """The :class:`~rankrl.set_policy.SetActorCriticPolicy` of an allocator directory, built from ``policy.json``
-    with the weights of ``policy.safetensors`` (CPU, eval mode). Never unpickles anything."""
-    from safetensors.torch import load_file
-
+    """The :class:`~rankrl.set_policy.SetActorCriticPolicy` of an allocator directory, built from ``policy.json``'s
+    network record (:func:`~rankrl.set_policy.build_policy`, allow-listed classes only) with the weights of
+    ``policy.safetensors`` (CPU, eval mode). Never unpickles anything."""
     path = Path(directory)
     _refuse_pickled(path)
     for name in (WEIGHTS_FILE, POLICY_FILE):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path}: no {name}; not an allocator directory written by save_allocator")
-    spec = json.loads((path / POLICY_FILE).read_text())
-    if spec.get("format") != POLICY_FORMAT or spec.get("policy_class") != "SetActorCriticPolicy":
-        raise ValueError(f"{path / POLICY_FILE}: format {spec.get('format')!r} / policy {spec.get('policy_class')!r}, "
-                         f"expected {POLICY_FORMAT!r} / 'SetActorCriticPolicy'")  # fmt: skip
-    kwargs = dict(spec["policy_kwargs"])
-    activation = kwargs.pop("activation_fn")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"{path / POLICY_FILE}: activation_fn {activation!r} is not one of {sorted(ACTIVATIONS)}")
-    policy = SetActorCriticPolicy(space_from_json(spec["observation_space"]), space_from_json(spec["action_space"]),
-                                  lambda _: 0.0, activation_fn=ACTIVATIONS[activation], **kwargs)  # fmt: skip
-    policy.load_state_dict(load_file(str(path / WEIGHTS_FILE), device="cpu"), strict=True)
+    meta = json.loads((path / POLICY_FILE).read_text())
+    if "network" not in meta:
+        raise ValueError(f"{path / POLICY_FILE} has no 'network' record; retrain: `rankrl rollouts train-allocator`")
+    policy = load_policy_weights(build_policy(meta["network"]), path / WEIGHTS_FILE)
     policy.set_training_mode(False)
     return policy
 

@@ -82,7 +82,7 @@ def test_saved_allocator_is_safetensors_and_json_and_acts_the_same(tmp_path):
     out = save_allocator(model, tmp_path / "alloc", ENV)
     assert sorted(p.name for p in out.iterdir()) == ["env_config.json", POLICY_FILE, WEIGHTS_FILE]
     spec = json.loads((out / POLICY_FILE).read_text())
-    assert spec["policy_kwargs"]["context"] == "attention" and spec["hyperparameters"]["n_steps"] == 16
+    assert spec["network"]["kwargs"]["context"] == "attention" and spec["hyperparameters"]["n_steps"] == 16
     loaded = load_allocator(out)
     env = RolloutBudgetEnv(**ENV)
     obs, _ = env.reset(seed=1)
@@ -115,3 +115,17 @@ def test_trainer_allocator_state_round_trip(tmp_path):
     assert again.round == alloc.round == 2 and again.seen == alloc.seen == {"a": 4, "b": 4}
     np.testing.assert_array_equal(again.history.trials, alloc.history.trials)
     assert list(again(["a", "b"], history, 8)) == list(alloc(["a", "b"], history, 8))
+
+
+def test_a_policy_json_naming_other_code_is_refused(tmp_path):
+    from rankrl.set_policy import PolicySpecError
+
+    out = save_allocator(_ppo(), tmp_path / "alloc", ENV)
+    meta = json.loads((out / POLICY_FILE).read_text())
+    meta["network"]["kwargs"]["activation_fn"] = "os.system"
+    (out / POLICY_FILE).write_text(json.dumps(meta))
+    with pytest.raises(PolicySpecError, match="os.system"):
+        load_allocator(out)
+    (out / POLICY_FILE).write_text(json.dumps({"weights": WEIGHTS_FILE}))
+    with pytest.raises(ValueError, match="no 'network' record"):
+        trainer_allocator(out)
