@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -40,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from rankrl.atomic import atomic_write, atomic_write_text
+from rankrl.atomic import atomic_write, atomic_write_text, replace_dir
 from rankrl.rerank.bm25 import BM25Retriever
 from rankrl.rerank.collections import Collection, load_collection, split_queries
 from rankrl.rerank.metrics import ndcg
@@ -413,7 +414,9 @@ def run_encoder_grpo(args: EncoderGRPOArgs) -> dict[str, Any]:
         end = _held_out_ndcg(policy, coll, test_q, retriever, args.k)  # (train_docs: re-embeds every document)
         pool_end = _pool_reward(policy, coll, pool, first, args.rollouts, args.seed + 1)
         tracker.log({"heldout/nDCG@10": end}, step=args.steps)
-        policy.encoder.save_pretrained(out / "adapter")
+        staged = Path(tempfile.mkdtemp(dir=out, prefix=".adapter-"))  # the whole adapter, then swapped in
+        policy.encoder.save_pretrained(staged)
+        replace_dir(staged, out / "adapter")
         saved = {"args": asdict(args), "heads": policy.heads(), "encoder_path": policy.path}
         atomic_write_text(out / ENCODER_POLICY_FILE, json.dumps(saved, indent=1))
         rows = read_metrics(out / "metrics.jsonl")

@@ -24,13 +24,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rankrl.atomic import atomic_write_text
+from rankrl.atomic import atomic_write_text, replace_dir
 from rankrl.rerank.bm25 import BM25Retriever
 from rankrl.rerank.collections import Collection, split_queries
 from rankrl.rerank.encoder import ENCODER_POLICY_FILE
@@ -238,9 +239,11 @@ def run_rerank_train(args: RerankArgs, config: Any) -> int:
     trainer.save_model(config.output_dir)  # (the Trainer saves on the main process only)
     merged = Path(config.output_dir) / "merged"
     if trainer.accelerator.is_main_process:  # under `accelerate launch`, one writer for the merged model
-        trainer.model.merge_and_unload().save_pretrained(merged)
-        lm.tokenizer.save_pretrained(merged)
-        atomic_write_text(merged / "rerank.json", json.dumps(asdict(args), indent=1))
+        staged = Path(tempfile.mkdtemp(dir=config.output_dir, prefix=".merged-"))  # complete, then swapped in
+        trainer.model.merge_and_unload().save_pretrained(staged)
+        lm.tokenizer.save_pretrained(staged)
+        atomic_write_text(staged / "rerank.json", json.dumps(asdict(args), indent=1))
+        replace_dir(staged, merged)
         print(f"saved -> {merged}")
     trainer.accelerator.wait_for_everyone()
     return 0
