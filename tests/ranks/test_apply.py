@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from peft import LoraConfig, get_peft_model
 
 from rankrl.cli import main
 from rankrl.models import load_model
+from rankrl.ranks.apply import write_ranks
 from rankrl.ranks.budgets import Budget, feasible
 from rankrl.ranks.compare import METHODS
 from rankrl.ranks.env import LoRARankConfig
@@ -116,3 +118,54 @@ def test_baselines_table_has_every_method_at_equal_budget(policy_dir, tmp_path, 
     with (out / "results.csv").open() as f:
         assert len(list(csv.DictReader(f))) == len(result["table"])
     assert "tuned uniform" in capsys.readouterr().out
+
+
+def test_a_rank_write_failing_half_way_leaves_the_old_files_whole(tmp_path, monkeypatch):
+    import rankrl.ranks.apply as apply_mod
+    from rankrl.ranks.compare import write_results
+
+    targets = find_target_modules(load_model("tiny-bert").model)
+    write_ranks(targets, {t.name: 2 for t in targets}, tmp_path)
+    old = {n: (tmp_path / n).read_text() for n in ("ranks.json", "ranks.csv")}
+
+    class HalfWriter:  # writes the header and one row, then the disk is full
+        def __init__(self, f, *args, **kwargs):
+            self.f, self.rows = f, 0
+
+        def writerow(self, row):
+            if self.rows == 2:
+                raise OSError("disk full")
+            self.f.write(",".join(map(str, row)) + "\n")
+            self.rows += 1
+
+    monkeypatch.setattr(apply_mod.csv, "writer", HalfWriter)
+    with pytest.raises(OSError, match="disk full"):
+        write_ranks(targets, {t.name: 4 for t in targets}, tmp_path)
+    assert (tmp_path / "ranks.csv").read_text() == old["ranks.csv"]  # not half of the new table
+    assert json.loads((tmp_path / "ranks.json").read_text()) == {t.name: 4 for t in targets}  # complete, the new one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ranks.csv", "ranks.json"]  # no temp file left
+
+    monkeypatch.undo()
+    result = {"table": [{"method": "uniform", "accuracy": 0.5}], "runs": []}
+    write_results(result, tmp_path)
+    before = (tmp_path / "results.json").read_text()
+
+    def half_then_fail(self, data, *args, **kwargs):
+        with open(self, "w") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_results({**result, "runs": [1]}, tmp_path)
+    monkeypatch.undo()
+    assert (tmp_path / "results.json").read_text() == before
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_baselines_budget_below_rank_one_everywhere_is_an_error_not_head_only(tmp_path):
+    args = ["baselines", "--run.model", "tiny-bert", "--budget.params", "100", "--run.max_train", "64",
+            "--run.threads", "1", "--out", str(tmp_path / "b"), "--no_wandb"]  # fmt: skip
+    with pytest.raises(ValueError, match=r"every method would train the head only.*--budget.params >= 1792"):
+        main(args)
+    assert not (tmp_path / "b" / "results.json").exists()

@@ -18,7 +18,7 @@ import rankrl  # noqa: F401  (registers the env ids)
 from rankrl.ranks import sim as lora_rank_sim
 from rankrl.ranks.budgets import Budget, feasible, project
 from rankrl.ranks.env import GLOBAL_NAMES, LoRARankConfig, LoRARankEnv
-from rankrl.ranks.features import FEATURE_NAMES
+from rankrl.ranks.features import FEATURE_NAMES, STATIC_FEATURE_NAMES
 from rankrl.ranks.finetune import FineTuneConfig
 from rankrl.ranks.sim import SimCalibration, calibrate, lr_area, sim_vs_live_rank_correlation
 from rankrl.tracking import Tracker, read_metrics
@@ -147,19 +147,17 @@ def test_nan_loss_ends_the_episode_with_a_reason():
     assert env.observation_space.contains(obs)
 
 
-def test_calibration_from_live_probes_is_cached_and_orders_by_capacity(tmp_path, monkeypatch):
+def test_calibration_from_live_probes_is_cached_and_fits_them(tmp_path, monkeypatch):
     config = LoRARankConfig(run=FineTuneConfig(**TINY_RUN, steps=40), decisions=2)
     cal = calibrate(config, n_probes=3, probe_steps=4, probe_evals=1, cache_dir=tmp_path)
     assert len(cal.probes) == 3 and len(list(tmp_path.glob("calibration-*.json"))) == 1
     high, low = cal.probes[0], cal.probes[1]  # uniform at the grid's top, then at its lowest non-zero rank
     assert set(high.ranks) == {8} and set(low.ranks) == {1} and high.steps == (0, 4)
-    pred_high, pred_low = (cal.predict_loss(p.ranks, 40) for p in (high, low))
-    assert pred_high <= pred_low  # never worse with more capacity ...
-    if high.losses[-1] < low.losses[-1]:  # ... and strictly better when the probes said so
-        assert pred_high < pred_low
-        assert cal.predict_loss(high.ranks, 4) < cal.predict_loss(low.ranks, 4)
-    rho = sim_vs_live_rank_correlation(cal, [p.ranks for p in cal.probes], cal.probes)
-    assert math.isnan(rho) or -1.0 <= rho <= 1.0
+    # the fit reproduces what the live probes measured (4 steps of tiny-bert barely move the loss, so whether it
+    # orders allocations is tested on probes with a known answer: test_calibration_recovers_a_known_surrogate)
+    assert cal.loss0 == pytest.approx(high.losses[0]) and cal.predict_loss(high.ranks, 0) == pytest.approx(cal.loss0)
+    for p in cal.probes:
+        assert cal.predict_loss(p.ranks, p.steps[-1]) == pytest.approx(p.losses[-1], abs=0.05)
 
     def no_probes(*args, **kwargs):
         raise AssertionError("a cached calibration must not run probes")
@@ -173,6 +171,59 @@ def test_calibration_from_live_probes_is_cached_and_orders_by_capacity(tmp_path,
     env.reset(seed=0)
     obs, reward, *_ = env.step(env.action_space.sample())
     assert env.observation_space.contains(obs) and math.isfinite(reward)
+
+
+def _known_probes(monkeypatch, truth_numbers=None, steps=(0, 2, 4)):
+    """Replace the live probes by the eval curve of a known surrogate on the same (tiny-bert) targets."""
+    made = {}
+
+    def probe(run, probe_steps, probe_evals):
+        if "truth" not in made:
+            static = run.features().static
+            sens = static[:, list(STATIC_FEATURE_NAMES).index("grad_sens_rel")]
+            made["truth"] = SimCalibration(run.targets, static, 8, sensitivity=sens / sens.mean(), run_steps=40,
+                                           **(truth_numbers or dict(loss0=0.7, loss_inf=0.35, rate0=0.01, rate1=0.3,
+                                                                    floor_decay=0.5)))  # fmt: skip
+        truth, ranks = made["truth"], tuple(run.ranks[t.name] for t in run.targets)
+        losses = tuple(truth.predict_loss(ranks, s) if s == 0 or truth_numbers is None else math.nan for s in steps)
+        return lora_rank_sim.ProbeResult(ranks, steps, losses, tuple(0.5 for _ in steps))
+
+    monkeypatch.setattr(lora_rank_sim, "_probe", probe)
+    return made
+
+
+def test_calibration_recovers_a_known_surrogate_and_its_ordering(tmp_path, monkeypatch):
+    made = _known_probes(monkeypatch)
+    config = LoRARankConfig(run=FineTuneConfig(**TINY_RUN, steps=40), decisions=2)
+    cal = calibrate(config, n_probes=6, probe_steps=4, probe_evals=2, cache_dir=tmp_path)
+    truth = made["truth"]
+    for p in cal.probes:  # the fit goes through the probes it saw ...
+        assert cal.predict_loss(p.ranks, 4) == pytest.approx(truth.predict_loss(p.ranks, 4), abs=5e-3)
+    high, low = cal.probes[0].ranks, cal.probes[1].ranks
+    assert cal.predict_loss(high, 4) < cal.predict_loss(low, 4) - 0.01  # ... more capacity is better, as measured
+    rng = np.random.default_rng(5)
+    held_out = [tuple(int(r) for r in rng.choice([0, 1, 2, 4, 8], len(truth.targets))) for _ in range(6)]
+    live = [truth.predict_loss(a, 4) for a in held_out]
+    assert sim_vs_live_rank_correlation(cal, held_out, live, step=4) > 0.8  # ... and it orders unseen allocations
+
+
+def test_calibration_without_a_finite_probe_point_is_an_error(tmp_path, monkeypatch):
+    _known_probes(monkeypatch, truth_numbers=dict(loss0=0.7, loss_inf=0.35, rate0=0.01, rate1=0.3))
+    config = LoRARankConfig(run=FineTuneConfig(**TINY_RUN, steps=40), decisions=2)
+    with pytest.raises(RuntimeError, match="no calibration probe has a finite eval loss.*lower --env.run.lr"):
+        calibrate(config, n_probes=2, probe_steps=4, probe_evals=2, cache_dir=tmp_path)  # before: start values
+    assert not list(tmp_path.glob("calibration-*.json"))  # nothing cached
+
+
+def test_a_nan_action_is_an_error_not_a_middle_rank():
+    env = _sim_env()
+    env.reset(seed=0)
+    action = np.zeros(env.action_space.shape, np.float32)
+    action[3] = np.nan
+    with pytest.raises(ValueError, match=rf"NaN for 1 module\(s\) \(e.g. {env.targets[3].name}\).*--ppo_lr"):
+        env.step(action)
+    action[3] = 0.0
+    assert env.decode_action(action) == {t.name: 2 for t in env.targets}  # score 0 is still the grid's middle
 
 
 # --------------------------------------------------------------------------------------------------- errors

@@ -226,3 +226,15 @@ def test_cache_for_other_target_names_is_ignored(tmp_path):
     # ... and the stale file was overwritten with the right names.
     with np.load(path) as data:
         assert data["target_names"].tolist() == [t.name for t in targets]
+
+
+def test_non_finite_gradients_are_an_error_not_neutral_features():
+    model = _bert()
+    targets = find_target_modules(model)
+    batches = _batches("bert")
+    with torch.no_grad():  # a diverged model: every gradient is NaN
+        base_weight(model, targets[0].name).fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"gradient sensitivity is not finite for \d+ module.*--task none"):
+        gradient_sensitivity(model, targets, batches)
+    with pytest.raises(ValueError, match="not finite"):
+        compute_features(model, targets, batches)

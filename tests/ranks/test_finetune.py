@@ -130,3 +130,22 @@ def test_step_hooks_run_after_every_optimizer_step_in_order():
     assert seen == [(1, True), (2, True), (3, True)]
     with pytest.raises(ValueError, match="no ranks"):
         _ = FineTuneRun(FineTuneConfig(model="tiny-bert", steps=1, max_train=8), adapter=lambda base, t: base).ranks
+
+
+def test_feature_cache_key_covers_everything_that_changes_the_features():
+    from dataclasses import replace
+
+    from rankrl.ranks.finetune import features_cache_key
+
+    base = FineTuneConfig(model="tiny-bert", task="trec")
+
+    def key(**change):
+        return features_cache_key(replace(base, **change), "tiny-bert", "trec", 500, 4)
+
+    changed = {"labels": "fine", "batch_size": 8, "max_length": 32, "seed": 1, "max_train": 100}
+    keys = {name: key(**{name: value}) for name, value in changed.items()}
+    assert len({key(), *keys.values()}) == len(changed) + 1  # TREC-6 vs TREC-50, batches, tokens, seed, rows
+    assert features_cache_key(base, "tiny-bert", "trec", 500, 2) != key()  # batch count
+    assert features_cache_key(base, "tiny-qwen", "trec", 500, 4) != key()  # model
+    for same in (dict(lr=0.1), dict(steps=7), dict(threads=1), dict(eval_every=3), dict(max_eval=9)):
+        assert key(**same) == key(), same  # training-only settings share the features

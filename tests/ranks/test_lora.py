@@ -175,3 +175,51 @@ def test_svd_shrink_keeps_the_best_low_rank_part(tiny_bert_lora):
     with torch.no_grad():
         err = (B[:, :2] @ A[:2] - full).square().sum()
     assert torch.isclose(err, best, rtol=1e-3)
+
+
+def test_overlapping_rank_file_keys_are_an_error_not_a_silent_winner(tmp_path):
+    targets = RankedLoRA(load_model("tiny-bert").model, r_max=4).targets
+    f = tmp_path / "ranks.json"
+    # "output.dense" also ends "attention.output.dense": before, both modules silently got 2
+    f.write_text(json.dumps({"attention.output.dense": 4, "output.dense": 2, "default": 1}))
+    with pytest.raises(RankPatternError, match=r"'attention.output.dense' and 'output.dense' both match .*full module"):
+        parse_rank_spec(str(f), targets, 4)
+    f.write_text(json.dumps({"layer.0.attention.output.dense": 4, "layer.0.output.dense": 2, "default": 1}))
+    ranks = parse_rank_spec(str(f), targets, 4)  # names that each match one module are fine
+    assert ranks["bert.encoder.layer.0.attention.output.dense"] == 4 and ranks["bert.encoder.layer.0.output.dense"] == 2
+
+
+def test_export_failing_half_way_keeps_the_previous_adapter(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    lora = RankedLoRA(load_model("tiny-bert").model, r_max=4)
+    out = lora.export(tmp_path / "adapter")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    lora.set_ranks({t.name: 2 for t in lora.targets})
+
+    def half_then_fail(tensors, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"half a safetensors file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        lora.export(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old adapter, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no temp or set-aside folder left
+    monkeypatch.undo()
+    lora.export(out)  # a good export replaces it, again leaving nothing beside it
+    assert json.loads((out / "ranks.json").read_text()) == lora.ranks and [p.name for p in tmp_path.iterdir()] == [
+        "adapter"]
+
+
+def test_adapter_config_is_checked_before_it_replaces_the_old_one(tmp_path):
+    from rankrl.ranks.lora import write_adapter_config
+
+    targets = find_target_modules(load_model("tiny-bert").model)
+    write_adapter_config({t.name: 2 for t in targets}, tmp_path, "tiny-bert", alpha=16)
+    before = (tmp_path / "adapter_config.json").read_text()
+    with pytest.raises(RankPatternError, match="matches 0 modules"):  # a module tiny-qwen does not have
+        write_adapter_config({t.name: 4 for t in targets}, tmp_path, "tiny-qwen", alpha=16, task_kind="causal_lm")
+    assert (tmp_path / "adapter_config.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json"]
