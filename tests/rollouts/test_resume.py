@@ -94,3 +94,12 @@ def test_sigint_saves_a_checkpoint_exits_130_and_resumes(tmp_path):
 
     assert main(_argv(out, "--max_steps", str(step + 1), "--resume_from_checkpoint", "true")) == 0
     assert _loss_steps(out) == list(range(1, step + 2))
+
+
+def test_commands_doctests():
+    import doctest
+
+    import rankrl.rollouts.commands
+
+    assert doctest.testmod(rankrl.rollouts.commands).attempted >= 1
+    assert doctest.testmod(rankrl.rollouts.commands).failed == 0
