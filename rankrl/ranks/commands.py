@@ -94,7 +94,7 @@ def cmd_convert_policy(argv: Sequence[str]) -> int:
 
     args = parse_config(ConvertPolicyArgs, list(argv), prog="rankrl convert-policy")
     folder = Path(args.policy)
-    folder = folder if folder.is_dir() else folder.parent
+    folder = folder.parent if folder.is_file() else folder  # a file inside it, or the folder (missing: an error)
     if not args.trust:
         print(f"rankrl convert-policy: converting {folder / LEGACY_POLICY_FILE} unpickles it, which runs any code it "
               "holds. Only if you trust where it came from (e.g. you trained it), pass --trust", file=sys.stderr)

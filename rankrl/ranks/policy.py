@@ -120,7 +120,7 @@ def load_policy(path: str | os.PathLike) -> LoadedPolicy:
     from rankrl.set_policy import PolicySpecError, build_policy, load_policy_weights
 
     p = Path(path)
-    folder = p if p.is_dir() else p.parent
+    folder = p.parent if p.is_file() else p  # either file, or the folder; a missing path never means its parent
     meta_path, weights = folder / POLICY_META, folder / POLICY_FILE
     if not weights.exists() and (folder / LEGACY_POLICY_FILE).exists():
         raise UnsafePolicyFileError(legacy_message(folder / LEGACY_POLICY_FILE, folder))

@@ -7,9 +7,12 @@ import base64
 import json
 import pickle
 import zipfile
+from dataclasses import asdict
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 from stable_baselines3 import PPO
 from stable_baselines3.common.save_util import json_to_data
 
@@ -21,6 +24,7 @@ from rankrl.ranks.policy import (
     LEGACY_POLICY_FILE,
     POLICY_FILE,
     POLICY_META,
+    PolicyLayoutError,
     UnsafePolicyFileError,
     load_policy,
     policy_meta,
@@ -66,6 +70,9 @@ def test_policy_files_are_safetensors_and_json_and_load_to_the_same_actions(tmp_
     meta = json.loads((tmp_path / POLICY_META).read_text())
     assert meta["network"]["kwargs"]["hidden"] == 16 and meta["weights"] == POLICY_FILE
     loaded = load_policy(tmp_path).policy
+    assert load_policy(tmp_path / POLICY_FILE).meta == meta  # either file names the folder ...
+    with pytest.raises(PolicyLayoutError, match="expected"):  # ... a typo does not silently mean its parent
+        load_policy(tmp_path / "polcy")
     obs = _obs(model.policy)
     np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0],
                                   model.policy.predict(obs, deterministic=True)[0])  # fmt: skip
@@ -93,8 +100,10 @@ def test_a_crafted_pickle_policy_is_refused_and_never_unpickled(tmp_path, capsys
 
 def test_convert_policy_turns_a_trusted_old_zip_into_safetensors(tmp_path, capsys):
     model = _ppo()
-    model.save(tmp_path / LEGACY_POLICY_FILE)  # the old format: SB3's zip
+    model.save(tmp_path / LEGACY_POLICY_FILE)  # the old format: SB3's zip, policy and checkpoint alike
     save_json(policy_meta(CONFIG, 8), tmp_path / POLICY_META)
+    model.save(tmp_path / "checkpoint.zip")
+    save_json({"timesteps_done": 8, "timesteps": 64, "config": asdict(CONFIG)}, tmp_path / "checkpoint.json")
     with pytest.raises(UnsafePolicyFileError):
         load_policy(tmp_path)
     assert cmd_convert_policy(["--policy", str(tmp_path), "--trust"]) == 0
@@ -104,3 +113,9 @@ def test_convert_policy_turns_a_trusted_old_zip_into_safetensors(tmp_path, capsy
     obs = _obs(model.policy, seed=1)
     np.testing.assert_array_equal(loaded.policy.predict(obs, deterministic=True)[0],
                                   model.policy.predict(obs, deterministic=True)[0])  # fmt: skip
+    state = json.loads((tmp_path / "checkpoint.json").read_text())  # --resume can continue it, pickle-free
+    assert state["timesteps_done"] == 8 and state["format"] == "rankrl/ranks/train-policy-checkpoint"
+    weights = load_file(str(tmp_path / "checkpoint.safetensors"))
+    assert all(torch.equal(weights[k], v) for k, v in model.policy.state_dict().items())
+    assert torch.load(tmp_path / "checkpoint_optimizer.pt", weights_only=True)["param_groups"]
+    assert cmd_convert_policy(["--policy", str(tmp_path / "missing"), "--trust"]) == 2  # nothing there: a message
