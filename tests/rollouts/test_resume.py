@@ -60,6 +60,9 @@ def test_resume_continues_history_and_metrics_and_refuses_changed_flags(tmp_path
     assert "--n_max 64 -> 8" in str(exc.value) and "--learning_rate 0.0001 -> 0.5" in str(exc.value)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         main(_argv(tmp_path / "empty", "--resume_from_checkpoint", "true"))
+    (out / "checkpoint-2" / HISTORY_FILE).unlink()  # e.g. a checkpoint from plain TRL: the history cannot come back
+    with pytest.raises(FileNotFoundError, match=f"no {HISTORY_FILE}"):
+        main(_argv(out, "--max_steps", "3", "--resume_from_checkpoint", str(out / "checkpoint-2")))
 
 
 def test_num_generations_is_not_silently_replaced():
