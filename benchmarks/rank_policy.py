@@ -102,7 +102,7 @@ class Allocations:
         self.policy_info: dict[str, dict] = {}
 
     def policy(self, name: str):
-        from rankrl.ranks.policy import load_policy
+        from rankrl.ranks.policy import POLICY_FILE, load_policy
 
         if name not in self._policies:
             given = {"policy-sst2": self.a.policy_sst2, "policy-default": self.a.policy_default}[name]
@@ -110,7 +110,7 @@ class Allocations:
             out.parent.mkdir(parents=True, exist_ok=True)
             with open(out.parent / f".{name}.lock", "w") as lock:  # two workers: one trains, the other waits
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                if not (out / "policy.zip").exists():
+                if not (out / POLICY_FILE).exists():
                     self.policy_info[name] = train_rank_policy(name, out, self.a.threads)
             loaded = load_policy(out)
             self._policies[name] = loaded

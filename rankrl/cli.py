@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "apply a rank policy to any model -> PEFT adapter_config.json (+ --finetune)"),
     "baselines": ("rankrl.ranks.commands:cmd_baselines",
                   "uniform (lr-tuned), random, spectrum, importance, AdaLoRA, policy: equal budget"),
+    "convert-policy": ("rankrl.ranks.commands:cmd_convert_policy",
+                       "convert a trusted old pickle policy.zip (+ checkpoint.zip) to safetensors + JSON, once"),
     "rollouts": ("rankrl.rollouts.commands:cmd_rollouts",
                  "GRPO with per-prompt rollout counts: uniform, Knapsack RL or a learned allocator"),
     "rerank": ("rankrl.rerank.commands:cmd_rerank",
