@@ -4,11 +4,10 @@ plots read back (the PNGs themselves are drawn by :mod:`rankrl.plots`).
 wandb 0.31 offline runs keep metrics only inside a binary ``.wandb`` file, so the JSONL copy is the record we
 assert on. Metric names are namespaced as in ARCHITECTURE.md (``quality/``, ``cost/``, ``rank/``, ...).
 
-TRL jobs (``rankrl rollouts train``, ``rankrl rerank train``) resume and stop through the helpers here too:
-:func:`resume_checkpoint` resolves ``--resume_from_checkpoint``, :func:`check_run_args` refuses a resume whose
-run-altering flags changed (against ``run_args.json`` in the output dir), :func:`truncate_metrics` cuts
-``metrics.jsonl`` back to the checkpoint's step so no step appears twice, and :func:`trainer_stop_callback` turns a
-SIGINT / SIGTERM (:func:`rankrl.interrupt.stop_on_signals`) into a checkpoint and a clean stop.
+TRL jobs (``rankrl rollouts train``, ``rankrl rerank train``) log through :func:`trainer_metrics_callback` (which
+cuts ``metrics.jsonl`` back to a resumed checkpoint's step, :func:`rankrl.resume.truncate_metrics`) and stop through
+:func:`trainer_stop_callback`, which turns a SIGINT / SIGTERM (:func:`rankrl.interrupt.stop_on_signals`) into a
+checkpoint and a clean stop.
 """
 
 from __future__ import annotations
@@ -123,8 +122,8 @@ def trainer_metrics_callback(out_dir: str | os.PathLike, on_log: Any = None, *, 
     The Trainer's own ``report_to`` still decides W&B; this file is what tests and benchmarks read back.
 
     A fresh run (``resume_step`` None) starts the file anew; a resumed one first cuts it back to the checkpoint's
-    step (:func:`truncate_metrics`) and appends, so the curve continues without repeated steps. The file is opened
-    when training begins, on the main process only."""
+    step (:func:`rankrl.resume.truncate_metrics`) and appends, so the curve continues without repeated steps. The
+    file is opened when training begins, on the main process only."""
     from transformers import TrainerCallback
 
     class MetricsJsonl(TrainerCallback):
@@ -134,6 +133,8 @@ def trainer_metrics_callback(out_dir: str | os.PathLike, on_log: Any = None, *, 
             if not state.is_world_process_zero:
                 return
             if resume_step is not None:
+                from rankrl.resume import truncate_metrics
+
                 truncate_metrics(Path(out_dir) / "metrics.jsonl", resume_step)
             self.tracker = Tracker(out_dir, use_wandb=False, resume=resume_step is not None)
 
@@ -150,92 +151,6 @@ def trainer_metrics_callback(out_dir: str | os.PathLike, on_log: Any = None, *, 
                 self.tracker = None
 
     return MetricsJsonl()
-
-
-def truncate_metrics(path: str | os.PathLike, step: int) -> int:
-    """Drop the rows of a ``metrics.jsonl`` logged after ``step`` (a resume from the checkpoint at ``step`` logs
-    them again); atomic. Returns how many rows were dropped (0 when the file is absent).
-
-    >>> import tempfile
-    >>> p = Path(tempfile.mkdtemp()) / "metrics.jsonl"
-    >>> _ = p.write_text("".join(json.dumps({"step": s}) + "\\n" for s in (1, 2, 3, 2)))
-    >>> truncate_metrics(p, 1), [r["step"] for r in read_metrics(p)]
-    (3, [1])
-    """
-    p = Path(path)
-    if not p.is_file():
-        return 0
-    lines = [line for line in p.read_text().splitlines() if line.strip()]
-    keep = [line for line in lines if json.loads(line).get("step", 0) <= step]
-    if len(keep) != len(lines):
-        atomic_write_text(p, "".join(line + "\n" for line in keep))
-    return len(lines) - len(keep)
-
-
-def resume_checkpoint(value: str | bool | None, output_dir: str | os.PathLike) -> str | None:
-    """The checkpoint directory ``--resume_from_checkpoint`` names: a path, or ``true`` / ``last`` for the newest
-    ``checkpoint-N`` in ``output_dir``; None for a fresh run. A missing checkpoint is an error, never a fresh run."""
-    if value in (None, False, "", "false", "False", "none", "None"):
-        return None
-    if value in (True, "true", "True", "last"):
-        from transformers.trainer_utils import get_last_checkpoint
-
-        found = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
-        if found is None:
-            raise FileNotFoundError(f"--resume_from_checkpoint {value}: no checkpoint-N folder in {output_dir}; "
-                                    "save some with --save_strategy steps --save_steps N")  # fmt: skip
-        return found
-    path = Path(str(value))
-    if not (path / "trainer_state.json").is_file():
-        raise FileNotFoundError(f"--resume_from_checkpoint {value}: not a Trainer checkpoint (no trainer_state.json)")
-    return str(path)
-
-
-def checkpoint_step(checkpoint: str | os.PathLike) -> int:
-    """The optimizer step a Trainer checkpoint was saved at (its ``trainer_state.json``)."""
-    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
-
-
-#: GRPOConfig fields that change what a run computes: a resume must keep them (max_steps may grow)
-GRPO_RUN_FLAGS = (
-    "learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay", "adam_beta1", "adam_beta2",
-    "adam_epsilon", "max_grad_norm", "optim", "seed", "data_seed", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "steps_per_generation", "generation_batch_size", "num_generations",
-    "num_iterations", "max_completion_length", "max_prompt_length", "temperature", "top_p", "top_k", "min_p",
-    "repetition_penalty", "beta", "epsilon", "epsilon_high", "loss_type", "scale_rewards", "reward_weights",
-    "multi_objective_aggregation", "mask_truncated_completions", "importance_sampling_level", "bf16", "fp16",
-)  # fmt: skip
-RUN_ARGS_FILE = "run_args.json"
-
-
-def grpo_run_flags(config: Any) -> dict[str, Any]:
-    """The :data:`GRPO_RUN_FLAGS` of a ``GRPOConfig`` (those it has)."""
-    return {name: getattr(config, name) for name in GRPO_RUN_FLAGS if hasattr(config, name)}
-
-
-def check_run_args(output_dir: str | os.PathLike, run_args: Mapping[str, Any], *, resuming: bool) -> None:
-    """Record a run's flags in ``output_dir/run_args.json`` (fresh run), or refuse a resume that changed any.
-
-    ``run_args`` maps flag names (without ``--``) to values. On resume every recorded flag must have the same value
-    (JSON round trip); a ``ValueError`` names each changed one with both values. A run dir without the file (made
-    before it existed) resumes with a warning.
-    """
-    import warnings
-
-    path = Path(output_dir) / RUN_ARGS_FILE
-    now = json.loads(json.dumps(dict(run_args), default=str))
-    if resuming and path.is_file():
-        saved = json.loads(path.read_text())
-        changed = [f"--{k} {saved[k]!r} -> {now.get(k)!r}" for k in saved if saved[k] != now.get(k)]
-        if changed:
-            raise ValueError(f"resuming {output_dir} with flags that change the run: {'; '.join(changed)}. Pass the "
-                             f"values it was started with ({path}), or start a fresh run in another "
-                             "--output_dir")  # fmt: skip
-        return
-    if resuming:
-        warnings.warn(f"{path} is missing, so the resumed run's flags cannot be checked against the original ones",
-                      stacklevel=2)  # fmt: skip
-    atomic_write_text(path, json.dumps(now, indent=1))
 
 
 def trainer_stop_callback(stop: Any, *, save: bool = True) -> Any:

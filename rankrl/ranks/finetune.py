@@ -364,7 +364,7 @@ class FineTuneRun:
                **kwargs: Any) -> FineTuneRun:  # fmt: skip
         """Rebuild a run from :meth:`save_checkpoint` and continue where it stopped (``config``: the checkpoint's,
         or one the caller checked against it with :func:`checkpoint_config` and
-        :func:`rankrl.ranks.resume.check_same_settings`). Loads with ``weights_only=True``: nothing is unpickled."""
+        :func:`rankrl.resume.check_same_settings`). Loads with ``weights_only=True``: nothing is unpickled."""
         path = Path(path)
         if path.is_dir():
             path = path / CHECKPOINT

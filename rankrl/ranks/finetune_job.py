@@ -2,7 +2,7 @@
 atomic checkpoints, W&B/JSONL logging, a PNG of the curves and a PEFT adapter export.
 
 ``--resume`` continues ``<out>/checkpoint.pt`` only with the checkpoint's run settings (a differing flag is refused
-by name, :func:`rankrl.ranks.resume.check_same_settings`) and first cuts ``metrics.jsonl`` back to the checkpoint's
+by name, :func:`rankrl.resume.check_same_settings`) and first cuts ``metrics.jsonl`` back to the checkpoint's
 step. SIGINT / SIGTERM stop between two optimizer steps: the checkpoint is written and the command exits 130.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rankrl.ranks.finetune import CHECKPOINT, RESUMABLE_CHANGES, FineTuneConfig, FineTuneRun, checkpoint_config
-from rankrl.ranks.resume import check_same_settings, truncate_metrics
+from rankrl.resume import check_same_settings, truncate_metrics
 
 
 def run_finetune(

@@ -34,7 +34,7 @@ from rankrl.ranks.budgets import BudgetSpec
 from rankrl.ranks.env import LoRARankConfig
 from rankrl.ranks.finetune import FineTuneConfig
 from rankrl.ranks.policy import POLICY_FILE, POLICY_META, legacy_message, save_json, save_policy
-from rankrl.ranks.resume import check_same_settings, truncate_metrics
+from rankrl.resume import check_same_settings, truncate_metrics
 
 __all__ = [
     "ENV_IDS",

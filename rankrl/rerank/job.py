@@ -205,7 +205,8 @@ def run_rerank_train(args: RerankArgs, config: Any) -> int:
 
     from rankrl.interrupt import EXIT_INTERRUPTED, stop_on_signals
     from rankrl.rerank.collections import load_collection
-    from rankrl.tracking import check_run_args, grpo_run_flags, resume_checkpoint, wandb_mode
+    from rankrl.resume import check_run_args, grpo_run_flags, resume_checkpoint
+    from rankrl.tracking import wandb_mode
 
     if "wandb" in (config.report_to or []):
         os.environ.setdefault("WANDB_MODE", wandb_mode())
@@ -253,7 +254,8 @@ def _train_stages(args: RerankArgs, config: Any, lm: Any, model: Any, rows: Any,
                   recipe: Any, resume: str | None, stop: Any) -> Any:  # fmt: skip
     """ERank's SFT stage (if any), then GRPO (resumed from ``resume``); the GRPO trainer, or None when ``stop``
     fired during SFT."""
-    from rankrl.tracking import checkpoint_step, trainer_metrics_callback, trainer_stop_callback
+    from rankrl.resume import checkpoint_step
+    from rankrl.tracking import trainer_metrics_callback, trainer_stop_callback
 
     if recipe.sft_dataset is not None and args.sft_steps:
         from trl import SFTConfig, SFTTrainer

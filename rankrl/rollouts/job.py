@@ -79,16 +79,10 @@ def run_rollouts_train(args: RolloutsArgs, config: Any, allocator: Allocator) ->
 
     from rankrl.interrupt import EXIT_INTERRUPTED, stop_on_signals
     from rankrl.models import load_model
+    from rankrl.resume import check_run_args, checkpoint_step, grpo_run_flags, resume_checkpoint
     from rankrl.rewards import numeric_answer_reward
     from rankrl.rollouts.grpo import RolloutGRPOTrainer
-    from rankrl.tracking import (
-        check_run_args,
-        checkpoint_step,
-        grpo_run_flags,
-        resume_checkpoint,
-        trainer_stop_callback,
-        wandb_mode,
-    )
+    from rankrl.tracking import trainer_stop_callback, wandb_mode
 
     if "wandb" in (config.report_to or []):
         os.environ.setdefault("WANDB_MODE", wandb_mode())
