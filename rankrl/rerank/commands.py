@@ -40,29 +40,20 @@ def cmd_rerank(argv: Sequence[str]) -> int:
         return 2
     from trl import GRPOConfig, TrlParser
 
-    from rankrl.args import with_grpo_defaults
+    from rankrl.args import flag_value, passed, with_grpo_defaults
     from rankrl.rerank.job import RerankArgs, run_rerank_train
 
     parser = TrlParser((RerankArgs, GRPOConfig), prog="rankrl rerank train")
     if "-h" in argv[1:] or "--help" in argv[1:]:
         parser.parse_args(["--help"])
     # TRL validates num_generations while parsing: start it at --rollouts, which it is set to anyway
-    defaults = RERANK_GRPO_DEFAULTS | {"--num_generations": _flag_value(argv[1:], "--rollouts") or
+    defaults = RERANK_GRPO_DEFAULTS | {"--num_generations": flag_value(argv[1:], "--rollouts") or
                                        str(RerankArgs.rollouts)}  # fmt: skip
     args, config = parser.parse_args_and_config(with_grpo_defaults(argv[1:], defaults))
-    if any(a == "--num_generations" or a.startswith("--num_generations=") for a in argv[1:]):
+    if passed(argv[1:], "--num_generations"):
         from rankrl.rerank.job import check_num_generations
 
         check_num_generations(config.num_generations, args.rollouts)
     return run_rerank_train(args, config)
 
 
-def _flag_value(argv: Sequence[str], flag: str) -> str | None:
-    """The last value ``argv`` gives ``flag`` (``--flag v`` or ``--flag=v``), else None."""
-    value = None
-    for i, a in enumerate(argv):
-        if a == flag and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif a.startswith(flag + "="):
-            value = a.split("=", 1)[1]
-    return value

@@ -32,7 +32,7 @@ def cmd_rollouts(argv: Sequence[str]) -> int:
         return 2
     from trl import GRPOConfig, TrlParser
 
-    from rankrl.args import with_grpo_defaults
+    from rankrl.args import flag_value, passed, with_grpo_defaults
     from rankrl.rollouts.job import RolloutsArgs, run_rollouts_train
 
     rest = argv[1:]
@@ -48,26 +48,6 @@ def cmd_rollouts(argv: Sequence[str]) -> int:
 
         check_num_generations(config.num_generations, args.rollouts_per_prompt)
     return run_rollouts_train(args, config, make_allocator(args))
-
-
-def passed(argv: Sequence[str], flag: str) -> bool:
-    """Whether ``argv`` gives ``flag`` (``--flag v`` or ``--flag=v``)."""
-    return any(a == flag or a.startswith(flag + "=") for a in argv)
-
-
-def flag_value(argv: Sequence[str], flag: str) -> str | None:
-    """The last value ``argv`` gives ``flag`` (``--flag v`` or ``--flag=v``), else None.
-
-    >>> flag_value(["--a", "1", "--b=2", "--a=3"], "--a"), flag_value(["--a"], "--b")
-    ('3', None)
-    """
-    value = None
-    for i, a in enumerate(argv):
-        if a == flag and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif a.startswith(flag + "="):
-            value = a.split("=", 1)[1]
-    return value
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ def test_sigint_saves_a_checkpoint_exits_130_and_resumes(tmp_path):
 def test_commands_doctests():
     import doctest
 
-    import rankrl.rollouts.commands
+    import rankrl.args
 
-    assert doctest.testmod(rankrl.rollouts.commands).attempted >= 1
-    assert doctest.testmod(rankrl.rollouts.commands).failed == 0
+    assert doctest.testmod(rankrl.args).attempted >= 2
+    assert doctest.testmod(rankrl.args).failed == 0
