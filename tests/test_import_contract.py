@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "rankrl"
-DOMAINS = ("ranks", "rollouts", "rerank")
+DOMAINS = ("ranks", "rollouts", "rerank", "compress")
 #: pure logic at the bottom of each domain: importable without torch (module level)
 PURE = ("rankrl.ranks.costs", "rankrl.ranks.budgets", "rankrl.rollouts.knapsack", "rankrl.rerank.metrics")
 
