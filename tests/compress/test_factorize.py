@@ -3,6 +3,8 @@ are uneven, and a factorized model really holds the smaller matmuls."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -77,3 +79,29 @@ def test_factorized_tiny_llama_runs_the_smaller_matmuls_and_counts_its_flops():
         spectra.factorize(model, {names[0]: 0})
     with pytest.raises(ValueError, match="no SVD for"):
         spectra.factorize(model, {"nope": 2})
+
+
+def test_measurements_see_the_factorization():
+    from rankrl.compress.measure import (
+        hidden_fidelity,
+        peak_forward_bytes,
+        perplexity,
+        token_batches,
+        weight_bytes,
+    )
+
+    loaded = load_model("tiny-llama", task_kind="causal_lm")
+    model = loaded.model.eval()
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.endswith(("q_proj", "o_proj"))]
+    spectra = Spectra(model, names)
+    batches = token_batches(loaded.tokenizer, ["12+7=19", "3+4=7 and 5+5=10", "99-9=90"], batch_size=2)
+    dense_ppl = perplexity(model, batches)
+    svd = spectra.svds[names[0]]
+    full = spectra.factorize(model, {n: svd.break_even_rank for n in names})
+    tiny = spectra.factorize(model, dict.fromkeys(names, 1))
+    assert math.isfinite(dense_ppl) and dense_ppl > 1
+    fid_full, fid_tiny = hidden_fidelity(model, full, batches), hidden_fidelity(model, tiny, batches)
+    assert fid_full["hidden_rel_error"] < fid_tiny["hidden_rel_error"]
+    assert fid_tiny["embedding_cosine"] <= fid_full["embedding_cosine"] <= 1.0 + 1e-6
+    assert weight_bytes(tiny) < weight_bytes(model)
+    assert peak_forward_bytes(model, 2, 16) > 0
