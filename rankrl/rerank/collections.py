@@ -1,52 +1,65 @@
 """Test collections for reranker training: documents, queries, judgments, query splits and TREC run files.
 
 A :class:`Collection` holds document and query texts and graded judgments (``qrels``: query id -> doc id ->
-integer gain, 0 = judged non-relevant). :func:`load_collection` reads one of three on-disk layouts::
+integer gain, 0 = judged non-relevant). :func:`load_collection` detects the layout::
 
-    load_collection("../shared/data/cranfield")   # cran.all.1400 + cran.qry + cranqrel (SMART dot format)
-    load_collection("path/to/beir/scifact")         # corpus.jsonl + queries.jsonl + qrels/test.tsv
-    load_collection("path/to/trec_dir")             # docs.tsv + topics.tsv + qrels.txt
+    load_collection("../shared/data/cranfield")   # SMART: cran.all.1400 + cran.qry + cranqrel
+    load_collection("../shared/data/cisi")        # SMART: CISI.ALL + CISI.QRY + CISI.REL (76 of 112 queries judged)
+    load_collection("../shared/data/med")         # SMART: MED.ALL + MED.QRY + MED.REL
+    load_collection("path/to/beir/scifact")       # corpus.jsonl + queries.jsonl + qrels/test.tsv
+    load_collection("path/to/trec_dir")           # docs.tsv or SGML docs + topics (TSV or SGML) + qrels.txt
+    load_collection("irds:vaswani")               # ir_datasets, from its local cache
 
-The first stage (BM25) is :mod:`rankrl.rerank.bm25`; metrics of runs are :mod:`rankrl.rerank.metrics`
-(``ir-measures``, pytrec_eval underneath, never hand-written).
+The file formats themselves are parsed in :mod:`rankrl.rerank.formats`; the first stage (BM25) is
+:mod:`rankrl.rerank.bm25`; metrics of runs are :mod:`rankrl.rerank.metrics` (``ir-measures``, pytrec_eval
+underneath, never hand-written).
 
 Malformed files raise :class:`CollectionFormatError` naming ``file:line``. Judgments naming an unknown query or
-document are an error by default; ``drop_unknown=True`` drops them and emits one warning with the counts.
-"""
+document are an error by default; ``drop_unknown=True`` (``--drop_unknown``) drops them and emits one warning with
+the counts."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import warnings
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from rankrl.atomic import atomic_write_text
+from rankrl.rerank.formats import (
+    CollectionFormatError,
+    Judgments,
+    check_id,
+    irds_records,
+    join_text,
+    parse_sgml_docs,
+    parse_smart,
+    parse_trec_topics,
+    read_lines,
+    read_text,
+)
 from rankrl.rerank.metrics import Qrels, Run
-from rankrl.tasks import TaskFormatError
 
 __all__ = [
+    "SMART_LAYOUTS",
     "Collection",
     "CollectionFormatError",
+    "SmartLayout",
     "candidates",
     "load_collection",
     "read_beir",
     "read_cranfield",
+    "read_irds",
     "read_run",
+    "read_smart",
     "read_trec",
     "split_queries",
     "write_run",
 ]
-
-
-class CollectionFormatError(TaskFormatError):
-    """A collection file is missing, empty or malformed; the message names the file and 1-based line."""
 
 
 @dataclass(frozen=True)
@@ -89,77 +102,102 @@ class Collection:
         return sum(len(j) for j in self.qrels.values())
 
 
-# ---------------------------------------------------------------------------------------------- reading
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Lines with 1-based numbers, CR stripped (Cranfield is CRLF); a missing or empty file is an error."""
-    if not path.is_file():
-        raise CollectionFormatError(f"{path}: file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        line = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise CollectionFormatError(f"{path}:{line}: expected UTF-8 text ({err.reason})") from None
-    if not text.strip():
-        raise CollectionFormatError(f"{path}: file is empty")
-    yield from ((n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), 1))
+# ---------------------------------------------------------------------------------------- SMART (Cranfield, CISI, MED)
+@dataclass(frozen=True)
+class SmartLayout:
+    """Where a SMART-format collection keeps its files and how to read them."""
+
+    docs: str
+    """file of the documents (``.I`` records)"""
+    queries: str
+    """file of the queries"""
+    qrels: str
+    """file of the judgments"""
+    doc_fields: str
+    """field markers allowed in the documents (any other is an error)"""
+    doc_text: str
+    """fields joined (in this order) as the document text"""
+    query_fields: str
+    """field markers allowed in the queries"""
+    query_text: str
+    """fields joined as the query text (a query must have some)"""
+    query_ids: str
+    """``position`` (i-th query in file order: Cranfield's qrels) or ``label`` (the ``.I`` label)"""
+    qrel_format: str
+    """``cranfield`` (``q d code``, gain 5 - code), ``binary`` (``q d ...``, every pair gain 1) or ``trec``
+    (``q iter d rel``)"""
 
 
-def _join(lines: Iterable[str]) -> str:
-    return " ".join(" ".join(lines).split())
+#: the SMART collections ``load_collection`` recognises, by the name of their documents file
+SMART_LAYOUTS: dict[str, SmartLayout] = {
+    # Cranfield: qrel query i = i-th query of cran.qry (its .I labels run 001, 002, 004, ...)
+    "cranfield": SmartLayout("cran.all.1400", "cran.qry", "cranqrel", "TABW", "TW", "W", "W", "position", "cranfield"),
+    # CISI: queries 58-112 are bibliographic records (.T title + .W abstract); 36 queries have no judgments
+    "cisi": SmartLayout("CISI.ALL", "CISI.QRY", "CISI.REL", "TAWXBKC", "TW", "TAWB", "TW", "label", "binary"),
+    # MED: one .W field (its first sentence is the title); MED.REL is TREC format 'q 0 d 1'
+    "med": SmartLayout("MED.ALL", "MED.QRY", "MED.REL", "W", "W", "W", "W", "label", "trec"),
+}
 
 
-def _parse_smart(path: Path, fields: str) -> list[tuple[str, dict[str, str], int]]:
-    """Records of a SMART dot file: (``.I`` label, field letter -> text, line of the ``.I``)."""
-    records: list[tuple[str, dict[str, list[str]], int]] = []
-    field = None
-    for n, line in _lines(path):
-        if line.startswith(".I"):
-            label = line[2:].strip()
-            if not label or line[2:3] not in (" ", "\t"):
-                raise CollectionFormatError(f"{path}:{n}: expected '.I <id>', got {line[:80]!r}")
-            records.append((label, {}, n))
-            field = None
-        elif re.fullmatch(r"\.[A-Z]\s*", line):
-            field = line[1]
-            if field not in fields:
-                raise CollectionFormatError(f"{path}:{n}: unknown field marker {line.strip()!r}; expected "
-                                            f"{', '.join('.' + f for f in fields)}")  # fmt: skip
-            if not records:
-                raise CollectionFormatError(f"{path}:{n}: field {line.strip()!r} before the first '.I'")
-            records[-1][1].setdefault(field, [])
-        elif line.strip():
-            if field is None:
-                raise CollectionFormatError(f"{path}:{n}: text outside a field (expected '.I' or a field marker)")
-            records[-1][1][field].append(line)
-    if not records:
-        raise CollectionFormatError(f"{path}: no '.I' records")
-    return [(label, {f: _join(t) for f, t in body.items()}, n) for label, body, n in records]
+def _int_label(label: str) -> str:
+    return str(int(label)) if label.isdigit() else label  # qrels write ids as plain integers
 
 
-def _unknown_report(path: Path, dropped: Counter, drop_unknown: bool) -> None:
-    if dropped and drop_unknown:
-        warnings.warn(
-            f"{path}: dropped {dropped['query']} judgments naming unknown queries and {dropped['doc']} naming "
-            "unknown documents (drop_unknown=True)",
-            stacklevel=3,
-        )
+def _smart_qrel(parts: list[str], fmt: str, where: str, line: str) -> tuple[str, str, int]:
+    """(query, doc, gain) of one qrels line of a SMART collection."""
+    if fmt == "cranfield":
+        if len(parts) != 3 or not all(re.fullmatch(r"-?\d+", p) for p in parts):
+            raise CollectionFormatError(f"{where}: expected 'query_no doc_id code' (3 integers), got {line[:80]!r}")
+        code = int(parts[2])
+        if code not in (-1, 1, 2, 3, 4):
+            raise CollectionFormatError(f"{where}: relevance code must be -1 or 1..4, got {code}")
+        return str(int(parts[0])), str(int(parts[1])), 5 - code if code > 0 else 0
+    if fmt == "binary":
+        if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]):
+            raise CollectionFormatError(f"{where}: expected 'query_id doc_id ...' (2 integers first), "
+                                        f"got {line[:80]!r}")  # fmt: skip
+        return str(int(parts[0])), str(int(parts[1])), 1
+    if len(parts) != 4 or not re.fullmatch(r"-?\d+", parts[3]):
+        raise CollectionFormatError(f"{where}: expected 'qid iter docid rel' with an integer rel, got {line[:80]!r}")
+    return _int_label(parts[0]), _int_label(parts[2]), max(int(parts[3]), 0)
 
 
-def _add_judgment(qrels: Qrels, seen: dict, qid: str, docid: str, gain: int, *, where: str,
-                  known: tuple[Mapping, Mapping], dropped: Counter, drop_unknown: bool) -> None:  # fmt: skip
-    """Store one judgment after the unknown-id and duplicate checks."""
-    for kind, ident, pool in (("query", qid, known[0]), ("doc", docid, known[1])):
-        if ident not in pool:
-            if drop_unknown:
-                dropped[kind] += 1
-                return
-            raise CollectionFormatError(f"{where}: judgment names unknown {kind} {ident!r} (pass drop_unknown=True "
-                                        "to drop such lines with a warning)")  # fmt: skip
-    if (qid, docid) in seen:
-        raise CollectionFormatError(f"{where}: duplicate judgment of query {qid!r}, doc {docid!r} "
-                                    f"(first at {seen[qid, docid]})")  # fmt: skip
-    seen[qid, docid] = where
-    qrels.setdefault(qid, {})[docid] = gain
+def read_smart(path: str | os.PathLike, layout: str | SmartLayout, *, drop_unknown: bool = False) -> Collection:
+    """Read a SMART "dot" collection (Cranfield, CISI, MED; :data:`SMART_LAYOUTS`) from its directory.
+
+    Doc and query ids are the ``.I`` labels as plain integers, except Cranfield's queries (file positions). Text is
+    the layout's fields joined by a space (CISI's ``.A`` authors and ``.X`` citation lists are not text). Queries
+    without judgments stay in :attr:`Collection.queries` and out of :attr:`Collection.judged_qids`, so evaluation
+    drops them (CISI: 112 queries, 76 judged).
+
+    Args:
+        path: the directory (or any file inside it).
+        layout: a name in :data:`SMART_LAYOUTS` or a :class:`SmartLayout`.
+        drop_unknown: drop judgments naming an unknown query/doc with one counted warning instead of raising.
+    """
+    spec = SMART_LAYOUTS[layout] if isinstance(layout, str) else layout
+    root = Path(path)
+    root = root.parent if root.is_file() else root
+    docs: dict[str, str] = {}
+    for label, body, n in parse_smart(root / spec.docs, spec.doc_fields):
+        docs[check_id(_int_label(label), docs, f"{root / spec.docs}:{n}", "doc")] = \
+            join_text(body.get(f, "") for f in spec.doc_text)  # fmt: skip
+    queries: dict[str, str] = {}
+    for i, (label, body, n) in enumerate(parse_smart(root / spec.queries, spec.query_fields), 1):
+        text = join_text(body.get(f, "") for f in spec.query_text)
+        if not text:
+            fields = " or ".join(f"'.{f}'" for f in spec.query_text)
+            raise CollectionFormatError(f"{root / spec.queries}:{n}: query has no {fields} text")
+        qid = str(i) if spec.query_ids == "position" else _int_label(label)
+        queries[check_id(qid, queries, f"{root / spec.queries}:{n}", "query")] = text
+    judged = Judgments(queries, docs, drop_unknown=drop_unknown)
+    qrel_path = root / spec.qrels
+    for n, line in read_lines(qrel_path):
+        if line.strip():
+            where = f"{qrel_path}:{n}"
+            judged.add(*_smart_qrel(line.split(), spec.qrel_format, where, line), where)
+    judged.report(qrel_path)
+    return _finish(root, docs, queries, judged.qrels)
 
 
 def read_cranfield(path: str | os.PathLike, *, drop_unknown: bool = False) -> Collection:
@@ -174,47 +212,13 @@ def read_cranfield(path: str | os.PathLike, *, drop_unknown: bool = False) -> Co
     Gains: ``cranqrel`` codes are Cleverdon's scale where **lower is more relevant** (1 = complete answer ..
     4 = minimum interest), so gain = 5 - code: 1 -> 4, 2 -> 3, 3 -> 2, 4 -> 1. Code -1 (undocumented, one per
     query, apparently the query's source document) -> gain 0 (judged, non-relevant). Other codes are errors.
-
-    Args:
-        path: the directory (or any file inside it).
-        drop_unknown: drop judgments naming an unknown query/doc with one counted warning instead of raising.
     """
-    root = Path(path)
-    root = root.parent if root.is_file() else root
-    docs: dict[str, str] = {}
-    for label, body, n in _parse_smart(root / "cran.all.1400", "TABW"):
-        label = str(int(label)) if label.isdigit() else label  # cranqrel writes doc ids as plain integers
-        if label in docs:
-            raise CollectionFormatError(f"{root / 'cran.all.1400'}:{n}: duplicate doc id {label!r}")
-        docs[label] = _join([body.get("T", ""), body.get("W", "")])
-    queries: dict[str, str] = {}
-    for i, (_, body, n) in enumerate(_parse_smart(root / "cran.qry", "W"), 1):
-        if not body.get("W"):
-            raise CollectionFormatError(f"{root / 'cran.qry'}:{n}: query has no '.W' text")
-        queries[str(i)] = body["W"]
-    qrels: Qrels = {}
-    seen: dict = {}
-    dropped: Counter = Counter()
-    qrel_path = root / "cranqrel"
-    for n, line in _lines(qrel_path):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 3 or not all(re.fullmatch(r"-?\d+", p) for p in parts):
-            raise CollectionFormatError(f"{qrel_path}:{n}: expected 'query_no doc_id code' (3 integers), "
-                                        f"got {line[:80]!r}")  # fmt: skip
-        code = int(parts[2])
-        if code not in (-1, 1, 2, 3, 4):
-            raise CollectionFormatError(f"{qrel_path}:{n}: relevance code must be -1 or 1..4, got {code}")
-        gain = 5 - code if code > 0 else 0
-        _add_judgment(qrels, seen, str(int(parts[0])), str(int(parts[1])), gain, where=f"{qrel_path}:{n}",
-                      known=(queries, docs), dropped=dropped, drop_unknown=drop_unknown)  # fmt: skip
-    _unknown_report(qrel_path, dropped, drop_unknown)
-    return _finish(root, docs, queries, qrels)
+    return read_smart(path, "cranfield", drop_unknown=drop_unknown)
 
 
+# ---------------------------------------------------------------------------------------------- BEIR
 def _read_jsonl(path: Path, keys: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
-    for n, line in _lines(path):
+    for n, line in read_lines(path):
         if not line.strip():
             continue
         try:
@@ -236,18 +240,16 @@ def read_beir(path: str | os.PathLike, split: str = "test", *, drop_unknown: boo
     root = Path(path)
     docs: dict[str, str] = {}
     for where, rec in _read_jsonl(root / "corpus.jsonl", ("_id", "text")):
-        docs[_unique(str(rec["_id"]), docs, where, "doc")] = _join([str(rec.get("title") or ""), str(rec["text"])])
+        docs[check_id(str(rec["_id"]), docs, where, "doc")] = join_text([str(rec.get("title") or ""), str(rec["text"])])
     queries: dict[str, str] = {}
     for where, rec in _read_jsonl(root / "queries.jsonl", ("_id", "text")):
-        queries[_unique(str(rec["_id"]), queries, where, "query")] = _join([str(rec["text"])])
+        queries[check_id(str(rec["_id"]), queries, where, "query")] = join_text([str(rec["text"])])
     qrel_path = root / "qrels" / f"{split}.tsv"
     if not qrel_path.is_file():
         have = sorted(p.stem for p in (root / "qrels").glob("*.tsv"))
         raise CollectionFormatError(f"{qrel_path}: file not found (splits present: {have})")
-    qrels: Qrels = {}
-    seen: dict = {}
-    dropped: Counter = Counter()
-    lines = _lines(qrel_path)
+    judged = Judgments(queries, docs, drop_unknown=drop_unknown)
+    lines = read_lines(qrel_path)
     n, header = next(lines)
     if header.strip().split("\t") != ["query-id", "corpus-id", "score"]:
         raise CollectionFormatError(f"{qrel_path}:{n}: expected the header 'query-id<TAB>corpus-id<TAB>score', "
@@ -259,70 +261,112 @@ def read_beir(path: str | os.PathLike, split: str = "test", *, drop_unknown: boo
         if len(parts) != 3 or not re.fullmatch(r"-?\d+", parts[2].strip()):
             raise CollectionFormatError(f"{qrel_path}:{n}: expected 'query-id<TAB>corpus-id<TAB>integer score', "
                                         f"got {line[:80]!r}")  # fmt: skip
-        _add_judgment(qrels, seen, parts[0].strip(), parts[1].strip(), max(int(parts[2]), 0),
-                      where=f"{qrel_path}:{n}", known=(queries, docs), dropped=dropped,
-                      drop_unknown=drop_unknown)  # fmt: skip
-    _unknown_report(qrel_path, dropped, drop_unknown)
-    queries = {q: t for q, t in queries.items() if q in qrels}
-    return _finish(root, docs, queries, qrels)
+        judged.add(parts[0].strip(), parts[1].strip(), max(int(parts[2]), 0), f"{qrel_path}:{n}")
+    judged.report(qrel_path)
+    queries = {q: t for q, t in queries.items() if q in judged.qrels}
+    return _finish(root, docs, queries, judged.qrels)
 
 
+# ---------------------------------------------------------------------------------------------- TREC
 _TREC_DOCS = ("docs.tsv", "collection.tsv")
-_TREC_TOPICS = ("topics.tsv", "queries.tsv")
+_TREC_SGML_DOCS = ("docs", "docs.sgml", "docs.trec", "docs.sgml.gz", "docs.trec.gz")
+_TREC_TOPICS = ("topics.tsv", "queries.tsv", "topics.txt", "topics", "topics.trec")
 _TREC_QRELS = ("qrels.txt", "qrels", "qrels.trec")
 
 
 def _first(root: Path, names: tuple[str, ...], role: str) -> Path:
     for name in names:
-        if (root / name).is_file():
+        if (root / name).exists():
             return root / name
     raise CollectionFormatError(f"{root}: no {role} file (expected one of {list(names)})")
 
 
-def _unique(ident: str, pool: Mapping, where: str, kind: str) -> str:
-    if not ident or any(c.isspace() for c in ident):
-        raise CollectionFormatError(f"{where}: {kind} id must be non-empty without whitespace, got {ident!r}")
-    if ident in pool:
-        raise CollectionFormatError(f"{where}: duplicate {kind} id {ident!r}")
-    return ident
-
-
 def _read_tsv(path: Path, kind: str, max_fields: int) -> dict[str, str]:
     out: dict[str, str] = {}
-    for n, line in _lines(path):
+    for n, line in read_lines(path):
         if not line.strip():
             continue
         parts = line.split("\t")
         if not 2 <= len(parts) <= max_fields:
             shape = "id<TAB>text" + (" or id<TAB>title<TAB>text" if max_fields == 3 else "")
             raise CollectionFormatError(f"{path}:{n}: expected {shape}, got {line[:80]!r}")
-        out[_unique(parts[0].strip(), out, f"{path}:{n}", kind)] = _join(parts[1:])
+        out[check_id(parts[0].strip(), out, f"{path}:{n}", kind)] = join_text(parts[1:])
     return out
 
 
+def _read_sgml_docs(path: Path) -> dict[str, str]:
+    """Documents of one SGML file, or of every file under a directory (sorted by path, ``.gz`` read too)."""
+    files = [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise CollectionFormatError(f"{path}: no document files in the directory")
+    docs: dict[str, str] = {}
+    for f in files:
+        for docno, text, where in parse_sgml_docs(f):
+            docs[check_id(docno, docs, where, "doc")] = text
+    return docs
+
+
+def _read_topics(path: Path) -> dict[str, str]:
+    """Topics: SGML ``<top>`` blocks (query text = the ``<title>``, else ``<desc>``) or ``qid<TAB>text`` lines."""
+    if "<top>" not in read_text(path).lower():
+        return _read_tsv(path, "query", 2)
+    queries: dict[str, str] = {}
+    for num, fields, where in parse_trec_topics(path):
+        queries[check_id(num, queries, where, "query")] = fields.get("title") or fields["desc"]
+    return queries
+
+
 def read_trec(path: str | os.PathLike, *, drop_unknown: bool = False) -> Collection:
-    """Read a TREC-style directory: docs (``docs.tsv`` or ``collection.tsv``: ``docid<TAB>text`` or
-    ``docid<TAB>title<TAB>text``), topics (``topics.tsv`` or ``queries.tsv``: ``qid<TAB>text``) and qrels
-    (``qrels.txt``, ``qrels`` or ``qrels.trec``: ``qid iter docid rel``, whitespace-separated; negative
-    grades, used by some tracks for junk, are stored as gain 0)."""
+    """Read a TREC-style directory: documents, topics and qrels (``qrels.txt``, ``qrels`` or ``qrels.trec``:
+    ``qid iter docid rel``, whitespace-separated; negative grades, used by some tracks for junk, are gain 0).
+
+    Documents: ``docs.tsv`` / ``collection.tsv`` (``docid<TAB>text`` or ``docid<TAB>title<TAB>text``), or TREC SGML
+    (``<DOC><DOCNO>..</DOCNO><TEXT>..</TEXT></DOC>``) in ``docs.sgml`` / ``docs.trec`` (``.gz`` too) or in every file
+    under a ``docs/`` directory. Topics: ``topics.tsv`` / ``queries.tsv`` (``qid<TAB>text``) or SGML topics
+    (``<top><num> Number: 301 <title> ..``) in ``topics.txt`` / ``topics`` / ``topics.trec``; the query text is the
+    title (the description when a topic has no title).
+    """
     root = Path(path)
-    docs = _read_tsv(_first(root, _TREC_DOCS, "documents"), "doc", 3)
-    queries = _read_tsv(_first(root, _TREC_TOPICS, "topics"), "query", 2)
+    if any((root / name).is_file() for name in _TREC_DOCS):
+        docs = _read_tsv(_first(root, _TREC_DOCS, "documents"), "doc", 3)
+    else:
+        docs = _read_sgml_docs(_first(root, _TREC_DOCS + _TREC_SGML_DOCS, "documents"))
+    queries = _read_topics(_first(root, _TREC_TOPICS, "topics"))
     qrel_path = _first(root, _TREC_QRELS, "qrels")
-    qrels: Qrels = {}
-    seen: dict = {}
-    dropped: Counter = Counter()
-    for n, line in _lines(qrel_path):
+    judged = Judgments(queries, docs, drop_unknown=drop_unknown)
+    for n, line in read_lines(qrel_path):
         if not line.strip():
             continue
         parts = line.split()
         if len(parts) != 4 or not re.fullmatch(r"-?\d+", parts[3]):
             raise CollectionFormatError(f"{qrel_path}:{n}: expected 'qid iter docid rel' with an integer rel, "
                                         f"got {line[:80]!r}")  # fmt: skip
-        _add_judgment(qrels, seen, parts[0], parts[2], max(int(parts[3]), 0), where=f"{qrel_path}:{n}",
-                      known=(queries, docs), dropped=dropped, drop_unknown=drop_unknown)  # fmt: skip
-    _unknown_report(qrel_path, dropped, drop_unknown)
-    return _finish(root, docs, queries, qrels)
+        judged.add(parts[0], parts[2], max(int(parts[3]), 0), f"{qrel_path}:{n}")
+    judged.report(qrel_path)
+    return _finish(root, docs, queries, judged.qrels)
+
+
+def read_irds(ident: str, *, drop_unknown: bool = False) -> Collection:
+    """Read the ``ir_datasets`` data set ``ident`` (e.g. ``"cranfield"``, ``"vaswani"``) from its local cache.
+
+    Text = ``ir_datasets``' ``default_text()`` of each document and query; relevance = the gain (negative -> 0).
+    Its ``cranfield`` matches qrels on query *labels* and uses the raw codes as gains (both wrong, see
+    :func:`read_cranfield`); read the Cranfield directory instead.
+    """
+    docs, queries, triples = irds_records(ident)
+    judged = Judgments(queries, docs, drop_unknown=drop_unknown)
+    seen: set[tuple[str, str]] = set()
+    for i, (qid, docid, rel) in enumerate(triples, 1):
+        if (qid, docid) not in seen:  # some ir_datasets qrels repeat a pair (several iterations): the first counts
+            seen.add((qid, docid))
+            judged.add(qid, docid, max(rel, 0), f"irds:{ident} qrels #{i}")
+    judged.report(f"irds:{ident}")
+    if not docs or not queries or not judged.qrels:
+        raise CollectionFormatError(f"irds:{ident}: empty collection ({len(docs)} documents, {len(queries)} queries, "
+                                    f"{len(judged.qrels)} judged queries)")  # fmt: skip
+    return Collection(docs=docs, queries=queries, qrels=judged.qrels, name=f"irds:{ident}")
 
 
 def _finish(root: Path, docs: dict, queries: dict, qrels: Qrels) -> Collection:
@@ -334,22 +378,28 @@ def _finish(root: Path, docs: dict, queries: dict, qrels: Qrels) -> Collection:
 
 
 def load_collection(path: str | os.PathLike, *, split: str = "test", drop_unknown: bool = False) -> Collection:
-    """Read a collection, detecting the layout: Cranfield (``cran.all.1400``), BEIR (``corpus.jsonl``) or
-    TREC (``topics.tsv``/``queries.tsv`` + qrels). ``split`` only matters for BEIR."""
+    """Read a collection, detecting the layout: ``irds:<id>`` (``ir_datasets``' local cache), SMART (Cranfield
+    ``cran.all.1400``, CISI ``CISI.ALL``, MED ``MED.ALL``), BEIR (``corpus.jsonl``) or TREC (topics + documents +
+    qrels; TSV or SGML). ``split`` only matters for BEIR. ``drop_unknown``: judgments naming a query or document the
+    collection lacks are dropped, counted and reported (one warning) instead of refused."""
+    if str(path).startswith("irds:"):
+        return read_irds(str(path)[len("irds:") :], drop_unknown=drop_unknown)
     root = Path(path)
     root = root.parent if root.is_file() else root
     if not root.is_dir():
         raise CollectionFormatError(f"{root}: no such directory")
-    if (root / "cran.all.1400").is_file():
-        return read_cranfield(root, drop_unknown=drop_unknown)
+    for name, spec in SMART_LAYOUTS.items():
+        if (root / spec.docs).is_file():
+            return read_smart(root, name, drop_unknown=drop_unknown)
     if (root / "corpus.jsonl").is_file():
         return read_beir(root, split, drop_unknown=drop_unknown)
     if any((root / name).is_file() for name in _TREC_TOPICS):
         return read_trec(root, drop_unknown=drop_unknown)
+    smart = ", ".join(f"{s.docs} + {s.queries} + {s.qrels} ({n})" for n, s in SMART_LAYOUTS.items())
     raise CollectionFormatError(
-        f"{root}: cannot tell the layout; expected cran.all.1400 + cran.qry + cranqrel (Cranfield), corpus.jsonl"
-        f" + queries.jsonl + qrels/<split>.tsv (BEIR) or {'/'.join(_TREC_DOCS)} + {'/'.join(_TREC_TOPICS)} + "
-        f"{'/'.join(_TREC_QRELS)} (TREC)"
+        f"{root}: cannot tell the layout; expected {smart}, corpus.jsonl + queries.jsonl + qrels/<split>.tsv (BEIR), "
+        f"{'/'.join(_TREC_DOCS + _TREC_SGML_DOCS)} + {'/'.join(_TREC_TOPICS)} + {'/'.join(_TREC_QRELS)} (TREC), "
+        "or irds:<ir_datasets id>"
     )
 
 
@@ -411,7 +461,7 @@ def read_run(path: str | os.PathLike) -> Run:
     """Read a TREC run file (``qid Q0 docid rank score tag``) into ``{qid: {docid: score}}``, file order kept."""
     path = Path(path)
     run: Run = {}
-    for n, line in _lines(path):
+    for n, line in read_lines(path):
         if not line.strip():
             continue
         parts = line.split()
