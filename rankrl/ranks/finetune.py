@@ -376,12 +376,7 @@ class FineTuneRun:
         config = config or FineTuneConfig(**payload["config"])
         run = cls(config, tracker=tracker, ranks=payload["ranks"], **kwargs)
         run.lora._scaling.update(payload["scaling"])
-        run.lora.set_ranks(payload["ranks"])  # refresh masks with the restored scalings
-        for name, gain in run.lora._gain.items():
-            r = payload["ranks"][name]
-            gain.zero_()
-            if r:
-                gain[:r] = payload["scaling"][name] / run.lora._base_scaling
+        run.lora.set_ranks(payload["ranks"])  # the forward reads the restored scalings at call time
         params = dict(run.model.named_parameters())
         with torch.no_grad():
             for name, value in payload["weights"].items():

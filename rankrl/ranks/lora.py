@@ -1,8 +1,12 @@
-"""Max-rank LoRA with live per-module rank masks, and export of the active ranks as a plain PEFT adapter.
+"""Max-rank LoRA with live per-module ranks, and export of the active ranks as a plain PEFT adapter.
 
 peft#825: PEFT cannot resize a LoRA layer in place, and re-creating layers would throw away learned weights and
-optimizer state. So every target gets a LoRA at ``r_max`` once; a per-module mask over the ``r_max`` directions
-(a forward hook on ``lora_A``) decides how many are active. Changing a rank mid-training:
+optimizer state. So every target gets a LoRA at ``r_max`` once, and each adapted module's forward is replaced by
+one that computes only its active directions: ``base(x) + scaling * (dropout(x) @ A[:r].T) @ B[:, :r].T`` (slices
+of the ``r_max`` weights, no 0/1 mask), and a rank-0 module runs its base layer alone (the adapter is skipped:
+no matmul, no activation kept for backward). Compute and activation memory therefore follow the rank
+(``benchmarks/rank_compute.py`` measures it); the parameters and their optimizer state stay ``r_max``-sized so a
+rank change keeps them. Changing a rank mid-training:
 
 * **kept** directions keep their weights and optimizer state untouched;
 * **dropped** directions are reset to a fresh LoRA init (``A`` row re-drawn, ``B`` column zero, optimizer
@@ -110,15 +114,10 @@ class RankedLoRA:
         self.peft_model = get_peft_model(model, config)
         self.lora_dropout = dropout
         self._layers = {t.name: self.peft_model.base_model.model.get_submodule(t.name) for t in self.targets}
-        self._base_scaling = alpha / r_max
         self._scaling: dict[str, float] = {}
-        self._gain = {
-            name: torch.zeros(r_max, dtype=layer.lora_A[ADAPTER].weight.dtype)
-            for name, layer in self._layers.items()
-        }
-        for name, layer in self._layers.items():
-            layer.lora_A[ADAPTER].register_forward_hook(_mask_hook(self._gain[name]))
         self.ranks: dict[str, int] = {t.name: 0 for t in self.targets}
+        for name, layer in self._layers.items():
+            layer.forward = _ranked_forward(layer, self, name)  # instance attribute: nn.Module.__call__ uses it
         self.set_ranks(ranks if ranks is not None else {t.name: r_max for t in self.targets})
 
     # ------------------------------------------------------------------------------------------ ranks
@@ -176,20 +175,15 @@ class RankedLoRA:
             if r_new == 0:
                 self._scaling.pop(name, None)
             self.ranks[name] = r_new
-            self._gain[name].zero_()
-            if r_new:
-                self._gain[name][:r_new] = self._scaling[name] / self._base_scaling
         return RankChange(grown, shrunk)
 
     def _svd_reproject(self, name: str, r_old: int, r_new: int, optimizer: Any) -> None:
         layer = self._layers[name]
         A, B = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
-        gain = self._gain[name][:r_old]
-        delta = (B[:, :r_old] * gain) @ A[:r_old]  # the module's current update / base scaling
+        delta = B[:, :r_old] @ A[:r_old]  # the module's current update / its (unchanged) scaling
         U, S, Vh = torch.linalg.svd(delta.float(), full_matrices=False)
         root = S[:r_new].sqrt()
-        g = self._scaling[name] / self._base_scaling
-        B[:, :r_new] = (U[:, :r_new] * root / g).to(B.dtype)
+        B[:, :r_new] = (U[:, :r_new] * root).to(B.dtype)
         A[:r_new] = (root[:, None] * Vh[:r_new]).to(A.dtype)
         _zero_state(optimizer, A, (slice(0, r_new),))
         _zero_state(optimizer, B, (slice(None), slice(0, r_new)))
@@ -262,11 +256,25 @@ class RankedLoRA:
         return out
 
 
-def _mask_hook(gain: torch.Tensor):
-    def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-        return output * gain
+def _ranked_forward(layer: nn.Module, owner: RankedLoRA, name: str):
+    """The forward of one adapted module at its current rank ``r``: the base layer, plus (r > 0) the LoRA update
+    from the first ``r`` rows of ``A`` and columns of ``B`` at the module's own scaling. PEFT's forward is used
+    only when the adapter is disabled or merged (PEFT's own context managers then behave as documented)."""
+    peft_forward = layer.forward
 
-    return hook
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if layer.disable_adapters or layer.merged:
+            return peft_forward(x, *args, **kwargs)
+        out = layer.base_layer(x, *args, **kwargs)
+        r = owner.ranks[name]
+        if r == 0:  # rank 0: the adapter does not run at all
+            return out
+        A, B = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
+        h = layer.lora_dropout[ADAPTER](x).to(A.dtype)
+        update = nn.functional.linear(nn.functional.linear(h, A[:r]), B[:, :r])
+        return out + (update * owner._scaling[name]).to(out.dtype)
+
+    return forward
 
 
 def _zero_state(optimizer: Any, p: torch.Tensor, index: tuple) -> None:

@@ -223,3 +223,29 @@ def test_adapter_config_is_checked_before_it_replaces_the_old_one(tmp_path):
         write_adapter_config({t.name: 4 for t in targets}, tmp_path, "tiny-qwen", alpha=16, task_kind="causal_lm")
     assert (tmp_path / "adapter_config.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json"]
+
+
+def test_forward_reads_only_the_active_directions_and_rank_zero_skips_the_adapter(tiny_bert_lora):
+    """Compute follows rank: inactive rows of A / columns of B are never read (NaN there changes nothing), and a
+    rank-0 module does not run its adapter at all (its LoRA weights get no gradient)."""
+    lora, _ = tiny_bert_lora
+    names = [t.name for t in lora.targets]
+    lora.set_ranks({n: (2 if i == 0 else 0 if i == 1 else 4) for i, n in enumerate(names)})
+    lora.peft_model.eval()
+    with torch.no_grad():
+        before = lora.peft_model(**_batch()).logits
+        A, B = _ab(lora, names[0])
+        A[2:] = float("nan")
+        B[:, 2:] = float("nan")
+        A0, B0 = _ab(lora, names[1])
+        A0.fill_(float("nan"))
+        B0.fill_(float("nan"))
+        after = lora.peft_model(**_batch()).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    with torch.no_grad():
+        A0.zero_(), B0.zero_(), A[2:].zero_(), B[:, 2:].zero_()
+    lora.peft_model.zero_grad(set_to_none=True)
+    lora.peft_model.train()
+    lora.peft_model(**_batch()).loss.backward()
+    assert A0.grad is None and B0.grad is None  # the adapter never ran
+    assert A.grad is not None and float(A.grad[2:].abs().sum()) == 0.0 and float(A.grad[:2].abs().sum()) > 0
