@@ -16,6 +16,7 @@ ENVS: dict[str, tuple[str, dict]] = {
     "rankrl/LoRARank-v0": ("rankrl.ranks.env:LoRARankEnv", {"backend": "live"}),
     "rankrl/RolloutBudget-Sim-v0": ("rankrl.rollouts.env:RolloutBudgetEnv", {"backend": "sim"}),
     "rankrl/RolloutBudget-v0": ("rankrl.rollouts.env:RolloutBudgetEnv", {"backend": "live"}),
+    "rankrl/AttentionRank-v0": ("rankrl.compress.env:AttentionRankEnv", {}),
     "rankrl/Rerank-v0": ("rankrl.rerank.env:RerankEnv", {}),  # needs collection=<Collection or path>
 }
 
