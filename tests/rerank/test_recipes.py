@@ -214,22 +214,31 @@ def test_setwise_rank_is_a_memoised_tournament_tree():
 
 class _PrefersLabels:
     """A stand-in causal LM whose next-token logits rank the label tokens 3 > 2 > others, and an unrelated token
-    highest of all (only the window's labels may be picked)."""
+    highest of all (only the window's labels may be picked). It follows the shared-prefix calls of
+    :func:`rankrl.rerank.prompts.shared_prefix_logits` (a prefix pass, then each batch's left-padded rests) and
+    records every whole prompt it was asked about."""
 
     device = torch.device("cpu")
 
-    def __init__(self, tokenizer):
-        self.tokenizer, self.vocab = tokenizer, len(tokenizer)
+    def __init__(self, tokenizer, config=None):
+        self.tokenizer, self.vocab, self.config = tokenizer, len(tokenizer), config
         self.prompts: list[str] = []
+        self.prefix: list[int] = []
 
     def eval(self):
         return self
 
-    def __call__(self, input_ids, attention_mask, **_):
+    def __call__(self, input_ids, attention_mask=None, past_key_values=None, **_):
         from types import SimpleNamespace
 
-        self.prompts += self.tokenizer.batch_decode(input_ids, skip_special_tokens=True)
-        logits = torch.zeros(*input_ids.shape, self.vocab)
+        if attention_mask is None:  # the shared prefix's pass: remember it, hand back an empty cache
+            self.prefix = input_ids[0].tolist()
+            return SimpleNamespace(logits=torch.zeros(1, 1, self.vocab), past_key_values=[])
+        prefix = self.prefix if past_key_values is not None else []
+        mask = attention_mask[:, -input_ids.shape[1] :].bool()
+        rests = [row[m].tolist() for row, m in zip(input_ids, mask, strict=True)]
+        self.prompts += self.tokenizer.batch_decode([prefix + r for r in rests], skip_special_tokens=True)
+        logits = torch.zeros(input_ids.shape[0], 1, self.vocab)
         for label, value in (("3", 2.0), ("2", 1.0), ("x", 9.0)):
             logits[:, -1, self.tokenizer.encode(label, add_special_tokens=False)[0]] = value
         return SimpleNamespace(logits=logits)
@@ -237,11 +246,15 @@ class _PrefersLabels:
 
 def test_setwise_label_picks_take_the_most_probable_label_of_each_window():
     lm = load_model("tiny-qwen", task_kind="causal_lm")
-    model = _PrefersLabels(lm.tokenizer)
-    picks = rank_r1.setwise_label_picks(model, lm.tokenizer, "wing lift", [["a", "b", "c", "d"], ["e", "f"], ["g"]])
-    assert picks == [2, 1, 0]  # label [3]; [3] is not in a window of 2 -> [2]; a window of one -> [1]
-    assert len(model.prompts) == 3 and all(p.endswith(rank_r1.SETWISE_PREFILL) for p in model.prompts)
-    assert "[4] d" in model.prompts[0] and "[3]" not in model.prompts[1]
+    model = _PrefersLabels(lm.tokenizer, lm.model.config)
+    windows = [["a", "b", "c", "d"], ["e", "f"], ["g"]]
+    for prefix_cache in (True, False):
+        model.prompts.clear()
+        picks = rank_r1.setwise_label_picks(model, lm.tokenizer, "wing lift", windows, prefix_cache=prefix_cache)
+        assert picks == [2, 1, 0]  # label [3]; [3] is not in a window of 2 -> [2]; a window of one -> [1]
+        assert len(model.prompts) == 3 and all(p.endswith(rank_r1.SETWISE_PREFILL) for p in model.prompts)
+        by_window = {p.split("[1] ")[1][0]: p for p in model.prompts}  # whole prompts (the cache runs them by length)
+        assert "[4] d" in by_window["a"] and "[2] f" in by_window["e"] and "[3]" not in by_window["e"]
     # through the scorer: every tournament's winner is the 3rd of its window, so the scores are a full ranking
     scores = rr.make_scorer("rank-r1", model, lm.tokenizer, setwise_pick="likelihood")("q", list("abcdefgh"))
     assert sorted(scores) == sorted(set(scores)) and len(scores) == 8

@@ -38,6 +38,9 @@ class RecipeOptions:
     """decoding budget of generating scorers"""
     setwise_pick: str = "generate"
     """how a setwise window's winner is picked (recipes with the ``setwise_pick`` feature)"""
+    prefix_cache: bool = True
+    """next-token scorers (erank, rank-r1 likelihood picks): compute the prompts' shared prefix once
+    (:func:`rankrl.rerank.prompts.shared_prefix_logits`); False: the reference path, same scores to float tolerance"""
 
 
 def stock_grpo_trainer() -> type:

@@ -288,9 +288,14 @@ def score_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
 
 
 def expected_scores(model: Any, tokenizer: Any, query: str, docs: Sequence[str], max_chars: int = 300,
-                    batch_size: int = 16, first_stage_rank: bool = False) -> list[float]:  # fmt: skip
+                    batch_size: int = 16, first_stage_rank: bool = False,
+                    prefix_cache: bool = True) -> list[float]:  # fmt: skip
     """ERank ranking scores: ``sum_s s * p(s)`` with ``p`` the softmax over the single-token scores (see
     :func:`score_tokens`) at the answer's first position; each in [0, 10].
+
+    All of a query's candidates go through :func:`~rankrl.rerank.prompts.next_token_logits` together, so with
+    ``prefix_cache`` (default) the part of the prompt before the passage (system turn, query) is computed once;
+    ``prefix_cache=False`` is the reference path (same scores to float tolerance, slower).
 
     ``first_stage_rank``: ``docs`` are taken to be in first-stage order (as :func:`rankrl.rerank.evaluate.rerank_run`
     passes them: descending BM25 score) and ``docs[i]``'s prompt shows rank ``i + 1`` of ``len(docs)``."""
@@ -301,14 +306,16 @@ def expected_scores(model: Any, tokenizer: Any, query: str, docs: Sequence[str],
     n = len(docs)
     messages = [erank_messages(query, d, max_chars, first_rank=i + 1 if first_stage_rank else None,
                                n_candidates=n if first_stage_rank else None) for i, d in enumerate(docs)]  # fmt: skip
-    p = torch.softmax(next_token_logits(model, tokenizer, chat_prompts(tokenizer, messages), batch_size)[:, ids], -1)
+    p = torch.softmax(next_token_logits(model, tokenizer, chat_prompts(tokenizer, messages), batch_size,
+                                        prefix_cache)[:, ids], -1)  # fmt: skip
     return (p @ vals).tolist()
 
 
 def scorer(model: Any, tokenizer: Any, opts: RecipeOptions) -> Scorer:
     """:func:`expected_scores` of each candidate; with ``first_stage_rank`` the docs' order is taken as BM25's."""
     return lambda q, docs: expected_scores(model, tokenizer, q, docs, opts.max_chars,
-                                           first_stage_rank=opts.first_stage_rank)  # fmt: skip
+                                           first_stage_rank=opts.first_stage_rank,
+                                           prefix_cache=opts.prefix_cache)  # fmt: skip
 
 
 RECIPE = Recipe(name="erank", candidates=lambda opts: opts.depth, rows=rows, reward=erank_listwise_reward,

@@ -100,18 +100,20 @@ def rows(coll: Collection, qid: str, docs: list[str], rng: random.Random, opts: 
 
 # ---------------------------------------------------------------------------------------------- inference
 def setwise_label_picks(model: Any, tokenizer: Any, query: str, windows: Sequence[Sequence[str]],
-                        max_chars: int = 300) -> list[int]:  # fmt: skip
+                        max_chars: int = 300, prefix_cache: bool = True) -> list[int]:  # fmt: skip
     """Setwise picks by likelihood (the generation-free Setwise prompting of Zhuang et al., SIGIR 2024) in Rank-R1's
     format: after the Rank-R1 prompt and the prefilled ``<think></think>\\n<answer>[``, the pick is the window's
     label (``1`` .. ``len(window)``) with the most probable next token. One forward pass per window and no decoding
-    (SmolLM2 on 2 CPU threads, top-10 of 20: ~19 s per query instead of ~108 s), at the price of not reasoning."""
+    (SmolLM2 on 2 CPU threads, top-10 of 20: ~19 s per query instead of ~108 s), at the price of not reasoning.
+    The windows of one call share the prompt up to the listing, computed once with ``prefix_cache`` (default;
+    ``False``: the reference path, same picks)."""
     labels = [tokenizer.encode(str(i), add_special_tokens=False) for i in range(1, max(map(len, windows)) + 1)]
     if any(len(t) != 1 for t in labels):
         raise ValueError(f"setwise likelihood picks need single-token labels; this tokenizer splits some of "
                          f"1..{len(labels)}: use a smaller --window or --setwise_pick generate")  # fmt: skip
     prompts = [p + SETWISE_PREFILL for p in chat_prompts(tokenizer, [rank_r1_messages(query, w, max_chars)
                                                                       for w in windows])]  # fmt: skip
-    logits = next_token_logits(model, tokenizer, prompts)
+    logits = next_token_logits(model, tokenizer, prompts, prefix_cache=prefix_cache)
     return [int(logits[i, [t[0] for t in labels[: len(w)]]].argmax()) for i, w in enumerate(windows)]
 
 
@@ -156,7 +158,8 @@ def scorer(model: Any, tokenizer: Any, opts: RecipeOptions) -> Scorer:
 
     def pick_fn(q):
         if opts.setwise_pick == "likelihood":
-            return lambda windows: setwise_label_picks(model, tokenizer, q, windows, opts.max_chars)
+            return lambda windows: setwise_label_picks(model, tokenizer, q, windows, opts.max_chars,
+                                                      opts.prefix_cache)  # fmt: skip
 
         def pick(windows):
             texts = generate_texts(model, tokenizer, [rank_r1_messages(q, w, opts.max_chars) for w in windows],
