@@ -11,8 +11,8 @@ from rankrl.compress.allocate import ranks_flops, uniform
 from rankrl.compress.env import AttentionRankEnv
 from rankrl.compress.policy import (
     CompressPolicyConfig,
-    make_ppo,
     load_compress_policy,
+    make_ppo,
     policy_ranks,
     train_compress_policy,
 )
