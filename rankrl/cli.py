@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                        "convert a trusted old pickle policy.zip (+ checkpoint.zip) to safetensors + JSON, once"),
     "rollouts": ("rankrl.rollouts.commands:cmd_rollouts",
                  "GRPO with per-prompt rollout counts: uniform, Knapsack RL or a learned allocator"),
+    "compress": ("rankrl.compress.commands:cmd_compress",
+                 "factorize attention projections under a FLOP budget (rule or RL policy), measured speed-up"),
     "rerank": ("rankrl.rerank.commands:cmd_rerank",
                "GRPO rerankers (Rank-R1, ERank, GroupRank) on TRL: train and eval"),
 }  # fmt: skip
