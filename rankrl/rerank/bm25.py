@@ -52,6 +52,7 @@ class BM25Retriever:
 
         self.collection = collection
         self.doc_ids = list(collection.docs)
+        self._index = {d: i for i, d in enumerate(self.doc_ids)}
         self.doc_tokens = {d: tokenize(collection.docs[d]) for d in self.doc_ids}
         self.max_doc_len = max((len(t) for t in self.doc_tokens.values()), default=0)
         self._df = Counter(t for toks in self.doc_tokens.values() for t in set(toks))
@@ -66,6 +67,12 @@ class BM25Retriever:
     def search_text(self, text: str, k: int = 100) -> dict[str, float]:
         """Top-``k`` docs for a free-text query, best first; docs sharing no term with it are not returned."""
         return self._search([tokenize(text)], k)[0]
+
+    def doc_scores(self, text: str, doc_ids: Sequence[str]) -> list[float]:
+        """BM25 scores of ``doc_ids`` for a free-text query (0 for a doc sharing no term), whatever their rank: the
+        first-stage feature of candidates that come from a run file rather than from :meth:`search`."""
+        scores = self.model.get_scores(tokenize(text))
+        return [float(scores[self._index[d]]) for d in doc_ids]
 
     def search(self, qids: Sequence[str], k: int = 100) -> Run:
         """Top-``k`` BM25 run for the collection's queries ``qids`` (dicts ordered best first).

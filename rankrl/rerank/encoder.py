@@ -44,6 +44,7 @@ import numpy as np
 from rankrl.atomic import atomic_write, atomic_write_text, replace_dir
 from rankrl.rerank.bm25 import BM25Retriever
 from rankrl.rerank.collections import Collection, load_collection, split_queries
+from rankrl.rerank.first_stage import FirstStage, first_stage
 from rankrl.rerank.metrics import ndcg
 
 __all__ = [
@@ -70,7 +71,12 @@ class EncoderGRPOArgs:
     """``rankrl rerank train-encoder``: GRPO over Plackett-Luce rankings with a MiniLM bi-encoder policy."""
 
     data: str = "../shared/data/cranfield"
-    """collection directory (Cranfield, BEIR or TREC layout)"""
+    """collection directory (Cranfield/CISI/MED, BEIR or TREC layout) or irds:<ir_datasets id>"""
+    candidates: str | None = None
+    """TREC run file whose top --train_k (training) and --k (held-out evaluation) candidates per query replace
+    BM25's; the policy's BM25 feature is still each candidate's BM25 score"""
+    drop_unknown: bool = False
+    """drop (and count) judgments and --candidates entries naming queries or documents the collection lacks"""
     model: str = "minilm"
     """encoder: ``minilm`` (the packaged all-MiniLM-L6-v2) or a local sentence-transformers-style directory"""
     output_dir: str = "runs/rerank-encoder"
@@ -291,22 +297,24 @@ class EncoderPolicy:
 
         def score(query: str, docs: list[str]) -> list[float]:
             ids = [by_text[t] for t in docs]
-            bm25 = retriever.search_text(query, k=max(k, len(docs)))
+            bm25 = retriever.doc_scores(query, ids)  # = the search scores for BM25 candidates; any rank for a run's
             with torch.no_grad():
                 q = self.queries([query])[0]
-                return self.logits(q, ids, [bm25.get(d, 0.0) for d in ids]).tolist()
+                return self.logits(q, ids, bm25).tolist()
 
         return score
 
 
 # ---------------------------------------------------------------------------------------------- train / load
 def _held_out_ndcg(policy: EncoderPolicy, coll: Collection, qids: Sequence[str], retriever: BM25Retriever,
-                   k: int, refresh: bool = True) -> float:  # fmt: skip
+                   k: int, refresh: bool = True, first: FirstStage | None = None) -> float:  # fmt: skip
+    """Held-out nDCG@10 of the greedy policy reranking ``first``'s top-``k`` (default: BM25's)."""
     from rankrl.rerank.evaluate import rank_with
 
     if refresh and policy.args.train_docs:
         policy.refresh_documents()
-    return rank_with(policy.scorer(retriever, k), coll, qids, k, retriever=retriever, measures=("nDCG@10",))["nDCG@10"]
+    return rank_with(policy.scorer(retriever, k), coll, qids, k, retriever=first or retriever,
+                     measures=("nDCG@10",))["nDCG@10"]  # fmt: skip
 
 
 def _sample_and_score(logits: Any, docs: Sequence[str], judged: Mapping[str, int], rollouts: int,
@@ -351,17 +359,22 @@ def run_encoder_grpo(args: EncoderGRPOArgs) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    coll = load_collection(args.data)
+    coll = load_collection(args.data, drop_unknown=args.drop_unknown)
     train_q, test_q = split_queries(coll, args.test_fraction, args.split_seed, fold=args.fold)
     if args.dev_queries:
         train_q, test_q = train_q[: -args.dev_queries], train_q[-args.dev_queries :]
     retriever = BM25Retriever(coll)
+    stage = first_stage(coll, args.candidates, drop_unknown=args.drop_unknown, bm25=retriever)
     train_k = args.train_k or args.k
-    first = retriever.search(train_q, k=train_k)
+    src = "--candidates run's" if args.candidates else "BM25"
+    first = stage.search(train_q, k=train_k)
+    if args.candidates:  # a run's order, but the policy's feature is BM25's score (as `rerank eval` computes it)
+        first = {q: dict(zip(c, retriever.doc_scores(coll.queries[q], list(c)), strict=True)) for q, c in first.items()}
+        print(stage.describe())
     # queries without a relevant candidate give every ranking the same reward: no signal, so they are left out
     pool = [q for q in train_q if len(first[q]) >= 2 and any(coll.qrels.get(q, {}).get(d, 0) > 0 for d in first[q])]
     if not pool:
-        raise ValueError(f"no training query has a relevant document in its BM25 top-{train_k}; raise --train_k")
+        raise ValueError(f"no training query has a relevant document in its {src} top-{train_k}; raise --train_k")
     policy = EncoderPolicy(args, coll)
     policy.encoder.eval()  # no dropout: the rankings are sampled from, and trained on, the same logits
     trainable = [p for p in policy.encoder.parameters() if p.requires_grad]
@@ -373,9 +386,10 @@ def run_encoder_grpo(args: EncoderGRPOArgs) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     print(f"rerank train-encoder | {args.model} + LoRA r={args.lora_r} | {len(pool)} of {len(train_q)} train queries "
-          f"have a relevant doc in the BM25 top-{train_k} | {args.steps} steps x {args.queries_per_step} queries x "
+          f"have a relevant doc in the {src} top-{train_k} | {args.steps} steps x {args.queries_per_step} queries x "
           f"{args.rollouts} rankings")  # fmt: skip
-    start = _held_out_ndcg(policy, coll, test_q, retriever, args.k, refresh=False)  # untrained: base embeddings
+    # untrained: base embeddings
+    start = _held_out_ndcg(policy, coll, test_q, retriever, args.k, refresh=False, first=stage)
     pool_start = _pool_reward(policy, coll, pool, first, args.rollouts, args.seed + 1)
     order: list[str] = []
     with Tracker(out, asdict(args), name=out.name, use_wandb=args.report_to == "wandb") as tracker:
@@ -408,10 +422,11 @@ def run_encoder_grpo(args: EncoderGRPOArgs) -> dict[str, Any]:
             row = {"reward": float(np.mean(rewards)), "train/greedy_nDCG@10": float(np.mean(greedy)),
                    "loss": loss.item(), "grad_norm": float(grad_norm), **policy.heads()}  # fmt: skip
             if args.eval_every and step % args.eval_every == 0 and step < args.steps:
-                row["heldout/nDCG@10"] = _held_out_ndcg(policy, coll, test_q, retriever, args.k)
+                row["heldout/nDCG@10"] = _held_out_ndcg(policy, coll, test_q, retriever, args.k, first=stage)
             tracker.log(row, step=step)
             bar.set_postfix(reward=f"{row['reward']:.3f}", w_bm25=f"{row['w_bm25']:.2f}")
-        end = _held_out_ndcg(policy, coll, test_q, retriever, args.k)  # (train_docs: re-embeds every document)
+        # (train_docs: re-embeds every document)
+        end = _held_out_ndcg(policy, coll, test_q, retriever, args.k, first=stage)
         pool_end = _pool_reward(policy, coll, pool, first, args.rollouts, args.seed + 1)
         tracker.log({"heldout/nDCG@10": end}, step=args.steps)
         staged = Path(tempfile.mkdtemp(dir=out, prefix=".adapter-"))  # the whole adapter, then swapped in

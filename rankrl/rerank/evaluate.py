@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from rankrl.rerank.bm25 import BM25Retriever
 from rankrl.rerank.collections import Collection
+from rankrl.rerank.first_stage import FirstStage, first_stage
 from rankrl.rerank.metrics import evaluate
 
 __all__ = ["RERANK_MEASURES", "Scorer", "rank_with", "rerank", "rerank_run"]
@@ -52,14 +52,15 @@ def rerank(doc_ids: Sequence[str], scores: Sequence[float]) -> dict[str, float]:
 
 
 def rerank_run(scorer: Scorer, collection: Collection, qids: Sequence[str], k: int = 20,
-               retriever: BM25Retriever | None = None) -> dict[str, dict[str, float]]:  # fmt: skip
-    """Run of ``scorer`` reranking the BM25 top-``k`` of each query in ``qids`` (no candidates: empty ranking)."""
+               retriever: FirstStage | None = None) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Run of ``scorer`` reranking the top-``k`` first-stage candidates of each query in ``qids`` (``retriever``: BM25
+    by default, or :class:`~rankrl.rerank.first_stage.RunCandidates` of a run file; no candidates: empty ranking)."""
     from tqdm.auto import tqdm
 
-    retriever = retriever or BM25Retriever(collection)
+    retriever = retriever or first_stage(collection)
     first = retriever.search(list(qids), k=k)
     run = {}
-    for qid in tqdm(qids, desc=f"reranking BM25 top-{k}", unit="query", leave=False, disable=len(qids) < 2):
+    for qid in tqdm(qids, desc=f"reranking top-{k}", unit="query", leave=False, disable=len(qids) < 2):
         doc_ids = list(first[qid])
         scores = scorer(collection.queries[qid], [collection.docs[d] for d in doc_ids]) if doc_ids else []
         run[qid] = rerank(doc_ids, scores)
@@ -67,7 +68,7 @@ def rerank_run(scorer: Scorer, collection: Collection, qids: Sequence[str], k: i
 
 
 def rank_with(scorer: Scorer, collection: Collection, qids: Sequence[str], k: int = 20, *,
-              retriever: BM25Retriever | None = None,
+              retriever: FirstStage | None = None,
               measures: Sequence[str] = RERANK_MEASURES) -> dict[str, float]:  # fmt: skip
     """Metrics of ``scorer`` reranking the BM25 top-``k`` of ``qids``, scored like
     :class:`~rankrl.rerank.env.RerankEnv` rewards.

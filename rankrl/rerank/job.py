@@ -36,6 +36,7 @@ from rankrl.rerank.bm25 import BM25Retriever
 from rankrl.rerank.collections import Collection, split_queries
 from rankrl.rerank.encoder import ENCODER_POLICY_FILE
 from rankrl.rerank.evaluate import Scorer
+from rankrl.rerank.first_stage import FirstStage, first_stage
 from rankrl.rerank.prompts import require_chat_template
 from rankrl.rerank.recipes import RECIPES, RecipeOptions, get_recipe, recipes_with
 from rankrl.rerank.recipes.rank_r1 import SETWISE_PICKS
@@ -59,7 +60,12 @@ class RerankArgs:
     model: str = "tiny-qwen"
     """model alias (tiny-qwen, smollm2), local directory or hub id"""
     data: str = "../shared/data/cranfield"
-    """collection directory (Cranfield, BEIR or TREC layout)"""
+    """collection directory (Cranfield/CISI/MED, BEIR or TREC layout) or irds:<ir_datasets id>"""
+    candidates: str | None = None
+    """TREC run file (qid Q0 docid rank score tag) whose candidates form the training pools instead of BM25's; each
+    query's top --window / --group_size / --candidate_depth by score"""
+    drop_unknown: bool = False
+    """drop (and count) judgments and --candidates entries naming queries or documents the collection lacks"""
     group_size: int = 4
     """erank: docs per query M in one reward call; grouprank: candidates per prompt"""
     window: int = 4
@@ -109,10 +115,11 @@ def _skip_warning(skipped: int, what: str) -> None:
         warnings.warn(f"skipped {skipped} queries with {what}", stacklevel=3)
 
 
-def build_dataset(recipe: str, coll: Collection, qids: Sequence[str], retriever: BM25Retriever | None = None, *,
+def build_dataset(recipe: str, coll: Collection, qids: Sequence[str], retriever: FirstStage | None = None, *,
                   group_size: int = 4, window: int = 4, max_chars: int = 300, seed: int = 0,
                   first_stage_rank: bool = False, depth: int | None = None) -> Any:  # fmt: skip
-    """Training rows (a ``datasets.Dataset``) of ``recipe`` from the BM25 candidates of ``qids``.
+    """Training rows (a ``datasets.Dataset``) of ``recipe`` from the first-stage candidates of ``qids`` (``retriever``:
+    BM25 by default, or :class:`~rankrl.rerank.first_stage.RunCandidates` of a run file).
 
     Columns: ``prompt`` (chat messages), ``query_id`` and, per recipe, ``relevant`` + ``doc_ids`` (rank-r1),
     ``doc_id`` + ``gain`` + ``n_docs`` (erank: exactly ``group_size`` rows per query, in query order = BM25
@@ -126,7 +133,7 @@ def build_dataset(recipe: str, coll: Collection, qids: Sequence[str], retriever:
 
     spec = get_recipe(recipe)
     _check_first_stage_rank(recipe, first_stage_rank)
-    retriever = retriever or BM25Retriever(coll)
+    retriever = retriever or first_stage(coll)
     depth = group_size if depth is None else depth
     if depth != group_size and "depth" not in spec.features:
         raise ValueError(f"depth only applies to the {recipes_with('depth')} recipe, got recipe {recipe!r}")
@@ -146,7 +153,7 @@ def build_dataset(recipe: str, coll: Collection, qids: Sequence[str], retriever:
         new = spec.rows(coll, q, docs, rng, opts)
         short += not new
         rows += new
-    _skip_warning(empty, "no BM25 candidates")
+    _skip_warning(empty, "no first-stage candidates")
     _skip_warning(short, spec.skip_note.format(group_size=group_size))
     if not rows:
         raise ValueError(f"no training rows: none of the {len(qids)} queries has candidates")
@@ -215,18 +222,20 @@ def run_rerank_train(args: RerankArgs, config: Any) -> int:
     config.num_generations = args.rollouts
     resume = resume_checkpoint(config.resume_from_checkpoint, config.output_dir)
     check_run_args(config.output_dir, {**asdict(args), **grpo_run_flags(config)}, resuming=resume is not None)
-    coll = load_collection(args.data)
+    coll = load_collection(args.data, drop_unknown=args.drop_unknown)
+    first = first_stage(coll, args.candidates, drop_unknown=args.drop_unknown)
     train_q, _ = split_queries(coll, args.test_fraction, args.split_seed)
     train_q = train_q[: args.max_queries] if args.max_queries else train_q
     lm = _load(args, config.seed)
     # one prompt set for both erank stages (SFT, GRPO), with the BM25 rank when first_stage_rank
-    rows = build_dataset(args.recipe, coll, train_q, group_size=args.group_size, window=args.window,
+    rows = build_dataset(args.recipe, coll, train_q, first, group_size=args.group_size, window=args.window,
                          max_chars=args.max_doc_chars, seed=config.seed, depth=args.candidate_depth,
                          first_stage_rank=args.first_stage_rank)  # fmt: skip
     lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
     model = lm.model
     print(f"rerank train | recipe {args.recipe} | model {args.model} | {len(rows)} rows from {len(train_q)} queries"
-          + (" | BM25 rank in prompts" if args.first_stage_rank else ""))  # fmt: skip
+          + (" | BM25 rank in prompts" if args.first_stage_rank else "")
+          + (f" | {first.describe()}" if args.candidates else ""))  # fmt: skip
     recipe = RECIPES[args.recipe]
     with stop_on_signals() as stop:
         trainer = _train_stages(args, config, lm, model, rows, coll, lora, recipe, resume, stop)
@@ -288,13 +297,18 @@ class EvalArgs:
     model: str = "runs/rerank"
     """a `rerank train` output dir (its merged/ is used), a model directory or alias"""
     data: str = "../shared/data/cranfield"
-    """collection directory"""
+    """collection directory (Cranfield/CISI/MED, BEIR or TREC layout) or irds:<ir_datasets id>"""
     split: str = "test"
     """test or train (split_queries with the saved --test_fraction / --split_seed) or all judged queries"""
     recipe: str | None = None
     """rank-r1, erank or grouprank; default: the one saved with the model, else erank"""
     k: int = 20
-    """BM25 candidates reranked per query"""
+    """first-stage candidates reranked per query (BM25's, or the top k by score of --candidates)"""
+    candidates: str | None = None
+    """TREC run file (qid Q0 docid rank score tag) to rerank instead of BM25's top --k; documents and queries still
+    come from --data; a query the run lacks gets an empty ranking (counted warning)"""
+    drop_unknown: bool = False
+    """drop (and count) judgments and --candidates entries naming queries or documents the collection lacks"""
     max_queries: int | None = None
     """evaluate at most this many queries"""
     run: str | None = None
@@ -338,7 +352,8 @@ def run_rerank_eval(args: EvalArgs) -> dict[str, float]:
     first_stage_rank = _eval_first_stage_rank(args.first_stage_rank, saved, model_dir, recipe)
     train_args = RerankArgs(**{**saved, "model": str(model_dir) if model_dir.exists() else args.model,
                                "recipe": recipe, "first_stage_rank": first_stage_rank})  # fmt: skip
-    coll = load_collection(args.data)
+    coll = load_collection(args.data, drop_unknown=args.drop_unknown)
+    first = first_stage(coll, args.candidates, drop_unknown=args.drop_unknown)
     lm = _load(train_args, 0)
     scorer = make_scorer(train_args.recipe, lm.model, lm.tokenizer, window=train_args.window,
                          group_size=train_args.group_size, max_chars=train_args.max_doc_chars,
@@ -346,11 +361,11 @@ def run_rerank_eval(args: EvalArgs) -> dict[str, float]:
     out = Path(args.run) if args.run else (model_dir.parent if model_dir.name == "merged" else Path.cwd()) / \
         f"run.{args.split}.trec"  # fmt: skip
     note = ", BM25 rank in prompts" if train_args.first_stage_rank else ""
-    return _eval_scorer(scorer, args, coll, BM25Retriever(coll), train_args.test_fraction, train_args.split_seed,
-                        out, train_args.recipe, note)  # fmt: skip
+    return _eval_scorer(scorer, args, coll, first, train_args.test_fraction, train_args.split_seed, out,
+                        train_args.recipe, note)  # fmt: skip
 
 
-def _eval_scorer(scorer: Any, args: EvalArgs, coll: Collection, retriever: BM25Retriever, test_fraction: float,
+def _eval_scorer(scorer: Any, args: EvalArgs, coll: Collection, retriever: FirstStage, test_fraction: float,
                  split_seed: int, out: Path, label: str, note: str = "",
                  fold: int = 0) -> dict[str, float]:  # fmt: skip
     """Rerank ``args.split``'s queries with ``scorer``, write the TREC run and ``<run file>.json`` (metrics, BM25's, and
@@ -365,16 +380,24 @@ def _eval_scorer(scorer: Any, args: EvalArgs, coll: Collection, retriever: BM25R
     train_q, test_q = split_queries(coll, test_fraction, split_seed, fold=fold)
     qids = {"train": train_q, "test": test_q, "all": coll.judged_qids}[args.split][: args.max_queries]
     run = rerank_run(scorer, coll, qids, args.k, retriever)
-    bm25 = rerank_run(lambda q, d: [0.0] * len(d), coll, qids, args.k, retriever)
+    bm25 = rerank_run(lambda q, d: [0.0] * len(d), coll, qids, args.k, retriever)  # the first stage's own order
+    base_name = "run" if args.candidates else "BM25"
     what = f"{len(qids)} {args.split} queries, top-{args.k}{note}"
+    if args.candidates:
+        print(retriever.describe())
     write_run(run, out, tag=f"rankrl-{label}")
     metrics = evaluate(run, coll.qrels, RERANK_MEASURES, qids=list(qids))
     base = evaluate(bm25, coll.qrels, RERANK_MEASURES, qids=list(qids))
-    print(f"{'measure':<10}{'BM25':>8}{label:>12}   ({what})")
+    print(f"{'measure':<10}{base_name:>8}{label:>12}   ({what})")
     for m in RERANK_MEASURES:
         print(f"{m:<10}{base[m]:>8.4f}{metrics[m]:>12.4f}")
     record: dict[str, Any] = {"label": label, "split": args.split, "k": args.k, "queries": len(qids),
-                              "metrics": dict(metrics), "bm25": dict(base)}  # fmt: skip
+                              "metrics": dict(metrics), "bm25": dict(base),
+                              "first_stage": str(args.candidates) if args.candidates else "bm25"}  # fmt: skip
+    if args.candidates:  # "bm25" then holds the run's own order's metrics
+        record.update(candidates_unknown_docs_dropped=retriever.unknown_docs,
+                      candidates_unknown_queries=len(retriever.unknown_queries),
+                      candidates_missing_queries=len(set(retriever.missing) & set(qids)))  # fmt: skip
     count = getattr(scorer, "parse_count", None)
     if count is not None:
         share = count.failed / count.total if count.total else 0.0
@@ -396,9 +419,10 @@ def _run_encoder_eval(args: EvalArgs, path: Path) -> dict[str, float]:
     from rankrl.rerank.collections import load_collection
     from rankrl.rerank.encoder import load_encoder_scorer
 
-    coll = load_collection(args.data)
-    retriever = BM25Retriever(coll)
-    scorer, saved = load_encoder_scorer(path, coll, retriever, args.k)
+    coll = load_collection(args.data, drop_unknown=args.drop_unknown)
+    bm25 = BM25Retriever(coll)  # the policy's BM25 feature, whatever the candidates
+    scorer, saved = load_encoder_scorer(path, coll, bm25, args.k)
     out = Path(args.run) if args.run else path / f"run.{args.split}.trec"
-    return _eval_scorer(scorer, args, coll, retriever, saved.test_fraction, saved.split_seed, out, "encoder",
+    first = first_stage(coll, args.candidates, drop_unknown=args.drop_unknown, bm25=bm25)
+    return _eval_scorer(scorer, args, coll, first, saved.test_fraction, saved.split_seed, out, "encoder",
                         fold=saved.fold)  # fmt: skip

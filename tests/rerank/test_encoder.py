@@ -200,3 +200,26 @@ def test_encoder_grpo_train_k_trains_on_a_deeper_pool_than_it_reranks(tmp_path, 
     assert summary["heldout_nDCG@10_start"] == 0.0  # held-out reranks only the top --k 2: nothing relevant there
     with pytest.raises(ValueError, match="--train_k"):
         EncoderGRPOArgs(train_k=1)
+
+
+def test_encoder_grpo_trains_on_a_candidates_run_with_bm25_scores_as_the_feature(tmp_path, monkeypatch, capsys):
+    from rankrl.rerank.bm25 import BM25Retriever
+    from rankrl.rerank.encoder import EncoderGRPOArgs, run_encoder_grpo
+
+    monkeypatch.setenv("RANKRL_CACHE", str(tmp_path / "cache"))
+    coll = tiny_collection()
+    write_trec(coll, tmp_path / "data")
+    cands = tmp_path / "cands.trec"  # reverse of the docs' order: relevant d?0/d?1 at ranks 4-5
+    cands.write_text("".join(f"{q} Q0 d{q}{j} {5 - j} {j}.0 x\n" for q in coll.queries for j in range(5)))
+    seen = []
+    real = BM25Retriever.doc_scores
+    monkeypatch.setattr(BM25Retriever, "doc_scores", lambda self, q, ids: seen.append(list(ids)) or real(self, q, ids))
+    kw = dict(data=str(tmp_path / "data"), candidates=str(cands), steps=2, queries_per_step=2, rollouts=4,
+              report_to="none")  # fmt: skip
+    with pytest.raises(ValueError, match="--candidates run's top-2; raise --train_k"):
+        run_encoder_grpo(EncoderGRPOArgs(output_dir=str(tmp_path / "shallow"), k=2, train_k=0, **kw))
+    seen.clear()
+    summary = run_encoder_grpo(EncoderGRPOArgs(output_dir=str(tmp_path / "enc"), k=3, train_k=5, **kw))
+    assert "candidates from" in capsys.readouterr().out and summary["train_queries_used"] > 0
+    assert summary["heldout_nDCG@10_start"] == 0.0  # held-out queries rerank the run's top-3: nothing relevant
+    assert seen and {len(ids) for ids in seen} == {3, 5}  # BM25 feature of the run's candidates (eval 3, train 5)

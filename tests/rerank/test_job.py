@@ -10,7 +10,7 @@ pytest.importorskip("trl")
 import rankrl.rerank.job as rr  # noqa: E402
 from rankrl.cli import main  # noqa: E402
 from rankrl.models import load_model  # noqa: E402
-from rankrl.rerank.collections import Collection, load_collection  # noqa: E402
+from rankrl.rerank.collections import Collection, CollectionFormatError, load_collection  # noqa: E402
 from rankrl.rerank.recipes import rank_r1  # noqa: E402
 from rankrl.tracking import read_metrics  # noqa: E402
 from tests.rerank.tiny import (  # noqa: E402
@@ -32,7 +32,7 @@ def test_build_dataset_columns_and_skips():
     r1 = rr.build_dataset("rank-r1", coll, list(coll.queries), window=4)
     assert all(len(rel) >= 1 for rel in r1["relevant"])
     big = Collection(docs={**coll.docs, "x": "zzz"}, queries={**coll.queries, "9": "qqq"}, qrels=coll.qrels)
-    with pytest.warns(UserWarning, match="skipped 1 queries with no BM25 candidates"):
+    with pytest.warns(UserWarning, match="skipped 1 queries with no first-stage candidates"):
         assert rr.build_dataset("grouprank", big, ["0", "9"], group_size=3)["query_id"] == ["0"]
 
 
@@ -218,3 +218,46 @@ def test_setwise_scorer_counts_only_what_fails_to_parse(monkeypatch):
     score("q", ["a", "b"])  # a fresh memo: asked again, unparsable
     assert (score.parse_count.failed, score.parse_count.total) == (1, 2)
     assert not hasattr(rank_r1.scorer(None, None, RecipeOptions(setwise_pick="likelihood")), "parse_count")
+
+
+
+def test_cli_eval_reranks_a_candidates_run_and_drop_unknown_is_a_flag(tmp_path, capsys):
+    import json
+
+    data = write_trec(tiny_collection(), tmp_path / "coll")
+    (data / "qrels.txt").write_text((data / "qrels.txt").read_text() + "0 0 gone-doc 1\n")
+    run, cands = tmp_path / "out.trec", tmp_path / "cands.trec"
+    # each query's docs in reverse order (relevant d?0/d?1 last), one doc the collection lacks; query 5 absent
+    order = ["d{q}4", "zz", "d{q}3", "d{q}2", "d{q}1", "d{q}0"]
+    cands.write_text("".join(f"{q} Q0 {d.format(q=q)} {r} {10 - r}.0 bm25x\n" for q in "01234"
+                             for r, d in enumerate(order, 1)))  # fmt: skip
+    argv = ["rerank", "eval", "--model", "tiny-qwen", "--data", str(data), "--split", "all", "--k", "3",
+            "--candidates", str(cands), "--run", str(run)]  # fmt: skip
+    with pytest.raises(CollectionFormatError, match=r"unknown doc 'gone-doc' \(pass --drop_unknown"):
+        main(argv)
+    with pytest.warns(UserWarning) as caught:
+        assert main([*argv, "--drop_unknown"]) == 0
+    msgs = " | ".join(str(w.message) for w in caught)
+    assert "dropped 0 judgments naming unknown queries and 1 naming unknown documents" in msgs
+    assert "dropped 5 of 30 candidates naming documents" in msgs and "1 of 6 queries have no candidates" in msgs
+    out = capsys.readouterr().out
+    assert "candidates from" in out and out.count("run") >= 1
+    ranked = [line.split() for line in run.read_text().splitlines()]
+    assert {(r[0], r[2]) for r in ranked} == {(q, f"d{q}{j}") for q in "01234" for j in (4, 3, 2)}  # run top-3
+    record = json.loads(run.with_name(run.name + ".json").read_text())
+    assert record["first_stage"] == str(cands) and record["queries"] == 6
+    assert (record["candidates_unknown_docs_dropped"], record["candidates_missing_queries"]) == (5, 1)
+    assert record["bm25"]["nDCG@10"] == 0.0  # the run's own top-3 holds no relevant doc
+
+
+def test_training_pools_come_from_a_candidates_run(tmp_path):
+    from rankrl.rerank.first_stage import RunCandidates
+
+    coll = tiny_collection()
+    path = tmp_path / "cands.trec"  # per query the three non-relevant docs first, query "5" absent
+    lines = [f"{q} Q0 d{q}{j} {r} {5 - r}.0 x\n" for q in "01234" for r, j in enumerate((4, 3, 2, 1), 1)]
+    path.write_text("".join(lines))
+    with pytest.warns(UserWarning, match="skipped 1 queries with no first-stage candidates"):
+        ds = rr.build_dataset("erank", coll, list(coll.queries), RunCandidates(coll, path), group_size=3)
+    assert len(ds) == 5 * 3 and sum(ds["gain"]) == 0  # the run's top-3, not BM25's (whose top-3 hold both relevant)
+    assert set(ds["doc_id"]) == {f"d{q}{j}" for q in "01234" for j in (4, 3, 2)}
