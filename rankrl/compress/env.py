@@ -27,6 +27,8 @@ ROW_NAMES: tuple[str, ...] = (*(f"kind_{k}" for k in KINDS), "depth", "log_in", 
 #: global features: the budget as a fraction of the dense FLOPs, and log(module count) / 5
 GLOBAL_NAMES: tuple[str, ...] = ("budget", "log_modules")
 QUALITIES = ("auto", "perplexity", "embedding")
+#: packaged encoders: quality "auto" scores them by embedding fidelity (everything else by perplexity)
+ENCODERS = ("minilm", "tiny-bert")
 #: shares = softmax(SHARE_TEMPERATURE * action): the action's [-1, 1] spans shares ~e^8 apart
 SHARE_TEMPERATURE = 4.0
 
@@ -54,7 +56,8 @@ class AttentionRankConfig:
     max_length: int = 64
     """tokens per row"""
     quality: str = "auto"
-    """'perplexity' (causal LMs), 'embedding' (encoders: mean-pooled cosine to the dense model) or 'auto'"""
+    """'perplexity' (causal LMs), 'embedding' (encoders: mean-pooled cosine to the dense model) or 'auto' (embedding
+    for the packaged encoders minilm / tiny-bert, perplexity otherwise)"""
     max_modules: int = 256
     """observation rows (models with fewer factorized modules are padded and masked)"""
     seed: int = 0
@@ -140,14 +143,14 @@ class AttentionRankEnv(gym.Env):
         from rankrl.models import load_model
         from rankrl.targets import find_target_modules
 
-        self.loaded = loaded or load_model(cfg.model, task_kind="causal_lm" if cfg.quality != "embedding" else
-                                           "classification", seed=cfg.seed)  # fmt: skip
+        quality = cfg.quality if cfg.quality != "auto" else ("embedding" if cfg.model in ENCODERS else "perplexity")
+        kind = "classification" if quality == "embedding" else "causal_lm"
+        self.loaded = loaded or load_model(cfg.model, task_kind=kind, seed=cfg.seed)
         self.model = self.loaded.model.eval()
-        causal = getattr(self.model.config, "is_decoder", False) or hasattr(self.model, "lm_head") or \
-            "CausalLM" in type(self.model).__name__  # fmt: skip
-        self.quality = cfg.quality if cfg.quality != "auto" else ("perplexity" if causal else "embedding")
+        self.quality = quality
+        causal = "CausalLM" in type(self.model).__name__
         if self.quality == "perplexity" and not causal:
-            raise ValueError(f"--quality perplexity needs a causal LM; {cfg.model} is an encoder (use embedding)")
+            raise ValueError(f"--env.quality perplexity needs a causal LM; {cfg.model} is an encoder (use embedding)")
         self.targets = tuple(find_target_modules(self.model, tuple(cfg.kinds)))
         if not self.targets:
             raise ValueError(f"{cfg.model} has no projections of kinds {cfg.kinds}")
@@ -169,7 +172,7 @@ class AttentionRankEnv(gym.Env):
             import copy
 
             self._dense_copy = copy.deepcopy(self.model)
-        self._dense = self._score(None)
+        self.dense_quality = self._score(None)
         self._rows = self._row_features()
         rows, width = cfg.max_modules, len(ROW_NAMES)
         self.action_space = spaces.Box(-1.0, 1.0, (rows,), dtype=np.float32)
@@ -236,13 +239,13 @@ class AttentionRankEnv(gym.Env):
         and the counted FLOPs (absolute and as a fraction of the dense projections')."""
         q = self._score(ranks)
         if self.quality == "perplexity":
-            reward = -math.log(q["perplexity"] / self._dense["perplexity"])
+            reward = -math.log(q["perplexity"] / self.dense_quality["perplexity"])
         else:
             reward = math.log(max(q["embedding_cosine"], 1e-6))
         flops = ranks_flops(self.modules, ranks)
         dense = sum(m.dense for m in self.modules)
         return {**q, "reward": reward, "flops": float(flops), "flops_fraction": flops / dense,
-                **{f"dense_{k}": v for k, v in self._dense.items()}}  # fmt: skip
+                **{f"dense_{k}": v for k, v in self.dense_quality.items()}}  # fmt: skip
 
     @property
     def budget(self) -> int:
