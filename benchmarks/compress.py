@@ -59,8 +59,16 @@ def main() -> None:
     ap.add_argument("--eval-batches", type=int, default=2, help="held-out batches of 8 x 64 tokens per decision")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "compress.json"))
+    ap.add_argument("--heldout-only", action="store_true",
+                    help="only (re)score every method on held-out text with the policies of an earlier run (/tmp)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.heldout_only:
+        out = json.loads(Path(a.out).read_text())
+        out["heldout_text"] = heldout(a.eval_batches)
+        Path(a.out).write_text(json.dumps(out, indent=1, default=str))
+        print(f"-> {a.out}")
+        return
     t_start = time.time()
     envs = {m: make_env(m, a.eval_batches) for m in ("minilm", "smollm2")}
     policies, training = {}, {}
@@ -107,6 +115,37 @@ def main() -> None:
     Path(a.out).write_text(json.dumps(out, indent=1, default=str))
     plot(out, Path(a.out).with_suffix(".png"))
     print(f"-> {a.out}")
+
+
+#: text no decision of the benchmark was trained or scored on: the policies' rewards came from the env's texts
+HELDOUT_TEXT = {"minilm": str(ROOT.parent / "shared" / "data" / "sst2"), "smollm2": "default"}
+
+
+def heldout(eval_batches: int) -> dict:
+    """Every rule and both policies (from the earlier run's /tmp folders) scored on text the policies never saw."""
+    from rankrl.compress.policy import load_compress_policy
+
+    policies = {m: load_compress_policy(f"/tmp/bench-compress-{m}").policy for m in ("minilm", "smollm2")}
+    res = {}
+    for m, text in HELDOUT_TEXT.items():
+        if not Path(text).exists() and text != "default":
+            res[m] = {"skipped": f"{text} is absent"}
+            continue
+        env = AttentionRankEnv(AttentionRankConfig(model=m, texts=text, eval_batches=eval_batches, batch_size=8,
+                                                   max_length=64))  # fmt: skip
+        other = "smollm2" if m == "minilm" else "minilm"
+        plain = [A.Module.from_svd(s) for s in Spectra(env.model, [x.name for x in env.modules]).svds.values()]
+        metric = "perplexity" if env.quality == "perplexity" else "embedding_cosine"
+        rows = {"text": text, "metric": metric, "dense": env.dense_quality}
+        for b in BUDGETS:
+            env.reset(options={"budget": b})
+            cell = {rule: env.step_ranks(rule_ranks(env, rule, plain))[4][metric] for rule in RULES}
+            cell["policy (trained here)"] = env.step_ranks(policy_ranks(policies[m], env, b))[4][metric]
+            cell[f"policy (transfer from {other})"] = env.step_ranks(policy_ranks(policies[other], env, b))[4][metric]
+            rows[str(b)] = cell
+            print(f"held-out {m} @ {b:.0%}: " + ", ".join(f"{k} {v:.4f}" for k, v in cell.items()), flush=True)
+        res[m] = rows
+    return res
 
 
 def plot(out: dict, png: Path) -> None:
