@@ -12,8 +12,8 @@ __version__ = "0.1.0"
 
 #: id -> (entry point, default kwargs)
 ENVS: dict[str, tuple[str, dict]] = {
-    "rankrl/LoRARank-Sim-v0": ("rankrl.ranks.env:LoRARankEnv", {"backend": "sim"}),
-    "rankrl/LoRARank-v0": ("rankrl.ranks.env:LoRARankEnv", {"backend": "live"}),
+    "rankrl/LoRARank-Sim-v1": ("rankrl.ranks.env:LoRARankEnv", {"backend": "sim"}),
+    "rankrl/LoRARank-v1": ("rankrl.ranks.env:LoRARankEnv", {"backend": "live"}),
     "rankrl/RolloutBudget-Sim-v0": ("rankrl.rollouts.env:RolloutBudgetEnv", {"backend": "sim"}),
     "rankrl/RolloutBudget-v0": ("rankrl.rollouts.env:RolloutBudgetEnv", {"backend": "live"}),
     "rankrl/AttentionRank-v0": ("rankrl.compress.env:AttentionRankEnv", {}),

@@ -48,6 +48,7 @@ __all__ = [
     "Budget",
     "BudgetSpec",
     "allocate_by_scores",
+    "allocate_by_shares",
     "budget_metrics",
     "check_grid",
     "feasible",
@@ -447,6 +448,86 @@ def project(
     # nearest grid rank, ties to the lower: argmin returns the first (lower) of two equal distances
     hi = np.abs(wanted[:, None] - levels[None, :]).argmin(axis=1)
     return _to_ranks(targets, levels, _greedy(targets, budget, levels, hi, weights, utility))
+
+
+def allocate_by_shares(
+    targets: Sequence[TargetModule],
+    shares: Mapping[str, float] | Sequence[float] | np.ndarray,
+    budget: Budget,
+    grid: Sequence[int],
+    *,
+    r_max: int | None = None,
+) -> dict[str, int]:
+    """Grid ranks that spend ``budget`` in the proportions ``shares`` (a policy's action), by rounding only.
+
+    The rule, in three steps (every cap is a multiple of ``r (in + out)``, so one normalised unit cost per module,
+    the largest share of any cap one rank unit uses, measures the budget):
+
+    1. *Targets.* Module ``i`` gets the continuous rank ``rho_i = share_i / unit_i`` (shares normalised to sum
+       1 over the modules with ``share > 0``): exactly the cap, split as asked. A target above the grid's top is
+       cut there and its excess re-split over the others in proportion to their shares (water-filling), so the
+       cap is still what is split.
+    2. *Floor.* Each module gets the largest grid rank ``<= rho_i``.
+    3. *Fill.* While some grid step fits, the on module (``share > 0``) whose next step is most wanted goes up one
+       step: the largest ``(rho_i - r_i) / (next_i - r_i)``, i.e. largest remainder first, then the modules
+       furthest below (or least above) their targets relative to the step; ties go to the earlier module.
+
+    The rounding never chooses what was not asked for: a module with share 0 keeps rank 0, and the order in
+    which leftover budget is handed out is the order of the shares' remainders. The result spends the cap up
+    to less than one grid step of some on module not at the top (or every on module is at the top).
+
+    >>> from types import SimpleNamespace as Row
+    >>> t = [Row(name=n, in_features=32, out_features=32, max_rank=32) for n in "abc"]
+    >>> allocate_by_shares(t, [0.5, 0.5, 0.0], Budget(max_params=8 * 64), (0, 1, 2, 4, 8))
+    {'a': 4, 'b': 4, 'c': 0}
+
+    Raises:
+        ValueError: bad grid or shares, all shares 0, or a budget below the grid's minimum allocation.
+    """
+    levels = np.asarray(check_grid(targets, grid, r_max), dtype=np.float64)
+    w = _per_module(targets, shares, "shares")
+    if not w.sum() > 0:
+        raise ValueError("shares are all 0: give at least one module a positive share")
+    caps = np.array(list(budget.caps.values()), dtype=np.float64)
+    units = unit_costs(targets, budget)
+    C = np.stack([units[name] for name in budget.caps]) if len(caps) else np.zeros((0, len(targets)))
+    used = C @ np.full(len(targets), levels[0])
+    if np.any(used > caps * (1 + _RTOL)):
+        k = int(np.argmax(used / caps))
+        raise ValueError(f"budget max_{list(budget.caps)[k]}={caps[k]:g} is below the minimum {used[k]:g} (every "
+                         f"module at the grid's smallest rank {int(levels[0])}); raise it or allow rank 0")  # fmt: skip
+    on, top = w > 0, levels[-1]
+    idx = np.zeros(len(targets), dtype=np.int64)
+    if not len(caps):  # uncapped: every module that asked for anything gets the top rank
+        idx[on] = len(levels) - 1
+        return _to_ranks(targets, levels, idx)
+    unit = (C / caps[:, None]).max(axis=0)  # share of the binding cap one rank unit of the module uses
+    rho = np.zeros(len(targets))
+    free, left = on.copy(), 1.0
+    while free.any() and left > 1e-12:  # water-filling: saturated modules hand their excess to the others
+        want = w * free / (w * free).sum() * left / np.where(unit > 0, unit, np.inf)
+        over = free & (rho + want >= top)
+        if not over.any():
+            rho = rho + want
+            break
+        left -= float((unit[over] * (top - rho[over])).sum())
+        rho[over], free = top, free & ~over
+    rho[on & (unit == 0)] = top  # a module that costs nothing under these caps
+    idx = np.where(on, np.searchsorted(levels, rho + 1e-9, side="right") - 1, 0).clip(0, len(levels) - 1)
+    used = C @ levels[idx]
+    while True:  # largest remainder first, then further steps toward the shares, while any step fits
+        cand = np.flatnonzero(on & (idx < len(levels) - 1))
+        if not len(cand):
+            break
+        nxt = levels[idx[cand] + 1]
+        priority = (rho[cand] - levels[idx[cand]]) / (nxt - levels[idx[cand]])
+        fits = np.all(used[:, None] + C[:, cand] * (nxt - levels[idx[cand]]) <= caps[:, None] * (1 + _RTOL), axis=0)
+        if not fits.any():
+            break
+        best = cand[fits][np.argmax(priority[fits])]  # argmax: the first (earliest) of equal priorities
+        used = used + C[:, best] * (levels[idx[best] + 1] - levels[idx[best]])
+        idx[best] += 1
+    return _to_ranks(targets, levels, idx)
 
 
 def _greedy(

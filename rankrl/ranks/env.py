@@ -2,15 +2,17 @@
 parameter, compute and bandwidth budgets.
 
 One episode is one fine-tuning run (:class:`~rankrl.ranks.finetune.FineTuneRun`) with ``decisions`` decision
-points. At each one the policy scores every module, the scores become grid ranks, the ranks are *projected*
-onto the feasible set of all budgets (:func:`rankrl.ranks.budgets.project`: budgets are enforced, not only
-penalised), the run trains ``steps // decisions`` steps at that allocation and is evaluated, and the adapter
-update is sent over that round's wireless channel (AirLLM-style remote fine-tuning: SNR drawn per round,
-optional Rayleigh fading). ``decisions=1`` is a one-shot allocation; more re-allocate mid-run (AdaLoRA /
-DR-RL style) while learned directions and their optimizer state survive (:mod:`rankrl.ranks.lora`).
+points, under a budget drawn for the episode (``budget_rank_range``) and a channel drawn per round. The budget is
+part of the observation. At each decision the policy gives every module a score; the scores are the modules'
+*shares* of the budget (a softmax, with "off" for a share near 0), and a rounding that only rounds
+(:func:`rankrl.ranks.budgets.allocate_by_shares`) turns them into grid ranks that spend the cap; the run trains
+``steps // decisions`` steps at that allocation and is evaluated, and the adapter update is sent over that
+round's wireless channel (AirLLM-style remote fine-tuning: SNR drawn per round, optional Rayleigh fading).
+``decisions=1`` is a one-shot allocation; more re-allocate mid-run (AdaLoRA / DR-RL style) while learned
+directions and their optimizer state survive (:mod:`rankrl.ranks.lora`).
 
-Backends: ``live`` trains for real (``rankrl/LoRARank-v0``); ``sim`` steps a surrogate calibrated from short
-live probes of the same (model, task) (``rankrl/LoRARank-Sim-v0``, :mod:`rankrl.ranks.sim`).
+Backends: ``live`` trains for real (``rankrl/LoRARank-v1``); ``sim`` steps a surrogate calibrated from short
+live probes of the same (model, task) (``rankrl/LoRARank-Sim-v1``, :mod:`rankrl.ranks.sim`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from gymnasium import spaces
 from rankrl.ranks.budgets import (
     Budget,
     BudgetSpec,
+    allocate_by_shares,
     budget_metrics,
     check_grid,
     pow2_grid,
@@ -42,8 +45,9 @@ from rankrl.ranks.sim import SimCalibration, SimRun, calibrate
 
 __all__ = ["GLOBAL_NAMES", "LOSS_HIGH", "QUALITY_TERMS", "ROW_HIGH", "LoRARankConfig", "LoRARankEnv"]
 
-#: the observation's global features, in order
-GLOBAL_NAMES: tuple[str, ...] = ("budget_left", "step_frac", "snr", "bandwidth", "loss")
+#: the observation's global features, in order (``budget``: the round's binding cap as a fraction of the cost of
+#: uniform r_max; ``budget_left``: 1 - the share of it the current allocation uses)
+GLOBAL_NAMES: tuple[str, ...] = ("budget", "budget_left", "step_frac", "snr", "bandwidth", "loss")
 #: feature rows are clipped to [0, ROW_HIGH] (gradient columns are relative to their mean, so rarely above ~5)
 ROW_HIGH = 10.0
 #: eval loss / initial eval loss is clipped to [0, LOSS_HIGH]
@@ -65,7 +69,14 @@ class LoRARankConfig:
     max_modules: int = 64
     """observation/action rows; models with fewer adapted modules are padded and masked"""
     budget: BudgetSpec = field(default_factory=BudgetSpec)
-    """the caps every allocation is projected onto (mean rank or parameters, FLOPs, transmit seconds)"""
+    """the caps every allocation spends (mean rank or parameters, FLOPs, transmit seconds)"""
+    budget_rank_range: tuple[float, float] | None = None
+    """each episode's parameter cap as a mean rank drawn log-uniformly from (low, high), replacing budget.rank and
+    budget.params (None: budget's fixed cap every episode)"""
+    share_scale: float = 3.0
+    """action decoding: module i's share of the budget is proportional to exp(share_scale * score_i)"""
+    off_share: float = 0.05
+    """action decoding: a module whose share is below off_share x an even share (1 / modules) is off (rank 0)"""
     snr_range_db: tuple[float, float] = (0.0, 20.0)
     """each round's average SNR is drawn uniformly from this range, in dB"""
     bandwidth_range_hz: tuple[float, float] = (1e6, 1e6)
@@ -103,6 +114,15 @@ class LoRARankConfig:
                                  "raise r_max or drop it")  # fmt: skip
         if not isinstance(self.budget, BudgetSpec):
             raise TypeError(f"budget must be a BudgetSpec, got {type(self.budget).__name__}")
+        if self.budget_rank_range is not None:
+            lo, hi = self.budget_rank_range
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+                raise ValueError(f"budget_rank_range must be finite (low, high) with 0 < low <= high, got "
+                                 f"{self.budget_rank_range}")  # fmt: skip
+        if not (math.isfinite(self.share_scale) and self.share_scale > 0):
+            raise ValueError(f"share_scale must be finite and > 0, got {self.share_scale}")
+        if not 0 <= self.off_share < 1:
+            raise ValueError(f"off_share must be in [0, 1), got {self.off_share}")
         for name in ("snr_range_db", "bandwidth_range_hz"):
             lo, hi = getattr(self, name)
             if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
@@ -127,20 +147,27 @@ class LoRARankEnv(gym.Env):
     """Allocate LoRA ranks over a model's adapted projections while it fine-tunes, under budgets.
 
     ## Action Space
-    ``Box(-1, 1, (max_modules,), float32)``: one score per module row (padded rows ignored). Score ``a`` picks
-    the grid rank ``grid[round((a + 1) / 2 * (len(grid) - 1))]``; the allocation is then projected onto the
-    round's feasible set (:func:`rankrl.ranks.budgets.project`: never above the request, lowering first where the
-    least value per unit cost is lost). :meth:`step_allocation` takes a ``{module: rank}`` request directly
-    (baselines); it is projected the same way.
+    ``Box(-1, 1, (max_modules,), float32)``: one score per module row (padded rows ignored). The scores are the
+    modules' shares of the budget (:meth:`action_shares`): ``share_i = softmax(share_scale * a)_i`` over the real
+    rows, a module whose share is below ``off_share / n`` is off (share 0), the rest renormalised. The shares become
+    grid ranks by :func:`rankrl.ranks.budgets.allocate_by_shares` under the coming round's budget: continuous
+    targets that split the cap as asked, floored to the grid, then filled step by step in order of the largest
+    remainder while a step fits. So the allocation spends the cap (up to one grid step), and the rounding never
+    turns on a module the policy switched off. Equal scores split the budget in equal *cost* shares (cheap
+    modules get higher ranks than uniform LoRA would give them). :meth:`step_allocation` takes a
+    ``{module: rank}`` request directly (baselines); it is projected onto the budget
+    (:func:`rankrl.ranks.budgets.project`: never above the request).
 
     ## Observation Space
-    ``Dict(rows=Box(0, 10, (max_modules, 21)), mask=Box(0, 1, (max_modules,)), globals=Box(0, high, (5,)))``,
+    ``Dict(rows=Box(0, 10, (max_modules, 22)), mask=Box(0, 1, (max_modules,)), globals=Box(0, high, (6,)))``,
     float32, the layout of RolloutBudgetEnv so the same set policy runs on both. ``rows`` are the
     model-agnostic feature rows of :data:`rankrl.ranks.features.FEATURE_NAMES` (shape, spectrum, gradient
-    sensitivity, current ``rank_frac``), clipped to [0, 10]; ``mask`` marks real rows. ``globals``
-    (:data:`GLOBAL_NAMES`): budget left (1 - the largest used share of any cap by the current allocation under
-    the coming round's budget), step fraction, the coming round's SNR and bandwidth scaled to [0, 1] within
-    their ranges (0.5 for a fixed value), and eval loss / initial eval loss (clipped to [0, 4]).
+    sensitivity, ``cost_share``, current ``rank_frac``), clipped to [0, 10]; ``mask`` marks real rows.
+    ``globals`` (:data:`GLOBAL_NAMES`): the budget (the coming round's binding cap as a fraction of the same
+    quantity at uniform ``r_max``, e.g. mean rank 2 of r_max 8 reads 0.25; 1 when uncapped), budget left (1 - the
+    largest used share of any cap by the current allocation), step fraction, the coming round's SNR and bandwidth
+    scaled to [0, 1] within their ranges (0.5 for a fixed value), and eval loss / initial eval loss (clipped to
+    [0, 4]).
 
     ## Rewards
     Sum of the terms in ``info`` (``reward/*``): ``reward/quality`` = ``w_quality`` x (eval-loss decrease since
@@ -151,6 +178,11 @@ class LoRARankEnv(gym.Env):
     -``w_flops`` x FLOPs / cap, ``reward/tx`` = -``w_tx`` x min(transmit seconds (faded) / cap, ``tx_cost_clip``);
     an uncapped quantity is divided by its value at uniform ``r_max`` (tx: on the mean channel) instead.
     ``reward/nan`` = -``nan_penalty`` when the loss diverged, else 0.
+
+    ## Budget
+    ``budget_rank_range=(lo, hi)`` draws each episode's parameter cap as a mean rank, log-uniformly in [lo, hi]
+    (the flops and transmit-time caps of ``budget`` stay), so one policy learns every budget; None keeps
+    ``budget``'s cap. The channel (SNR, bandwidth) is drawn every round from its ranges.
 
     ## Episode End
     Terminated after the last decision (the run has trained all its steps), or at once when the training or
@@ -171,6 +203,9 @@ class LoRARankEnv(gym.Env):
     ## Version History
     * v0: initial version (live and calibrated-sim backends). A NaN action entry now raises ``ValueError`` (it used
       to be read as score 0, the grid's middle rank); every finite action means what it did, so the id stays v0.
+    * v1: the action is each module's share of the budget (softmax with "off", rounded to grid ranks that spend
+      the cap) instead of a grid rank projected onto it; the observation gains the ``budget`` global and the
+      ``cost_share`` row column; ``budget_rank_range`` draws the budget per episode.
     """
 
     metadata = {"render_modes": []}
@@ -220,20 +255,25 @@ class LoRARankEnv(gym.Env):
             raise ValueError(f"the model has {len(self.targets)} adapted modules > max_modules={cfg.max_modules}; "
                              "raise max_modules")  # fmt: skip
         self.grid = check_grid(self.targets, cfg.grid, cfg.run.r_max)
-        self._param_cap = cfg.budget.param_cap(self.targets)
-        full = allocation_cost(self.targets, uniform_ranks(self.targets, cfg.run.r_max), precision_bits=self._bits)
+        self._snr, self._bandwidth = cfg.snr_range_db[0], cfg.bandwidth_range_hz[0]  # redrawn on reset
+        self._full = allocation_cost(self.targets, uniform_ranks(self.targets, cfg.run.r_max),
+                                     precision_bits=self._bits)  # fmt: skip
         mean_channel = Channel(float(np.mean(cfg.bandwidth_range_hz)), float(np.mean(cfg.snr_range_db)))
         self._norm = {
-            "params": float(self._param_cap or full.params),
-            "flops": float(cfg.budget.flops or full.flops),
-            "tx": float(cfg.budget.tx_seconds or full.bits / mean_channel.capacity_bps()),
+            "flops": float(cfg.budget.flops or self._full.flops),
+            "tx": float(cfg.budget.tx_seconds or self._full.bits / mean_channel.capacity_bps()),
         }
         self._units = unit_costs(self.targets, Budget(precision_bits=self._bits), all_constraints=True)
-        worst = self.round_budget(cfg.snr_range_db[0], cfg.bandwidth_range_hz[0])
-        project(self.targets, [self.grid[0]] * len(self.targets), worst, self.grid)  # infeasible budget: raises
+        lows = [cfg.budget] if cfg.budget_rank_range is None else [self._spec(cfg.budget_rank_range[0])]
+        for spec in lows:  # infeasible budget (at the worst channel, the lowest drawn cap): raises here
+            self._set_budget(spec)
+            worst = self.round_budget(cfg.snr_range_db[0], cfg.bandwidth_range_hz[0])
+            project(self.targets, [self.grid[0]] * len(self.targets), worst, self.grid)
+        self._set_budget(cfg.budget if cfg.budget_rank_range is None else self._spec(float(np.sqrt(
+            np.prod(cfg.budget_rank_range)))))  # until the first reset draws one  # fmt: skip
         rows, n_feat = cfg.max_modules, len(FEATURE_NAMES)
         self.action_space = spaces.Box(-1.0, 1.0, (rows,), dtype=np.float32)
-        glob_high = np.array([1.0, 1.0, 1.0, 1.0, LOSS_HIGH], dtype=np.float32)
+        glob_high = np.array([1.0, 1.0, 1.0, 1.0, 1.0, LOSS_HIGH], dtype=np.float32)
         self.observation_space = spaces.Dict({
             "rows": spaces.Box(0.0, ROW_HIGH, (rows, n_feat), dtype=np.float32),
             "mask": spaces.Box(0.0, 1.0, (rows,), dtype=np.float32),
@@ -241,19 +281,35 @@ class LoRARankEnv(gym.Env):
         })  # fmt: skip
         self.run: Any = None
         self._log_step = 0
-        self._snr, self._bandwidth = cfg.snr_range_db[0], cfg.bandwidth_range_hz[0]  # redrawn on reset
 
     @property
     def _bits(self) -> int:
         return self.config.run.precision_bits
 
     # ---------------------------------------------------------------------------------------------- budgets
+    def _spec(self, mean_rank: float) -> BudgetSpec:
+        return BudgetSpec(rank=float(mean_rank), params=None, flops=self.config.budget.flops,
+                          tx_seconds=self.config.budget.tx_seconds)  # fmt: skip
+
+    def _set_budget(self, spec: BudgetSpec) -> None:
+        self.budget_spec = spec
+        self._param_cap = spec.param_cap(self.targets)
+        self._norm["params"] = float(self._param_cap or self._full.params)
+
     def round_budget(self, snr_db: float | None = None, bandwidth_hz: float | None = None) -> Budget:
         """The feasible set of a round (default: the coming round's channel); tx uses the average capacity."""
-        cfg = self.config
         snr = self._snr if snr_db is None else snr_db
         bw = self._bandwidth if bandwidth_hz is None else bandwidth_hz
-        return cfg.budget.resolve(self.targets, Channel(bw, snr), precision_bits=self._bits)
+        return self.budget_spec.resolve(self.targets, Channel(bw, snr), precision_bits=self._bits)
+
+    def budget_fraction(self) -> float:
+        """The coming round's binding cap as a fraction of the same quantity at uniform ``r_max`` (the ``budget``
+        global; 1.0 when uncapped). Every cap is a multiple of ``r (in + out)``, so this is one number."""
+        budget = self.round_budget()
+        units = unit_costs(self.targets, budget)
+        r_max = self.config.run.r_max
+        fracs = [cap / (r_max * float(units[name].sum())) for name, cap in budget.caps.items()]
+        return float(min(fracs + [1.0]))
 
     @property
     def channel(self) -> dict[str, float]:
@@ -286,6 +342,9 @@ class LoRARankEnv(gym.Env):
         if options:
             raise ValueError(f"LoRARankEnv.reset takes no options, got {sorted(options)}")
         c = self.config.run
+        lo_hi = self.config.budget_rank_range
+        if lo_hi is not None:  # log-uniform: as many episodes between mean rank 0.5 and 1 as between 4 and 8
+            self._set_budget(self._spec(float(np.exp(self.np_random.uniform(np.log(lo_hi[0]), np.log(lo_hi[1]))))))
         if self.backend == "live":
             self.run = None  # free the previous run's model before loading the next
             loaded, self._spare_model = self._spare_model, None
@@ -300,20 +359,33 @@ class LoRARankEnv(gym.Env):
         self._last = dict(first)
         self._decision, self._done = 0, False
         self._draw_channel()
-        info = {**first, "cost/snr_db": self._snr, "cost/bandwidth_hz": self._bandwidth}
+        info = {**first, "cost/snr_db": self._snr, "cost/bandwidth_hz": self._bandwidth,
+                "budget/mean_rank": self.budget_spec.rank or math.nan}  # fmt: skip
         return self._obs(), info
 
     # ------------------------------------------------------------------------------------------------- step
-    def decode_action(self, action: np.ndarray) -> dict[str, int]:
-        """Grid rank per module for a score action (before projection; padded entries ignored)."""
+    def action_shares(self, action: np.ndarray) -> dict[str, float]:
+        """Each module's share of the budget for a score action (padded entries ignored): softmax of
+        ``share_scale * a`` over the real rows; shares below ``off_share / n`` are set to 0 (the module is off)
+        and the rest renormalised. The top-scored module is never off, so the shares always sum to 1."""
+        cfg = self.config
         a = np.asarray(action, dtype=np.float64).reshape(-1)[: len(self.targets)]
         if bad := [t.name for t, x in zip(self.targets, a, strict=True) if math.isnan(x)]:
-            # a NaN score is a diverged policy, not a request for the grid's middle rank
+            # a NaN score is a diverged policy, not a request for an even share
             raise ValueError(f"the action is NaN for {len(bad)} module(s) (e.g. {bad[0]}): the policy diverged; "
                              "retrain it (e.g. a lower --ppo_lr)")  # fmt: skip
-        a = np.clip(a, -1.0, 1.0)
-        idx = np.rint((a + 1.0) / 2.0 * (len(self.grid) - 1)).astype(np.int64)
-        return {t.name: int(self.grid[i]) for t, i in zip(self.targets, idx, strict=True)}
+        z = cfg.share_scale * np.clip(a, -1.0, 1.0)
+        w = np.exp(z - z.max())
+        share = w / w.sum()
+        share[share < cfg.off_share / len(share)] = 0.0
+        share /= share.sum()
+        return {t.name: float(x) for t, x in zip(self.targets, share, strict=True)}
+
+    def decode_action(self, action: np.ndarray) -> dict[str, int]:
+        """Grid rank per module for a score action under the coming round's budget: :meth:`action_shares` rounded
+        by :func:`rankrl.ranks.budgets.allocate_by_shares` (spends the cap; off modules stay 0)."""
+        shares = self.action_shares(action)
+        return allocate_by_shares(self.targets, shares, self.round_budget(), self.grid, r_max=self.config.run.r_max)
 
     def project(self, desired: Mapping[str, int]) -> dict[str, int]:
         """The feasible allocation of the coming round for a request (see :func:`rankrl.ranks.budgets.project`)."""
@@ -370,6 +442,8 @@ class LoRARankEnv(gym.Env):
             **budget_metrics(self.targets, ranks, budget),
             "budget/raw_violation": raw,
             "budget/projected": float(ranks != {t.name: int(desired[t.name]) for t in self.targets}),
+            "budget/mean_rank": self.budget_spec.rank or math.nan,
+            "budget/fraction": self.budget_fraction(),
             **{k_: v for k_, v in train.items() if k_.startswith("train/")},
             **ev,
             "decision": self._decision,
@@ -404,19 +478,21 @@ class LoRARankEnv(gym.Env):
         # costs are linear in rank (rankrl.ranks.budgets), so shares of the caps are dot products: no allocation_cost
         r = np.array([ranks[t.name] for t in self.targets], dtype=np.float64)
         totals = {name: float(u @ r) for name, u in self._units.items()}
-        caps = (("params", self._param_cap), ("flops", cfg.budget.flops))
+        caps = (("params", self._param_cap), ("flops", self.budget_spec.flops))
         shares = [totals[name] / cap for name, cap in caps if cap]
-        if cfg.budget.tx_seconds:
-            shares.append(totals["bits"] / Channel(self._bandwidth, self._snr).capacity_bps() / cfg.budget.tx_seconds)
+        if self.budget_spec.tx_seconds:
+            shares.append(totals["bits"] / Channel(self._bandwidth, self._snr).capacity_bps()
+                          / self.budget_spec.tx_seconds)  # fmt: skip
         shares = shares or [totals["params"] / self._norm["params"]]
         glob = np.array([
+            self.budget_fraction(),
             1.0 - max(shares),
             self.run.state.step / cfg.run.steps,
             _unit(self._snr, cfg.snr_range_db),
             _unit(self._bandwidth, cfg.bandwidth_range_hz),
             self._last["quality/eval_loss"] / self._loss0,
         ], dtype=np.float64)  # fmt: skip
-        glob = np.clip(np.nan_to_num(glob, nan=1.0), 0.0, [1.0, 1.0, 1.0, 1.0, LOSS_HIGH]).astype(np.float32)
+        glob = np.clip(np.nan_to_num(glob, nan=1.0), 0.0, [1.0, 1.0, 1.0, 1.0, 1.0, LOSS_HIGH]).astype(np.float32)
         return {"rows": rows, "mask": mask, "globals": glob}
 
     def close(self) -> None:

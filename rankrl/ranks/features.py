@@ -5,7 +5,7 @@ can act on another with a different number or shape of layers. Every column is t
 roughly O(1): shape columns are log-scaled, spectrum columns are fractions of the module's maximal rank or of
 its spectral energy, and gradient columns are relative to the mean over the model's modules.
 
-Column order is fixed by :data:`FEATURE_NAMES` (static columns, then the dynamic ``rank_frac``).
+Column order is fixed by :data:`FEATURE_NAMES` (static columns, then ``cost_share`` and the dynamic ``rank_frac``).
 """
 
 from __future__ import annotations
@@ -47,8 +47,13 @@ SPECTRUM_FEATURE_NAMES: tuple[str, ...] = (
 GRADIENT_FEATURE_NAMES: tuple[str, ...] = ("grad_sens_rel", "grad_sens_log", "grad_norm_rel")
 #: columns of :attr:`LayerFeatures.static`, in order
 STATIC_FEATURE_NAMES: tuple[str, ...] = SHAPE_FEATURE_NAMES + SPECTRUM_FEATURE_NAMES + GRADIENT_FEATURE_NAMES
-#: columns of :meth:`LayerFeatures.matrix`: the static columns, then the dynamic ``rank_frac``
-FEATURE_NAMES: tuple[str, ...] = STATIC_FEATURE_NAMES + ("rank_frac",)
+#: columns :meth:`LayerFeatures.matrix` derives from the targets and the allocation: ``cost_share`` (the module's
+#: share of the cost of one rank everywhere, times the number of modules: 1.0 = an even share; every budgeted
+#: quantity is a multiple of ``r (in + out)``, so it is the module's share of any cap per unit rank) and
+#: ``rank_frac`` (current rank / r_max)
+DERIVED_FEATURE_NAMES: tuple[str, ...] = ("cost_share", "rank_frac")
+#: columns of :meth:`LayerFeatures.matrix`: the static columns, then the derived ones
+FEATURE_NAMES: tuple[str, ...] = STATIC_FEATURE_NAMES + DERIVED_FEATURE_NAMES
 
 #: gradient columns used when no batches are given: every module equally sensitive
 NEUTRAL_GRADIENT: tuple[float, float, float] = (1.0, math.log1p(1.0), 1.0)
@@ -84,7 +89,7 @@ class LayerFeatures:
         return tuple(t.name for t in self.targets)
 
     def matrix(self, ranks: Mapping[str, int] | None = None, r_max: int | None = None) -> np.ndarray:
-        """Full feature matrix with the ``rank_frac`` column appended.
+        """Full feature matrix with the ``cost_share`` and ``rank_frac`` columns appended.
 
         Args:
             ranks: current rank of every module, keyed by module name; ``None`` gives ``rank_frac`` 0.
@@ -110,7 +115,9 @@ class LayerFeatures:
                 if not 0 <= ranks[name] <= r_max:
                     raise ValueError(f"rank {ranks[name]} of {name} outside [0, {r_max}]")
                 rank_frac[i, 0] = ranks[name] / r_max
-        return np.concatenate([self.static, rank_frac], axis=1)
+        width = np.array([t.in_features + t.out_features for t in self.targets], dtype=np.float64)
+        cost_share = (width / width.mean()).astype(np.float32).reshape(-1, 1) if len(width) else rank_frac
+        return np.concatenate([self.static, cost_share, rank_frac], axis=1)
 
 
 def base_weight(model: nn.Module, name: str) -> torch.Tensor:

@@ -33,7 +33,8 @@ LEGACY_POLICY_FILE = "policy.zip"
 
 
 #: policy.json format tag and version (bump when the observation/action contract changes)
-POLICY_FORMAT, LAYOUT_VERSION = "rankrl/ranks/lora-rank-policy", 1
+#: v2: the action is each module's share of the budget and the observation states the budget (LoRARank-v1)
+POLICY_FORMAT, LAYOUT_VERSION = "rankrl/ranks/lora-rank-policy", 2
 
 
 # ------------------------------------------------------------------------------------------------- saving
@@ -56,8 +57,10 @@ def policy_meta(config: Any, timesteps_done: int = 0) -> dict[str, Any]:
         "observation": {"feature_names": list(FEATURE_NAMES), "global_names": list(GLOBAL_NAMES),
                         "n_features": len(FEATURE_NAMES), "n_globals": len(GLOBAL_NAMES),
                         "max_modules": env.max_modules, "row_high": ROW_HIGH, "loss_high": LOSS_HIGH},  # fmt: skip
-        "action": {"rank_grid": list(env.grid), "r_max": env.run.r_max, "decode": "LoRARankEnv.decode_action"},
+        "action": {"rank_grid": list(env.grid), "r_max": env.run.r_max, "decode": "LoRARankEnv.decode_action",
+                   "meaning": "share of the budget", "share_scale": env.share_scale, "off_share": env.off_share},
         "budgets": env.budget.to_meta(),
+        "budget_rank_range": list(env.budget_rank_range) if env.budget_rank_range is not None else None,
         "channel": {"snr_range_db": list(env.snr_range_db), "bandwidth_range_hz": list(env.bandwidth_range_hz),
                     "rayleigh": env.rayleigh},  # fmt: skip
         "env_config": {f.name: getattr(env, f.name) for f in fields(env) if f.name not in ("run", "budget")},
@@ -176,6 +179,9 @@ def check_layout(meta: Mapping[str, Any], policy: Any = None, where: Any = "poli
 
     obs = meta.get("observation", {})
     problems = []
+    if meta.get("layout_version") != LAYOUT_VERSION:
+        problems.append(f"layout version {meta.get('layout_version')} but this rankrl reads version {LAYOUT_VERSION} "
+                        "(the action is each module's share of the budget and the budget is observed)")  # fmt: skip
     if list(obs.get("feature_names", [])) != list(FEATURE_NAMES):
         theirs, mine = list(obs.get("feature_names", [])), list(FEATURE_NAMES)
         problems.append(f"feature rows of {len(theirs)} columns (not here: {sorted(set(theirs) - set(mine))}, new "
@@ -220,8 +226,8 @@ class Allocation:
     """A policy's allocation for one model and budget.
 
     Attributes:
-        ranks: projected rank per module (target order), what the env would train.
-        desired: the decoded action before projection.
+        ranks: rank per module (target order), what the env would train: the shares rounded onto the grid.
+        desired: the same ranks (the decoded action; kept for callers of the old field).
         budget: the :class:`~rankrl.ranks.budgets.Budget` projected onto.
         metrics: ``cost/*`` and ``budget/*`` of ``ranks``.
         uniform: uniform LoRA at the same budget (for comparison).
@@ -236,13 +242,16 @@ class Allocation:
     uniform: dict[str, int]
     targets: tuple = field(default=())
     channel: dict[str, float] = field(default_factory=dict)
+    shares: dict[str, float] = field(default_factory=dict)
+    """each module's share of the budget (the policy's action; 0 = off)"""
 
 
 def allocate(loaded: LoadedPolicy, targets: tuple, static: np.ndarray, budget: BudgetSpec, *,
              snr_db: float | None = None, bandwidth_hz: float | None = None) -> Allocation:  # fmt: skip
     """The policy's first-decision allocation for a model (its feature rows ``static``) under ``budget`` (None
-    caps are uncapped; see :meth:`BudgetSpec.merged` to start from the policy's own). The channel defaults to
-    the middle of the policy's training ranges."""
+    caps are uncapped; see :meth:`BudgetSpec.merged` to start from the policy's own). The budget is in the
+    observation (the ``budget`` global), so the policy's shares depend on it, and the rounding spends it. The
+    channel defaults to the middle of the policy's training ranges."""
     from rankrl.ranks.baselines import uniform
     from rankrl.ranks.budgets import budget_metrics
     from rankrl.ranks.costs import allocation_cost
@@ -253,6 +262,7 @@ def allocate(loaded: LoadedPolicy, targets: tuple, static: np.ndarray, budget: B
     meta = loaded.meta
     env_kw = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["env_config"].items()}
     env_kw["max_modules"] = max(int(env_kw["max_modules"]), len(targets))
+    env_kw["budget_rank_range"] = None  # the budget given here, not one drawn from the training range
     run = FineTuneConfig(**meta["run_config"])
     cfg = LoRARankConfig(run=run, budget=budget, **env_kw)
     # features-only calibration: the env needs rows to observe, never its (unused) learning curve
@@ -263,10 +273,11 @@ def allocate(loaded: LoadedPolicy, targets: tuple, static: np.ndarray, budget: B
     channel = env.set_channel(snr_db, bandwidth_hz)  # the round's channel as given, not drawn
     policy = widen_policy(loaded.policy, cfg.max_modules)
     action, _ = policy.predict(env.observation(), deterministic=True)
+    shares = env.action_shares(action)
     desired = env.decode_action(action)
-    ranks = env.project(desired)
+    ranks = env.project(desired)  # a no-op (the decoded ranks spend the cap, never above it); kept as a guard
     budget = env.round_budget()
     cost = allocation_cost(env.targets, ranks, precision_bits=run.precision_bits)
     metrics = {**cost.as_metrics(), **budget_metrics(env.targets, ranks, budget)}
     same = uniform(env.targets, budget, env.grid, r_max=run.r_max)
-    return Allocation(ranks, desired, budget, metrics, same, tuple(env.targets), channel)
+    return Allocation(ranks, desired, budget, metrics, same, tuple(env.targets), channel, shares)

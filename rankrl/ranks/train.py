@@ -1,6 +1,6 @@
 """``rankrl train-policy``: train a LoRA rank allocator (SB3 PPO + the set policy) on LoRARankEnv.
 
-The policy learns on ``rankrl/LoRARank-Sim-v0`` (a surrogate calibrated from short live probes of the same model
+The policy learns on ``rankrl/LoRARank-Sim-v1`` (a surrogate calibrated from short live probes of the same model
 and task, :func:`rankrl.ranks.sim.calibrate`, cached) or directly on the live env. SB3 is used as a
 library: the architecture comes in through ``policy_kwargs`` (:class:`~rankrl.set_policy.SetActorCriticPolicy`),
 logging and checkpoints through callbacks. Checkpoints are taken right after a PPO update and hold no pickle:
@@ -10,8 +10,11 @@ continues (``learn(reset_num_timesteps=False)``), losing nothing but the rollout
 is first cut back to the checkpoint's step. SIGINT / SIGTERM (Ctrl-C, ``kill``) stop at the next env step: the
 checkpoint and the policy files are written at the last update and the command exits with status 130.
 
-Whatever it trained on, the policy is then run for one live episode (deterministic) next to uniform LoRA at the
-same budget, same seed and same channel draws: the sim is only a surrogate. Outputs in ``--out``:
+By default every episode draws its budget (``--env.budget_rank_range``, mean ranks 0.5 to 8) and the policy sees
+it in its observation, so one policy serves every budget. Whatever it trained on, the policy is then run for one
+live episode (deterministic) next to uniform LoRA at the fixed budget ``--env.budget.rank`` (same seed, same
+channel draws): the sim is only a surrogate. Sim-trained policies are also compared with uniform and with their
+untrained start (same seeds) on the sim at several budgets. Outputs in ``--out``:
 ``policy.safetensors`` and ``policy.json`` (network and the observation layout that :mod:`rankrl.ranks.apply`
 checks), ``checkpoint.safetensors`` + ``checkpoint_optimizer.pt`` + ``checkpoint.json``, ``metrics.jsonl``
 (+ W&B), ``curves.png``, ``rank_heatmap*.png`` and ``summary.json``.
@@ -47,7 +50,7 @@ __all__ = [
     "uniform_allocator",
 ]
 
-ENV_IDS: tuple[str, ...] = ("rankrl/LoRARank-Sim-v0", "rankrl/LoRARank-v0")
+ENV_IDS: tuple[str, ...] = ("rankrl/LoRARank-Sim-v1", "rankrl/LoRARank-v1")
 CHECKPOINT_FILE, CHECKPOINT_STATE, CHECKPOINT_OPTIMIZER = "checkpoint.safetensors", "checkpoint.json", \
     "checkpoint_optimizer.pt"
 #: the old, pickle-based SB3 checkpoint: refused by ``--resume``, converted by ``rankrl convert-policy --trust``
@@ -59,9 +62,17 @@ RESUMABLE_CHANGES = frozenset({"timesteps", "checkpoint_every", "resume", "wandb
 REWARD_TERMS = ("quality", "params", "flops", "tx", "nan")
 
 
+#: budgets a default policy trains on: each episode's mean rank is drawn log-uniformly from this range
+DEFAULT_BUDGET_RANK_RANGE = (0.5, 8.0)
+#: mean ranks of the sim evaluation table (each inside the default training range)
+EVAL_BUDGET_RANKS = (0.5, 1.0, 2.0, 4.0)
+
+
 def _episode() -> LoRARankConfig:
-    """A policy-training episode: short runs at a higher learning rate, evaluated only at the decisions."""
-    return LoRARankConfig(run=FineTuneConfig(steps=40, lr=3e-3, max_eval=128, eval_every=0))
+    """A policy-training episode: short runs at a higher learning rate, evaluated only at the decisions; the budget
+    is drawn per episode from DEFAULT_BUDGET_RANK_RANGE (the live check runs at ``budget.rank``)."""
+    return LoRARankConfig(run=FineTuneConfig(steps=40, lr=3e-3, max_eval=128, eval_every=0),
+                          budget_rank_range=DEFAULT_BUDGET_RANK_RANGE)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -74,8 +85,8 @@ class TrainPolicyConfig:
 
     env: LoRARankConfig = field(default_factory=_episode)
     """the episode: its run (model, task, steps, lr, r_max, seed, threads, ...), grid, budget, channel, reward"""
-    env_id: str = "rankrl/LoRARank-Sim-v0"
-    """training env: 'rankrl/LoRARank-Sim-v0' (calibrated surrogate) or 'rankrl/LoRARank-v0' (every step trains)"""
+    env_id: str = "rankrl/LoRARank-Sim-v1"
+    """training env: 'rankrl/LoRARank-Sim-v1' (calibrated surrogate) or 'rankrl/LoRARank-v1' (every step trains)"""
     probes: int = 3
     """sim calibration: live probe runs (cached per model, task and run config)"""
     # whole-episode probes by default: minilm on 'default' shows no learning before ~20 of 40 steps, so shorter
@@ -160,6 +171,7 @@ class TrainResult:
         timesteps_done: env steps PPO has taken over all runs of this directory.
         live: live evaluation, ``{"policy": summary, "uniform": summary}`` (see :func:`episode_summary`).
         sim: sim evaluation (sim training only), same layout.
+        sim_budgets: sim evaluation by mean-rank budget, :func:`sim_budget_table` (sim training only).
         interrupted: the name of the signal (``"SIGINT"``/``"SIGTERM"``) that stopped training early (checkpoint
             and policy saved, no evaluation), else ``""``.
     """
@@ -170,15 +182,46 @@ class TrainResult:
     live: dict[str, dict[str, Any]] = field(default_factory=dict)
     sim: dict[str, dict[str, Any]] = field(default_factory=dict)
     interrupted: str = ""
+    sim_budgets: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------------ envs
-def make_env(config: TrainPolicyConfig, backend: str | None = None, calibration: Any = None) -> Any:
-    """A :class:`~rankrl.ranks.env.LoRARankEnv` of ``config`` (``backend`` defaults to ``config.env_id``'s)."""
+def make_env(config: TrainPolicyConfig, backend: str | None = None, calibration: Any = None,
+             budget: BudgetSpec | None = None) -> Any:  # fmt: skip
+    """A :class:`~rankrl.ranks.env.LoRARankEnv` of ``config`` (``backend`` defaults to ``config.env_id``'s);
+    ``budget`` fixes the budget of every episode (no draw from ``budget_rank_range``)."""
+    from dataclasses import replace
+
     from rankrl.ranks.env import LoRARankEnv
 
     backend = backend or config.backend
-    return LoRARankEnv(backend, config=config.env, calibration=calibration if backend == "sim" else None)
+    env_config = config.env if budget is None else replace(config.env, budget=budget, budget_rank_range=None)
+    return LoRARankEnv(backend, config=env_config, calibration=calibration if backend == "sim" else None)
+
+
+def fixed_budget(config: TrainPolicyConfig, mean_rank: float | None = None) -> BudgetSpec:
+    """``config``'s budget (``--env.budget.*``), or with its parameter cap replaced by ``mean_rank``."""
+    if mean_rank is None:
+        return config.env.budget
+    return config.env.budget.merged(BudgetSpec(rank=mean_rank, params=None, flops=None, tx_seconds=None))
+
+
+def sim_budget_table(config: TrainPolicyConfig, calibration: Any, allocators: Mapping[str, Callable],
+                     mean_ranks: tuple[float, ...] = EVAL_BUDGET_RANKS, seeds: tuple[int, ...] = (1, 2, 3)
+                     ) -> dict[str, dict[str, dict[str, float]]]:  # fmt: skip
+    """Mean sim reward, final accuracy and cap use of each allocator at each mean-rank budget (same seeds):
+    ``{str(mean_rank): {name: {"reward", "accuracy", "used"}}}``."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for r in mean_ranks:
+        env = make_env(config, "sim", calibration, fixed_budget(config, r))
+        row = {}
+        for name, fn in allocators.items():
+            eps = [rollout_episode(env, fn, config.run.seed + s) for s in seeds]
+            row[name] = {"reward": float(np.mean([sum(i["reward/total"] for i in e) for e in eps])),
+                         "accuracy": float(np.mean([e[-1]["quality/accuracy"] for e in eps])),
+                         "used": float(np.mean([i.get("budget/used_params", math.nan) for e in eps for i in e]))}
+        out[str(r)] = row
+    return out
 
 
 def uniform_allocator(obs: Any, env: Any) -> dict[str, int]:
@@ -216,6 +259,7 @@ def episode_summary(infos: list[dict[str, Any]]) -> dict[str, Any]:
                 "tx_seconds": float(sum(i["cost/tx_seconds"] for i in infos)),
                 "violation": float(max(i["budget/violation"] for i in infos)),
                 "raw_violation": float(max(i["budget/raw_violation"] for i in infos)),
+                "cap_used": float(np.mean([i.get("budget/used_params", math.nan) for i in infos])),
                 "ranks": [dict(i["ranks"]) for i in infos]})  # fmt: skip
     return out
 
@@ -406,7 +450,7 @@ def _train_policy(config: TrainPolicyConfig, calibration: Any, stop: Any) -> Tra
         print(f"{config.env_id}: {config.run.model}/{config.run.task}, {len(targets)} modules, "
               f"grid {vec.envs[0].unwrapped.grid}, "
               f"{config.env.decisions} decisions x {config.run.steps // config.env.decisions} steps, budget "
-              f"{_budget_text(config)}", flush=True)  # fmt: skip
+              f"{_budget_text(config, training=True)}", flush=True)  # fmt: skip
         remaining = config.timesteps - model.num_timesteps
         done = int(model.num_timesteps)
         if remaining > 0 and not stop:
@@ -432,7 +476,24 @@ def _train_policy(config: TrainPolicyConfig, calibration: Any, stop: Any) -> Tra
             return model.policy.predict(obs, deterministic=True)[0]
 
         if config.backend == "sim":
-            sim_env = make_env(config, "sim", calibration)
+            untrained = PPO(SetActorCriticPolicy, vec, seed=config.run.seed, device="cpu",
+                            policy_kwargs=dict(hidden=config.hidden, context=config.context, log_std_init=-1.0))
+
+            def act0(obs: Any, env: Any) -> np.ndarray:
+                return untrained.policy.predict(obs, deterministic=True)[0]
+
+            table = sim_budget_table(config, calibration, {"policy": act, "untrained": act0,
+                                                           "uniform": uniform_allocator})  # fmt: skip
+            result.sim_budgets = table
+            print("\nsim evaluation by budget (mean of 3 seeds; reward / final accuracy / share of the cap used)")
+            print(f"  {'mean rank':>9} " + " ".join(f"{n:>25}" for n in ("policy", "untrained", "uniform")))
+            for r, row in table.items():
+                cells = [f"{row[n]['reward']:>9.4f} {row[n]['accuracy']:>7.4f} {row[n]['used']:>7.3f}"
+                         for n in ("policy", "untrained", "uniform")]  # fmt: skip
+                print(f"  {r:>9} " + " ".join(f"{c:>25}" for c in cells))
+            summary.update({f"eval/sim_r{r}_{n}_{k}": v for r, row in table.items() for n, d in row.items()
+                            for k, v in d.items()})  # fmt: skip
+            sim_env = make_env(config, "sim", calibration, fixed_budget(config))
             result.sim = {name: episode_summary(rollout_episode(sim_env, fn, config.run.seed + 1))
                           for name, fn in (("policy", act), ("uniform", uniform_allocator))}  # fmt: skip
             png = plot_rank_heatmap(sim_env.targets, result.sim["policy"]["ranks"], out / "rank_heatmap.png",
@@ -442,8 +503,8 @@ def _train_policy(config: TrainPolicyConfig, calibration: Any, stop: Any) -> Tra
             _print_table("sim evaluation (deterministic policy vs uniform, same seed)", result.sim)
             summary.update(_flat("eval/sim", result.sim))
         print(f"\nlive evaluation: one {config.run.steps}-step run of {config.run.model}/{config.run.task} per "
-              "allocator ...", flush=True)  # fmt: skip
-        live_env = make_env(config, "live")
+              f"allocator at {_budget_text(config)} ...", flush=True)  # fmt: skip
+        live_env = make_env(config, "live", budget=fixed_budget(config))
         result.live = {name: episode_summary(rollout_episode(live_env, fn, config.run.seed))
                        for name, fn in (("policy", act), ("uniform", uniform_allocator))}  # fmt: skip
         live_env.close()
@@ -471,19 +532,23 @@ def _flat(prefix: str, rows: Mapping[str, Mapping[str, Any]]) -> dict[str, float
     return {f"{prefix}_{name}_{k}": v for name, s in rows.items() for k, v in s.items() if k != "ranks"}
 
 
-def _budget_text(config: TrainPolicyConfig) -> str:
+def _budget_text(config: TrainPolicyConfig, training: bool = False) -> str:
     parts = [f"{k}={v}" for k, v in config.env.budget.to_meta().items() if v is not None]
+    if training and config.env.budget_rank_range is not None:
+        lo, hi = config.env.budget_rank_range
+        parts = [p for p in parts if not p.startswith(("budget_rank", "max_params"))]
+        parts.insert(0, f"mean rank drawn per episode from [{lo:g}, {hi:g}]")
     return ", ".join(parts) or "none"
 
 
 def _print_table(title: str, rows: Mapping[str, Mapping[str, Any]]) -> None:
     print(f"\n{title}")
     print(f"  {'allocator':<10} {'eval_loss':>9} {'accuracy':>9} {'reward':>8} {'params(mean)':>13} "
-          f"{'bits(mean)':>12} {'tx_s(total)':>11} {'violation':>9}")  # fmt: skip
+          f"{'cap used':>8} {'bits(mean)':>12} {'tx_s(total)':>11} {'violation':>9}")  # fmt: skip
     for name, s in rows.items():
         loss, acc = (f"{s[k]:.4f}" if math.isfinite(s[k]) else "nan" for k in ("eval_loss", "accuracy"))
-        print(f"  {name:<10} {loss:>9} {acc:>9} {s['reward']:>8.4f} {s['params']:>13,.0f} {s['bits']:>12,.0f} "
-              f"{s['tx_seconds']:>11.4f} {s['violation']:>9.3f}")  # fmt: skip
+        print(f"  {name:<10} {loss:>9} {acc:>9} {s['reward']:>8.4f} {s['params']:>13,.0f} {s['cap_used']:>8.3f} "
+              f"{s['bits']:>12,.0f} {s['tx_seconds']:>11.4f} {s['violation']:>9.3f}")  # fmt: skip
 
 
 def convert_legacy_checkpoint(out: str | os.PathLike) -> Path:

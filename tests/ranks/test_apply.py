@@ -87,13 +87,16 @@ def test_widened_policy_acts_identically_on_the_real_rows(policy_dir):
     np.testing.assert_allclose(wide[:9], narrow[:9], atol=1e-6)
 
 
-@pytest.mark.parametrize("change", ["features", "globals"])
+@pytest.mark.parametrize("change", ["features", "globals", "version"])
 def test_policy_of_another_observation_layout_is_refused(policy_dir, tmp_path, capsys, change):
     other = tmp_path / "other"
     shutil.copytree(policy_dir, other)
     meta = json.loads((other / "policy.json").read_text())
-    key = "feature_names" if change == "features" else "global_names"
-    meta["observation"][key] = meta["observation"][key][:-1] + ["something_else"]
+    if change == "version":  # a v1 policy (grid-rank actions, no budget in its observation): same names, refused
+        meta["layout_version"] = 1
+    else:
+        key = "feature_names" if change == "features" else "global_names"
+        meta["observation"][key] = meta["observation"][key][:-1] + ["something_else"]
     (other / "policy.json").write_text(json.dumps(meta))
     with pytest.raises(PolicyLayoutError, match="another observation layout.*rankrl train-policy"):
         load_policy(other)

@@ -12,6 +12,7 @@ from rankrl.ranks.budgets import (
     UTILITIES,
     Budget,
     allocate_by_scores,
+    allocate_by_shares,
     budget_metrics,
     check_grid,
     feasible,
@@ -240,3 +241,36 @@ def test_project_prefers_cutting_what_the_proposal_valued_least():
     # an explicit importance overrides the default (desired rank) weighting
     assert project(rows, {"a": 16, "b": 4}, b, GRID, importance={"a": 0.0, "b": 1.0}) == {"a": 8, "b": 4}
     assert project(rows, {"a": 16, "b": 16}, b, GRID, importance={"a": 1.0, "b": 0.0})["b"] <= 4
+
+
+def test_shares_are_rounded_to_ranks_that_spend_the_cap_and_only_round():
+    """allocate_by_shares: feasible; share 0 stays rank 0; after it no further grid step of an on module fits (so
+    the cap is spent up to one step); proportions are kept."""
+    rng = np.random.default_rng(0)
+    grid = (0, 1, 2, 4, 8)
+    for _ in range(300):
+        shares = rng.dirichlet(np.full(len(TARGETS), 0.7)) * (rng.random(len(TARGETS)) > 0.25)
+        if shares.sum() == 0:
+            continue
+        budget = Budget(max_params=int(rng.integers(80, 2500)), max_flops=float(rng.integers(600, 20000)))
+        got = allocate_by_shares(TARGETS, shares, budget, grid)
+        assert feasible(TARGETS, got, budget)
+        on = [t for t, w in zip(TARGETS, shares, strict=True) if w > 0]
+        assert all(got[t.name] == 0 for t, w in zip(TARGETS, shares, strict=True) if w == 0)
+        for t in on:  # maximal among the modules that asked: no on module can go one step up
+            r = got[t.name]
+            if r < grid[-1]:
+                assert not feasible(TARGETS, {**got, t.name: grid[grid.index(r) + 1]}, budget)
+    # one module wanting a lot, cheap ones nearly nothing: proportions, not an even split
+    width = np.array([t.in_features + t.out_features for t in TARGETS], dtype=float)
+    got = allocate_by_shares(TARGETS, [0.97, 0.01, 0.01, 0.01], Budget(max_params=int(4 * width.sum())), grid)
+    assert got["q"] == 8 and sum(got.values()) < 8 * 4
+    # equal cost shares: rank ~ 1 / cost (the cheap 48-wide module gets the most), and the whole cap is used
+    cap = int(2 * width.sum())
+    got = allocate_by_shares(TARGETS, [1.0] * 4, Budget(max_params=cap), grid)
+    assert got["small"] >= got["q"] >= got["up"] and got["up"] == got["down"]
+    assert total_costs(TARGETS, got, Budget(max_params=cap))["params"] >= 0.9 * cap
+    with pytest.raises(ValueError, match="all 0"):
+        allocate_by_shares(TARGETS, [0, 0, 0, 0], Budget(max_params=1000), grid)
+    with pytest.raises(ValueError, match="shares must be finite"):
+        allocate_by_shares(TARGETS, [1, -1, 0, 0], Budget(max_params=1000), grid)

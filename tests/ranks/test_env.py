@@ -16,7 +16,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import rankrl  # noqa: F401  (registers the env ids)
 from rankrl.ranks import sim as lora_rank_sim
-from rankrl.ranks.budgets import Budget, feasible, project
+from rankrl.ranks.budgets import Budget, allocate_by_shares, feasible, project
 from rankrl.ranks.env import GLOBAL_NAMES, LoRARankConfig, LoRARankEnv
 from rankrl.ranks.features import FEATURE_NAMES, STATIC_FEATURE_NAMES
 from rankrl.ranks.finetune import FineTuneConfig
@@ -43,7 +43,7 @@ def _check_step(env, obs, reward, info) -> None:
 
 # ------------------------------------------------------------------------------------------------------ sim
 def test_sim_env_passes_gymnasium_and_sb3_checkers():
-    env = gymnasium.make("rankrl/LoRARank-Sim-v0", calibration=SimCalibration.synthetic(r_max=8), r_max=8, steps=40,
+    env = gymnasium.make("rankrl/LoRARank-Sim-v1", calibration=SimCalibration.synthetic(r_max=8), r_max=8, steps=40,
                          max_tx_seconds=0.05, snr_range_db=(0.0, 20.0), bandwidth_range_hz=(5e5, 1e6))  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "rows is not a 1-D vector": by design, the set policy reads it
@@ -72,15 +72,56 @@ def test_sim_episode_sums_reward_terms_and_never_violates_budgets(quality):
         env.step(env.action_space.sample())
 
 
-def test_over_budget_action_is_projected_onto_the_feasible_set():
+@pytest.mark.parametrize("mean_rank", [0.5, 1.0, 2.0, 3.0, 6.0])
+def test_share_actions_spend_the_cap_and_off_modules_stay_off(mean_rank):
+    env = LoRARankEnv("sim", calibration=SimCalibration.synthetic(num_layers=4, r_max=8), r_max=8, steps=40,
+                      budget_rank=mean_rank)  # fmt: skip
+    env.reset(seed=0)
+    cap = env.round_budget().max_params
+    rng = np.random.default_rng(int(mean_rank * 10))
+    for _ in range(5):  # any action asking for every module spends >= 95% of the cap, never more
+        action = rng.uniform(-0.3, 0.3, env.action_space.shape).astype(np.float32)
+        ranks = env.decode_action(action)
+        used = sum(r * (t.in_features + t.out_features) for t, r in zip(env.targets, ranks.values(), strict=True))
+        assert 0.95 * cap <= used <= cap, (used, cap)
+    action = np.ones(env.action_space.shape, np.float32)
+    action[:3] = -1.0  # share e^-6 of the others: switched off, whatever budget is left
+    shares = env.action_shares(action)
+    assert [shares[t.name] for t in env.targets[:3]] == [0.0] * 3 and sum(shares.values()) == pytest.approx(1.0)
+    ranks = env.decode_action(action)
+    assert [ranks[t.name] for t in env.targets[:3]] == [0, 0, 0]
+    _, _, _, _, info = env.step(action)
+    assert info["ranks"] == ranks and info["budget/violation"] == 0.0 and info["budget/projected"] == 0.0
+
+
+def test_the_observation_states_the_budget_and_each_episode_draws_one():
+    env = _sim_env(budget_rank=2.0)
+    obs, _ = env.reset(seed=0)
+    budget_col, cost_col = GLOBAL_NAMES.index("budget"), FEATURE_NAMES.index("cost_share")
+    assert obs["globals"][budget_col] == pytest.approx(2.0 / 8, abs=1e-3)  # cap / params of uniform r_max
+    n = len(env.targets)
+    width = np.array([t.in_features + t.out_features for t in env.targets], dtype=float)
+    assert np.allclose(obs["rows"][:n, cost_col], width / width.mean(), rtol=1e-6)
+    seen = set()
+    drawn = _sim_env(budget_rank_range=(0.5, 8.0))
+    for seed in range(6):
+        obs, info = drawn.reset(seed=seed)
+        assert 0.5 <= info["budget/mean_rank"] <= 8.0
+        assert obs["globals"][budget_col] == pytest.approx(info["budget/mean_rank"] / 8, abs=1e-3)
+        seen.add(round(info["budget/mean_rank"], 6))
+    assert len(seen) == 6
+    with pytest.raises(ValueError, match="budget_rank_range"):
+        _sim_env(budget_rank_range=(2.0, 1.0))
+
+
+def test_an_over_budget_request_is_projected_onto_the_feasible_set():
     env = _sim_env(budget_rank=2.0)
     env.reset(seed=0)
-    desired = env.decode_action(np.ones(env.action_space.shape, np.float32))
-    assert set(desired.values()) == {8}  # score +1 is the grid's top
+    desired = {t.name: 8 for t in env.targets}
     budget = env.round_budget()
     assert not feasible(env.targets, desired, budget)
     expected = project(env.targets, desired, budget, env.grid)
-    _, _, _, _, info = env.step(np.ones(env.action_space.shape, np.float32))
+    _, _, _, _, info = env.step_allocation(desired)
     assert info["ranks"] == expected and env.run.ranks == expected
     assert feasible(env.targets, expected, budget) and info["budget/violation"] == 0.0
     assert info["budget/raw_violation"] > 0 and info["budget/projected"] == 1.0
@@ -223,7 +264,9 @@ def test_a_nan_action_is_an_error_not_a_middle_rank():
     with pytest.raises(ValueError, match=rf"NaN for 1 module\(s\) \(e.g. {env.targets[3].name}\).*--ppo_lr"):
         env.step(action)
     action[3] = 0.0
-    assert env.decode_action(action) == {t.name: 2 for t in env.targets}  # score 0 is still the grid's middle
+    assert np.allclose(list(env.action_shares(action).values()), 1 / len(env.targets))  # equal scores: even split
+    assert env.decode_action(action) == allocate_by_shares(env.targets, [1.0] * len(env.targets), env.round_budget(),
+                                                           env.grid)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------- errors

@@ -59,7 +59,7 @@ def test_shape_finite_and_model_agnostic_columns(kind):
     targets = find_target_modules(model)
     feats = compute_features(model, targets, _batches(kind))
     mat = feats.matrix()
-    assert mat.shape == (len(targets), len(FEATURE_NAMES)) == (len(targets), 21)
+    assert mat.shape == (len(targets), len(FEATURE_NAMES)) == (len(targets), 22)
     assert mat.dtype == np.float32 and np.isfinite(mat).all()
     # Same column meaning on both models: one-hot kinds sum to 1, depth in [0, 1], O(1) scale.
     kind_cols = [FEATURE_NAMES.index(c) for c in FEATURE_NAMES if c.startswith("kind_")]
@@ -67,6 +67,10 @@ def test_shape_finite_and_model_agnostic_columns(kind):
     assert mat[:, 0].min() == 0.0 and mat[:, 0].max() == 1.0
     assert np.abs(mat).max() < 20
     assert FEATURE_NAMES[-1] == "rank_frac" and np.all(mat[:, -1] == 0)
+    # cost_share: the module's share of one rank everywhere x the module count (1 = even), in+out proportional
+    share = mat[:, FEATURE_NAMES.index("cost_share")]
+    width = np.array([t.in_features + t.out_features for t in targets], dtype=np.float64)
+    assert share.mean() == pytest.approx(1.0, rel=1e-5) and np.allclose(share, width / width.mean(), rtol=1e-5)
     sens = mat[:, FEATURE_NAMES.index("grad_sens_rel")]
     assert sens.mean() == pytest.approx(1.0, rel=1e-5)
     assert np.allclose(mat[:, FEATURE_NAMES.index("grad_sens_log")], np.log1p(sens), atol=1e-6)
@@ -170,7 +174,7 @@ def test_rank_frac_column():
     ranks = {name: i % 9 for i, name in enumerate(feats.names)}
     mat = feats.matrix(ranks, r_max=8)
     np.testing.assert_allclose(mat[:, -1], [ranks[n] / 8 for n in feats.names])
-    np.testing.assert_array_equal(mat[:, :-1], feats.static)
+    np.testing.assert_array_equal(mat[:, : feats.static.shape[1]], feats.static)
     with pytest.raises(ValueError, match="r_max"):
         feats.matrix(ranks)
     with pytest.raises(ValueError, match="missing"):
