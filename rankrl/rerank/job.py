@@ -56,7 +56,8 @@ class RerankArgs:
     """rankrl's fields of ``rankrl rerank train`` (every GRPOConfig flag is accepted too)."""
 
     recipe: str = "erank"
-    """rank-r1 (setwise, think + answer), erank (pointwise SFT + listwise GRPO) or grouprank (groupwise)"""
+    """rank-r1 (setwise, think + answer), erank (pointwise SFT + listwise GRPO), grouprank (groupwise) or prorank
+    (GRPO prompt warmup for --max_steps, then --score_steps of fine-grained score learning)"""
     model: str = "tiny-qwen"
     """model alias (tiny-qwen, smollm2), local directory or hub id"""
     data: str = "../shared/data/cranfield"
@@ -74,6 +75,10 @@ class RerankArgs:
     """completions per prompt G (= TRL's num_generations)"""
     sft_steps: int = 20
     """erank stage-1 SFT steps (0: skip)"""
+    score_steps: int = 20
+    """prorank stage-2 (fine-grained score learning) steps after the GRPO prompt warmup (0: skip)"""
+    score_learning_rate: float = 1e-4
+    """prorank stage-2 learning rate (AdamW on the LoRA adapter)"""
     lora_r: int = 8
     """LoRA rank of all linear projections"""
     max_queries: int | None = None
@@ -261,8 +266,9 @@ def run_rerank_train(args: RerankArgs, config: Any) -> int:
 
 def _train_stages(args: RerankArgs, config: Any, lm: Any, model: Any, rows: Any, coll: Collection, lora: Any,
                   recipe: Any, resume: str | None, stop: Any) -> Any:  # fmt: skip
-    """ERank's SFT stage (if any), then GRPO (resumed from ``resume``); the GRPO trainer, or None when ``stop``
-    fired during SFT."""
+    """ERank's SFT stage (if any), then GRPO (resumed from ``resume``), then the recipe's ``post_grpo`` stage (if any:
+    prorank's score learning, on the GRPO trainer's model); the GRPO trainer, or None when ``stop`` fired during
+    SFT."""
     from rankrl.resume import checkpoint_step
     from rankrl.tracking import trainer_metrics_callback, trainer_stop_callback
 
@@ -287,6 +293,8 @@ def _train_stages(args: RerankArgs, config: Any, lm: Any, model: Any, rows: Any,
     trainer.add_callback(trainer_metrics_callback(config.output_dir, resume_step=resume_step))  # -> metrics.jsonl
     trainer.add_callback(trainer_stop_callback(stop))
     trainer.train(resume_from_checkpoint=resume)
+    if recipe.post_grpo is not None and not stop:  # a recipe's stage after GRPO (prorank: score learning)
+        recipe.post_grpo(trainer, rows, args, stop)
     return trainer
 
 
@@ -301,7 +309,7 @@ class EvalArgs:
     split: str = "test"
     """test or train (split_queries with the saved --test_fraction / --split_seed) or all judged queries"""
     recipe: str | None = None
-    """rank-r1, erank or grouprank; default: the one saved with the model, else erank"""
+    """rank-r1, erank, grouprank or prorank; default: the one saved with the model, else erank"""
     k: int = 20
     """first-stage candidates reranked per query (BM25's, or the top k by score of --candidates)"""
     candidates: str | None = None

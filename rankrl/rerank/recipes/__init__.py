@@ -2,7 +2,9 @@
 
 * ``rank-r1`` (:mod:`~rankrl.rerank.recipes.rank_r1`): setwise, think + answer, stock ``GRPOTrainer``;
 * ``erank`` (:mod:`~rankrl.rerank.recipes.erank`): pointwise SFT, then GRPO with a listwise reward;
-* ``grouprank`` (:mod:`~rankrl.rerank.recipes.grouprank`): groupwise scores, stock ``GRPOTrainer``.
+* ``grouprank`` (:mod:`~rankrl.rerank.recipes.grouprank`): groupwise scores, stock ``GRPOTrainer``;
+* ``prorank`` (:mod:`~rankrl.rerank.recipes.prorank`): GRPO prompt warmup (binary answer), then fine-grained score
+  learning on the answer tokens' distribution.
 
 Adding a recipe: one module that builds a :class:`Recipe` (prompt rows, reward, scorer, trainer) and one entry
 below; :mod:`rankrl.rerank.job` needs nothing else.
@@ -10,7 +12,7 @@ below; :mod:`rankrl.rerank.job` needs nothing else.
 
 from __future__ import annotations
 
-from rankrl.rerank.recipes import erank, grouprank, rank_r1
+from rankrl.rerank.recipes import erank, grouprank, prorank, rank_r1
 from rankrl.rerank.recipes.base import FEATURES, Recipe, RecipeOptions
 
 __all__ = ["FEATURES", "RECIPES", "Recipe", "RecipeOptions", "get_recipe", "recipes_with"]
@@ -19,6 +21,7 @@ RECIPES: dict[str, Recipe] = {
     "rank-r1": rank_r1.RECIPE,
     "erank": erank.RECIPE,
     "grouprank": grouprank.RECIPE,
+    "prorank": prorank.RECIPE,
 }
 
 

@@ -68,6 +68,9 @@ class Recipe:
     """the GRPO trainer class (a callable, so trl is imported only when training)"""
     sft_dataset: Callable[[Collection, Any], Any] | None = None
     """stage-1 SFT rows from the collection and the training rows (None: GRPO only)"""
+    post_grpo: Callable[[Any, Any, Any, Any], None] | None = None
+    """a stage after GRPO (prorank's score learning): ``(grpo_trainer, rows, rerank_args, stop)``, training
+    ``grpo_trainer.model`` (its LoRA adapter) in place before the merged model is saved (None: GRPO is the last)"""
     features: frozenset[str] = frozenset()
     """the optional settings of :data:`FEATURES` this recipe reads"""
     skip_note: str = ""
