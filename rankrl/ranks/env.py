@@ -71,8 +71,7 @@ class LoRARankConfig:
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     """the caps every allocation spends (mean rank or parameters, FLOPs, transmit seconds)"""
     budget_rank_range: tuple[float, float] | None = None
-    """each episode's parameter cap as a mean rank drawn log-uniformly from (low, high), replacing budget.rank and
-    budget.params (None: budget's fixed cap every episode)"""
+    """per-episode parameter cap: a mean rank drawn log-uniformly from (low, high) (None: budget's fixed cap)"""
     share_scale: float = 3.0
     """action decoding: module i's share of the budget is proportional to exp(share_scale * score_i)"""
     off_share: float = 0.05
