@@ -1,0 +1,234 @@
+"""AirLLM's refiner: a conditional DDIM (diffusers) that turns a coarse latent + the state into every module's rank
+score, with classifier-free guidance, trained off-policy on a replay buffer with a reward-weighted loss.
+
+The two-level policy (AirLLM, ZJUNICE): PPO acts in a low-dimensional coarse latent; this denoiser refines the
+latent into the full per-module vector in [-1, 1] (the env's action: each module's score, turned into ranks by the
+env's rounding). The denoiser works for any number of modules: like the set policy it has one network shared by
+the module rows, each row seeing its own features, its noisy score, the timestep, the latent, the globals and a
+masked mean of all rows (the set context).
+
+* Training (:meth:`RankDiffusion.compute_loss`): epsilon-prediction MSE at a random timestep, each sample weighted
+  ``clamp(1 + w * zscore(reward), 0.1, 10)`` so high-reward vectors are denoised more faithfully; the condition
+  (latent + globals) is dropped with probability ``cond_dropout`` so one network is both conditional and not.
+* Sampling (:meth:`RankDiffusion.predict_action`): ``num_inference_steps`` DDIM steps (eta 0: deterministic given
+  the seed's initial noise) with guidance ``eps_u + g (eps_c - eps_u)``; the output is clipped to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["DiffusionConfig", "RankDiffusion", "ReplayBuffer", "RowDenoiser", "reward_weights"]
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The refiner's shape, schedule, guidance and off-policy training (AirLLM's defaults)."""
+
+    latent_dim: int = 16
+    """size of PPO's coarse latent"""
+    hidden: int = 64
+    """width of the per-row denoiser"""
+    num_train_timesteps: int = 1000
+    """diffusion steps of the training schedule"""
+    num_inference_steps: int = 50
+    """DDIM steps when sampling"""
+    cond_dropout: float = 0.1
+    """probability of dropping the condition while training (classifier-free guidance)"""
+    guidance_scale: float = 1.5
+    """eps_u + guidance_scale (eps_c - eps_u) when sampling (1: plain conditional, 0: unconditional)"""
+    reward_weight: float = 0.1
+    """w of the sample weight clamp(1 + w * zscore(reward), 0.1, 10)"""
+    buffer_size: int = 10_000
+    """replay buffer capacity (oldest entries are overwritten)"""
+    lr: float = 1e-3
+    """Adam learning rate of the denoiser"""
+
+    def __post_init__(self) -> None:
+        for name in ("latent_dim", "hidden", "num_train_timesteps", "num_inference_steps", "buffer_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_inference_steps > self.num_train_timesteps:
+            raise ValueError("--num_inference_steps must be <= --num_train_timesteps")
+        if not 0 <= self.cond_dropout < 1:
+            raise ValueError(f"--cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        if not (self.lr > 0 and self.guidance_scale >= 0 and self.reward_weight >= 0):
+            raise ValueError("need --lr > 0, --guidance_scale >= 0 and --reward_weight >= 0")
+
+
+def reward_weights(rewards: torch.Tensor, w: float) -> torch.Tensor:
+    """``clamp(1 + w * zscore(rewards), 0.1, 10)`` (all ones when the rewards do not vary).
+
+    >>> [round(x, 4) for x in reward_weights(torch.tensor([0.0, 1.0, 2.0]), 0.1).tolist()]
+    [0.8775, 1.0, 1.1225]
+    """
+    std = rewards.std(unbiased=False)
+    if not torch.isfinite(std) or std < 1e-12:
+        return torch.ones_like(rewards)
+    return (1 + w * (rewards - rewards.mean()) / std).clamp(0.1, 10.0)
+
+
+def _time_embedding(t: torch.Tensor, dim: int = 16) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=torch.float32) / half)
+    ang = t.float()[:, None] * freqs[None, :]
+    return torch.cat([ang.sin(), ang.cos()], -1)
+
+
+class RowDenoiser(nn.Module):
+    """``eps(x_t, t | rows, latent, globals)`` per module row, one network shared by the rows (any row count)."""
+
+    T_DIM = 16
+
+    def __init__(self, n_features: int, n_globals: int, latent_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.n_globals, self.latent_dim = n_globals, latent_dim
+        self.row = nn.Sequential(nn.Linear(n_features + 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        cond = self.T_DIM + latent_dim + n_globals + 1  # + a "condition present" flag
+        self.cond = nn.Sequential(nn.Linear(cond, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(3 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor,
+                latent: torch.Tensor | None, glob: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+        b = x_t.shape[0]
+        h = self.row(torch.cat([rows, x_t.unsqueeze(-1)], -1))  # (B, R, H)
+        m = mask.unsqueeze(-1)
+        context = (h * m).sum(1) / m.sum(1).clamp_min(1.0)  # masked mean over the real rows
+        present = torch.ones(b, 1) if latent is not None else torch.zeros(b, 1)
+        latent = latent if latent is not None else torch.zeros(b, self.latent_dim)
+        glob = glob if glob is not None else torch.zeros(b, self.n_globals)
+        c = self.cond(torch.cat([_time_embedding(t, self.T_DIM), latent, glob, present], -1))
+        r = h.shape[1]
+        z = torch.cat([h, context.unsqueeze(1).expand(-1, r, -1), c.unsqueeze(1).expand(-1, r, -1)], -1)
+        return self.out(z).squeeze(-1) * mask
+
+
+class RankDiffusion:
+    """The conditional DDIM refiner (see the module docstring).
+
+    Args:
+        config: shape, schedule, guidance and training settings.
+        scheduler: a ``diffusers`` scheduler (``DDIMScheduler``), injected; its ``num_train_timesteps`` must equal
+            ``config.num_train_timesteps``.
+        n_features: width of a module row.
+        n_globals: number of global features.
+    """
+
+    def __init__(self, config: DiffusionConfig, scheduler: Any, n_features: int, n_globals: int) -> None:
+        if int(scheduler.config.num_train_timesteps) != config.num_train_timesteps:
+            raise ValueError(f"the scheduler has {scheduler.config.num_train_timesteps} training timesteps, the "
+                             f"config {config.num_train_timesteps}")  # fmt: skip
+        self.config, self.scheduler = config, scheduler
+        self.net = RowDenoiser(n_features, n_globals, config.latent_dim, config.hidden)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
+
+    @classmethod
+    def with_ddim(cls, config: DiffusionConfig, n_features: int, n_globals: int) -> RankDiffusion:
+        """With diffusers' ``DDIMScheduler`` (linear betas, epsilon prediction, samples clipped to [-1, 1])."""
+        from diffusers import DDIMScheduler
+
+        return cls(config, DDIMScheduler(num_train_timesteps=config.num_train_timesteps, clip_sample=True), n_features,
+                   n_globals)  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------ training
+    def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reward-weighted epsilon MSE of ``batch`` (``rows`` (B,R,F), ``mask`` (B,R), ``globals`` (B,G),
+        ``latent`` (B,L), ``x0`` (B,R) in [-1, 1], ``reward`` (B,)) with condition dropout."""
+        x0, mask = batch["x0"], batch["mask"]
+        b = x0.shape[0]
+        t = torch.randint(0, self.config.num_train_timesteps, (b,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator) * mask
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        keep = (torch.rand(b, generator=generator) >= self.config.cond_dropout).float().unsqueeze(-1)
+        eps = self._eps(x_t, t, batch, keep)
+        per = ((eps - noise) ** 2 * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        w = reward_weights(batch["reward"].float(), self.config.reward_weight)
+        return (w * per).sum() / w.sum()
+
+    def _eps(self, x_t: torch.Tensor, t: torch.Tensor, batch: dict, keep: torch.Tensor) -> torch.Tensor:
+        """eps with the condition kept where ``keep`` is 1 and dropped (the null condition) where it is 0."""
+        cond = self.net(x_t, t, batch["rows"], batch["mask"], batch["latent"], batch["globals"])
+        if bool((keep == 1).all()):
+            return cond
+        null = self.net(x_t, t, batch["rows"], batch["mask"], None, None)
+        return keep * cond + (1 - keep) * null
+
+    def fit(self, buffer: ReplayBuffer, steps: int, batch_size: int = 64, seed: int = 0) -> list[float]:
+        """``steps`` Adam steps on minibatches from ``buffer``; returns the losses."""
+        g, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
+        self.net.train()
+        losses = []
+        for _ in range(steps):
+            loss = self.compute_loss(buffer.sample(batch_size, rng), g)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(float(loss))
+        self.net.eval()
+        return losses
+
+    # ------------------------------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def predict_action(self, obs: dict[str, np.ndarray], latent: np.ndarray | None, *, seed: int = 0,
+                       guidance_scale: float | None = None) -> np.ndarray:  # fmt: skip
+        """The refined per-row scores in [-1, 1] for one observation (``rows``, ``mask``, ``globals``) and PPO's
+        coarse ``latent`` (None: unconditional); deterministic for a seed (DDIM, eta 0)."""
+        g = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        rows = torch.as_tensor(obs["rows"], dtype=torch.float32)[None]
+        mask = torch.as_tensor(obs["mask"], dtype=torch.float32)[None]
+        batch = {"rows": rows, "mask": mask, "globals": torch.as_tensor(obs["globals"], dtype=torch.float32)[None],
+                 "latent": None if latent is None else torch.as_tensor(latent, dtype=torch.float32)[None]}  # fmt: skip
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(mask.shape, generator=gen) * mask
+        self.scheduler.set_timesteps(self.config.num_inference_steps)
+        self.net.eval()
+        for t in self.scheduler.timesteps:
+            tt = t.reshape(1).expand(1)
+            if batch["latent"] is None:
+                eps = self.net(x, tt, rows, mask, None, None)
+            else:
+                eps_c = self.net(x, tt, rows, mask, batch["latent"], batch["globals"])
+                eps_u = self.net(x, tt, rows, mask, None, None)
+                eps = eps_u + g * (eps_c - eps_u)
+            x = self.scheduler.step(eps, t, x, eta=0.0).prev_sample * mask
+        return x[0].clamp(-1.0, 1.0).numpy()
+
+    # -------------------------------------------------------------------------------------------- files
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.net.load_state_dict(state, strict=True)
+
+
+class ReplayBuffer:
+    """(state, coarse latent, per-module vector, reward) tuples for off-policy refits; oldest overwritten."""
+
+    def __init__(self, capacity: int, rows: int, n_features: int, n_globals: int, latent_dim: int) -> None:
+        self.capacity, self.size, self._next = capacity, 0, 0
+        self.data = {"rows": torch.zeros(capacity, rows, n_features), "mask": torch.zeros(capacity, rows),
+                     "globals": torch.zeros(capacity, n_globals), "latent": torch.zeros(capacity, latent_dim),
+                     "x0": torch.zeros(capacity, rows), "reward": torch.zeros(capacity)}  # fmt: skip
+
+    def add(self, obs: dict[str, np.ndarray], latent: np.ndarray, x0: np.ndarray, reward: float) -> None:
+        i = self._next
+        for key, value in (("rows", obs["rows"]), ("mask", obs["mask"]), ("globals", obs["globals"]),
+                           ("latent", latent), ("x0", np.clip(x0, -1, 1)), ("reward", reward)):  # fmt: skip
+            self.data[key][i] = torch.as_tensor(np.asarray(value, dtype=np.float32))
+        self._next = (i + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        if self.size == 0:
+            raise ValueError("the replay buffer is empty")
+        idx = torch.as_tensor(rng.integers(0, self.size, batch_size))
+        return {k: v[idx] for k, v in self.data.items()}
+
+    def __len__(self) -> int:
+        return self.size
