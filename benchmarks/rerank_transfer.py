@@ -265,7 +265,7 @@ def plot(results: dict, out: Path) -> Path | None:
     pairs = [p for p in (f"{t}->{e}" for t in COLLECTIONS for e in COLLECTIONS) if p in results["transfer"]]
     if not pairs:
         return None
-    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(pairs), 4.2))
+    fig, ax = plt.subplots(figsize=(max(7.0, 2 + 1.6 * len(pairs)), 4.2))
     x, w = np.arange(len(pairs)), 0.27
     for i, (row, label) in enumerate(zip(ROWS, ("BM25 top-20", "MiniLM zero-shot", "+ encoder GRPO (trained on T)"),
                                          strict=True)):  # fmt: skip
@@ -274,7 +274,7 @@ def plot(results: dict, out: Path) -> Path | None:
         ax.bar(x + (i - 1) * w, vals, w, label=label)
     ax.set_xticks(x, [p.replace("->", " -> ") for p in pairs])
     ax.set_ylabel("nDCG@10 (all judged queries of E)")
-    ax.set_title("Encoder GRPO reranker trained on T, evaluated on unseen E (BM25 top-20)")
+    ax.set_title("encoder GRPO reranker trained on T, evaluated on unseen E (BM25 top-20)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     try:
