@@ -9,7 +9,8 @@ from rankrl.args import parse_config
 
 RERANK_USAGE = """usage: rankrl rerank {train,train-encoder,eval} [--help] [options]
 
-  train          GRPO reranker: --recipe rank-r1|erank|grouprank (erank: SFT --sft_steps, then listwise GRPO);
+  train          GRPO reranker: --recipe rank-r1|erank|grouprank|prorank (erank: SFT --sft_steps, then listwise
+                 GRPO; prorank: GRPO prompt warmup for --max_steps, then --score_steps of score learning);
                  every GRPOConfig flag works; --resume_from_checkpoint DIR|true continues a run
   train-encoder  GRPO over sampled rankings with a MiniLM bi-encoder policy (LoRA query encoder + BM25 weight)
   eval           rerank BM25 top-k of held-out queries with a trained model; TREC run file + nDCG@10 table"""

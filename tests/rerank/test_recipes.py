@@ -277,9 +277,9 @@ def test_recipes_registry_and_unknown_recipe_messages():
     """One dict entry per recipe module; an unknown name is refused with the choices listed, wherever it enters."""
     from rankrl.rerank.recipes import RECIPES, Recipe
 
-    assert list(RECIPES) == ["rank-r1", "erank", "grouprank"]
+    assert list(RECIPES) == ["rank-r1", "erank", "grouprank", "prorank"]
     assert all(isinstance(r, Recipe) and r.name == name for name, r in RECIPES.items())
-    choices = r"\('rank-r1', 'erank', 'grouprank'\), got 'listwise'"
+    choices = r"\('rank-r1', 'erank', 'grouprank', 'prorank'\), got 'listwise'"
     with pytest.raises(ValueError, match=r"--recipe must be one of " + choices):
         rr.RerankArgs(recipe="listwise")
     with pytest.raises(ValueError, match=r"^recipe must be one of " + choices):
