@@ -3,12 +3,7 @@ SIGTERM saves a checkpoint and exits 130, and --num_generations is never silentl
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -16,10 +11,8 @@ pytest.importorskip("trl")
 
 from rankrl.cli import main  # noqa: E402
 from rankrl.interrupt import EXIT_INTERRUPTED  # noqa: E402
-from rankrl.tracking import read_metrics  # noqa: E402
 from tests.rerank.tiny import tiny_collection, write_trec  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.trl_signals import loss_steps, signal_after_first_step  # noqa: E402
 
 
 def _argv(data, out, *extra, window=3):
@@ -29,19 +22,16 @@ def _argv(data, out, *extra, window=3):
             "--logging_steps", "1", "--output_dir", str(out), *extra]  # fmt: skip
 
 
-def _loss_steps(out):
-    return [r["step"] for r in read_metrics(out) if "loss" in r]
-
 
 def test_rerank_resume_continues_metrics_and_refuses_changed_flags(tmp_path):
     data = write_trec(tiny_collection(), tmp_path / "coll")
     out = tmp_path / "run"
     save = ["--save_strategy", "steps", "--save_steps", "1"]
     assert main(_argv(data, out, "--max_steps", "3", *save)) == 0
-    assert _loss_steps(out) == [1, 2, 3]
+    assert loss_steps(out) == [1, 2, 3]
     (out / "merged" / "rerank.json").unlink()
     assert main(_argv(data, out, "--max_steps", "3", *save, "--resume_from_checkpoint", str(out / "checkpoint-1"))) == 0
-    assert _loss_steps(out) == [1, 2, 3]  # cut back to step 1, then steps 2 and 3 once (an ignored resume: 1,1,2,3)
+    assert loss_steps(out) == [1, 2, 3]  # cut back to step 1, then steps 2 and 3 once (an ignored resume: 1,1,2,3)
     assert (out / "merged" / "rerank.json").is_file()
     with pytest.raises(ValueError, match="--window 3 -> 4"):
         main(_argv(data, out, "--max_steps", "3", "--resume_from_checkpoint", "true", window=4))
@@ -55,24 +45,11 @@ def test_rerank_num_generations_is_not_silently_replaced():
 def test_rerank_sigterm_saves_a_checkpoint_and_exits_130(tmp_path):
     data = write_trec(tiny_collection(), tmp_path / "coll")
     out = tmp_path / "run"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.Popen([sys.executable, "-m", "rankrl.cli", *_argv(data, out, "--max_steps", "500")], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 240
-        while not ((out / "metrics.jsonl").is_file() and _loss_steps(out)):
-            assert proc.poll() is None, proc.communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "no training step within 240 s"
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        log = proc.communicate(timeout=240)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == EXIT_INTERRUPTED, log[-3000:]
+    returncode, log = signal_after_first_step([*_argv(data, out, "--max_steps", "500")], out, signal.SIGTERM)
+    assert returncode == EXIT_INTERRUPTED, log[-3000:]
     (checkpoint,) = out.glob("checkpoint-*")
     assert "SIGTERM" in log and checkpoint.name in log
     assert not (out / "merged").exists()  # stopped: no final merge
     step = int(checkpoint.name.split("-")[1])
     assert main(_argv(data, out, "--max_steps", str(step + 1), "--resume_from_checkpoint", "true")) == 0
-    assert _loss_steps(out) == list(range(1, step + 2))
+    assert loss_steps(out) == list(range(1, step + 2))

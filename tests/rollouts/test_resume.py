@@ -4,12 +4,7 @@ refuses changed flags, SIGINT saves a checkpoint and exits 130, and --num_genera
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -18,9 +13,7 @@ pytest.importorskip("trl")
 from rankrl.cli import main  # noqa: E402
 from rankrl.interrupt import EXIT_INTERRUPTED  # noqa: E402
 from rankrl.rollouts.job import HISTORY_FILE  # noqa: E402
-from rankrl.tracking import read_metrics  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.trl_signals import loss_steps, signal_after_first_step  # noqa: E402
 
 
 def _argv(out, *extra):
@@ -29,9 +22,6 @@ def _argv(out, *extra):
             "--max_prompts", "4", "--lora_r", "4", "--report_to", "none", "--logging_steps", "1",
             "--output_dir", str(out), *extra]  # fmt: skip
 
-
-def _loss_steps(out):
-    return [r["step"] for r in read_metrics(out) if "loss" in r]
 
 
 def _history(checkpoint):
@@ -48,7 +38,7 @@ def test_resume_continues_history_and_metrics_and_refuses_changed_flags(tmp_path
     assert trials == 3 * 8 and sum(_history(out / "checkpoint-1")["history"]["trials"]) == 8
 
     assert main(_argv(out, "--max_steps", "3", *save, "--resume_from_checkpoint", str(out / "checkpoint-1"))) == 0
-    assert _loss_steps(out) == [1, 2, 3]  # rows after step 1 were cut, then logged once by the resumed run
+    assert loss_steps(out) == [1, 2, 3]  # rows after step 1 were cut, then logged once by the resumed run
     resumed = _history(out / "checkpoint-3")
     # the restored history (8 trials) + 2 new rounds; an ignored checkpoint or a lost history gives 16 or 24+
     assert sum(resumed["history"]["trials"]) == trials
@@ -74,21 +64,8 @@ def test_num_generations_is_not_silently_replaced():
 
 def test_sigint_saves_a_checkpoint_exits_130_and_resumes(tmp_path):
     out = tmp_path / "run"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.Popen([sys.executable, "-m", "rankrl.cli", *_argv(out, "--max_steps", "500")], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 240
-        while not ((out / "metrics.jsonl").is_file() and _loss_steps(out)):
-            assert proc.poll() is None, proc.communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "no training step within 240 s"
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        log = proc.communicate(timeout=240)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == EXIT_INTERRUPTED, log[-3000:]
+    returncode, log = signal_after_first_step([*_argv(out, "--max_steps", "500")], out, signal.SIGINT)
+    assert returncode == EXIT_INTERRUPTED, log[-3000:]
     assert "SIGINT" in log and "--resume_from_checkpoint" in log
     (checkpoint,) = out.glob("checkpoint-*")
     step = int(checkpoint.name.split("-")[1])
@@ -96,7 +73,7 @@ def test_sigint_saves_a_checkpoint_exits_130_and_resumes(tmp_path):
     assert not (out / "adapter_config.json").exists()  # the final save did not run
 
     assert main(_argv(out, "--max_steps", str(step + 1), "--resume_from_checkpoint", "true")) == 0
-    assert _loss_steps(out) == list(range(1, step + 2))
+    assert loss_steps(out) == list(range(1, step + 2))
 
 
 def test_commands_doctests():
