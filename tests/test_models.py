@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rankrl.models import ModelLoadError, load_model, tiny_tokenizer
-from rankrl.ranks.targets import find_target_modules, projection_kind
+from rankrl.targets import find_target_modules, projection_kind
 
 
 @pytest.mark.parametrize("name,kind,n_modules", [("tiny-bert", "classification", 12), ("tiny-llama", "causal_lm", 14),

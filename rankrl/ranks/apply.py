@@ -33,7 +33,7 @@ def plot_rank_grid(targets: tuple, ranks: Mapping[str, int], out: str | os.PathL
     """Heatmap of ranks, layers (rows) x projection kinds (columns), colour scale 0..r_max, cells annotated;
     atomic PNG."""
     from rankrl.plots import annotated_heatmap
-    from rankrl.ranks.targets import KINDS
+    from rankrl.targets import KINDS
 
     kinds = [k for k in KINDS if any(t.kind == k for t in targets)]
     layers = max(t.layer_index for t in targets) + 1

@@ -29,7 +29,7 @@ from rankrl.ranks.budgets import Budget, allocate_by_scores, budget_metrics, che
 if TYPE_CHECKING:
     from rankrl.ranks.features import LayerFeatures
     from rankrl.ranks.finetune import FineTuneConfig
-    from rankrl.ranks.targets import TargetModule
+    from rankrl.targets import TargetModule
 
 __all__ = [
     "AdaLoraResult",

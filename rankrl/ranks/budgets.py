@@ -39,8 +39,8 @@ import numpy as np
 
 from rankrl.ranks.costs import OPTIMIZER_STATE_BYTES, PRECISION_BITS, Channel, allocation_cost
 
-if TYPE_CHECKING:  # rankrl.ranks.targets imports torch; only its row type is needed here
-    from rankrl.ranks.targets import TargetModule
+if TYPE_CHECKING:  # rankrl.targets imports torch; only its row type is needed here
+    from rankrl.targets import TargetModule
 
 __all__ = [
     "CONSTRAINTS",
@@ -277,7 +277,7 @@ def unit_costs(
     """
     names = [t.name for t in targets]
     if not names:
-        raise ValueError("targets is empty; pass the adaptable modules (rankrl.ranks.targets.find_target_modules)")
+        raise ValueError("targets is empty; pass the adaptable modules (rankrl.targets.find_target_modules)")
     cost = allocation_cost(
         targets, dict.fromkeys(names, 1), precision_bits=budget.precision_bits, optimizer=budget.optimizer
     )
@@ -372,7 +372,7 @@ def check_grid(targets: Sequence[TargetModule], grid: Sequence[int], r_max: int 
     if r_max is not None and top > r_max:
         raise ValueError(f"grid rank {top} exceeds r_max={r_max}; drop it or raise r_max")
     if not targets:
-        raise ValueError("targets is empty; pass the adaptable modules (rankrl.ranks.targets.find_target_modules)")
+        raise ValueError("targets is empty; pass the adaptable modules (rankrl.targets.find_target_modules)")
     smallest = min(targets, key=lambda t: t.max_rank)
     if top > smallest.max_rank:
         raise ValueError(f"grid rank {top} exceeds min(in, out)={smallest.max_rank} of module {smallest.name}; drop it")

@@ -1,6 +1,6 @@
 """Cost model of a LoRA rank allocation: parameters, FLOPs, memory and transmission, per module and in total.
 
-A *rank allocation* maps every :class:`~rankrl.ranks.targets.TargetModule` name to a rank (0 switches the module
+A *rank allocation* maps every :class:`~rankrl.targets.TargetModule` name to a rank (0 switches the module
 off). For a module with ``in`` input and ``out`` output features at rank ``r`` (``A`` is ``r x in``, ``B``
 is ``out x r``) the conventions are:
 
@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # rankrl.ranks.targets imports torch; only its row type is needed here
-    from rankrl.ranks.targets import TargetModule
+if TYPE_CHECKING:  # rankrl.targets imports torch; only its row type is needed here
+    from rankrl.targets import TargetModule
 
 #: fp32 optimizer-state bytes kept per trainable parameter, by optimizer name
 OPTIMIZER_STATE_BYTES: dict[str, int] = {"adamw": 8, "sgd": 0, "sgd_momentum": 4}
@@ -215,7 +215,7 @@ def allocation_cost(
     """Cost of giving each target module the rank ``ranks[name]``.
 
     Args:
-        targets: the adaptable modules (see :func:`rankrl.ranks.targets.find_target_modules`).
+        targets: the adaptable modules (see :func:`rankrl.targets.find_target_modules`).
         ranks: a rank for every target name; 0 switches a module off.
         precision_bits: bits per transmitted parameter, one of :data:`PRECISION_BITS`.
         optimizer: ``"adamw"``, ``"sgd"`` or ``"sgd_momentum"``.

@@ -234,7 +234,7 @@ class LoRARankEnv(gym.Env):
         cfg = self.config
         self._task = self._spare_model = None
         if backend == "live":
-            from rankrl.ranks.targets import find_target_modules
+            from rankrl.targets import find_target_modules
 
             c = cfg.run
             if c.threads:  # before the model is built, not only when the run starts (FineTuneRun does it there)

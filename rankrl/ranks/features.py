@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from rankrl.atomic import atomic_write
-from rankrl.ranks.targets import KINDS, TargetModule, find_target_modules
+from rankrl.targets import KINDS, TargetModule, find_target_modules
 
 #: log2 widths are divided by this so a 4096-wide projection (a 7B-class hidden size) reads 1.0
 _LOG_SCALE = 12.0

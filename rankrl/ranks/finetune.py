@@ -134,7 +134,7 @@ class FineTuneRun:
         self.task, self.loaded = load_run_inputs(config, task=task, loaded=loaded)
         self.tokenizer = self.loaded.tokenizer
         torch.manual_seed(config.seed)
-        from rankrl.ranks.targets import find_target_modules
+        from rankrl.targets import find_target_modules
 
         targets = find_target_modules(self.loaded.model)
         self._targets = tuple(targets)
@@ -464,7 +464,7 @@ def new_live_run(run_config: Any, ranks: Mapping[str, int] | None = None, *, tas
                  loaded: Any = None) -> Any:  # fmt: skip
     """A :class:`FineTuneRun` started with every rank 0 and then set to ``ranks`` (default: all 0), so that a
     module starts exactly as it does in LoRARankEnv (scaling ``alpha / r`` of its first non-zero rank)."""
-    from rankrl.ranks.targets import find_target_modules
+    from rankrl.targets import find_target_modules
 
     c = run_config
     task, loaded = load_run_inputs(c, task=task, loaded=loaded)
@@ -482,7 +482,7 @@ def model_features(model: str, task: str | None, *, r_max: int, seed: int = 0, n
     neutral gradient columns (shape and spectrum only) and ``task`` None."""
     if task is None:
         from rankrl.ranks.features import compute_features
-        from rankrl.ranks.targets import find_target_modules
+        from rankrl.targets import find_target_modules
 
         loaded = load_model(model, seed=seed)
         targets = tuple(find_target_modules(loaded.model))

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from rankrl.atomic import replace_dir
-from rankrl.ranks.targets import TargetModule, find_target_modules
+from rankrl.targets import TargetModule, find_target_modules
 
 ADAPTER = "default"
 SHRINK_MODES = ("truncate", "svd")
@@ -67,7 +67,7 @@ class RankedLoRA:
     Args:
         model: the base ``transformers`` model (not yet wrapped by PEFT).
         ranks: initial rank per target name (0 = off); every target needs an entry.
-        targets: modules to adapt (default: :func:`rankrl.ranks.targets.find_target_modules`).
+        targets: modules to adapt (default: :func:`rankrl.targets.find_target_modules`).
         r_max: directions allocated per module; ranks can never exceed it.
         alpha: LoRA alpha; a module created at rank ``r`` has scaling ``alpha / r``.
         dropout: LoRA dropout.
@@ -330,7 +330,7 @@ def parse_rank_spec(spec: str, targets: Sequence[TargetModule], r_max: int) -> d
 
     Forms:
         ``uniform:R``   every module gets rank R.
-        ``kind:q=8,v=8,up=4,default=0``   by canonical projection kind (see :data:`rankrl.ranks.targets.KINDS`).
+        ``kind:q=8,v=8,up=4,default=0``   by canonical projection kind (see :data:`rankrl.targets.KINDS`).
         ``PATH.json``   ``{"<module name or name suffix>": rank, ..., "default": rank}``; every key must match
                         at least one module, no module may be matched by two keys (``output.dense`` also ends
                         ``attention.output.dense``: use full names), and every module must be covered (or a

@@ -45,7 +45,7 @@ import numpy as np
 from rankrl.atomic import atomic_write_text
 from rankrl.ranks.budgets import check_grid, pow2_grid
 from rankrl.ranks.features import STATIC_FEATURE_NAMES, LayerFeatures, shape_features
-from rankrl.ranks.targets import KINDS, TargetModule
+from rankrl.targets import KINDS, TargetModule
 
 __all__ = [
     "ProbeResult",

@@ -23,8 +23,8 @@ from rankrl.ranks.finetune import FineTuneConfig
 from rankrl.ranks.lora import check_adapter_ranks
 from rankrl.ranks.policy import PolicyLayoutError, load_policy, widen_policy
 from rankrl.ranks.sim import SimCalibration
-from rankrl.ranks.targets import find_target_modules
 from rankrl.ranks.train import TrainPolicyConfig, train_policy
+from rankrl.targets import find_target_modules
 
 
 @pytest.fixture(scope="module")

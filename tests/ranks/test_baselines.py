@@ -23,7 +23,7 @@ from rankrl.ranks.baselines import (
 from rankrl.ranks.budgets import Budget, feasible, total_costs
 from rankrl.ranks.features import STATIC_FEATURE_NAMES, LayerFeatures, compute_features
 from rankrl.ranks.finetune import FineTuneConfig
-from rankrl.ranks.targets import find_target_modules
+from rankrl.targets import find_target_modules
 
 GRID = (0, 1, 2, 4, 8, 16)
 

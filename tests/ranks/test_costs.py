@@ -16,7 +16,7 @@ from rankrl.ranks.costs import (
     params_for_uniform,
     uniform_ranks,
 )
-from rankrl.ranks.targets import TargetModule
+from rankrl.targets import TargetModule
 
 UP = TargetModule("layers.0.mlp.up_proj", 0, 1, "up", 64, 128)
 DOWN = TargetModule("layers.0.mlp.down_proj", 0, 1, "down", 128, 64)

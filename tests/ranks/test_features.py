@@ -19,7 +19,7 @@ from rankrl.ranks.features import (
     gradient_sensitivity,
     spectrum_features,
 )
-from rankrl.ranks.targets import find_target_modules
+from rankrl.targets import find_target_modules
 
 
 def _bert() -> BertForSequenceClassification:

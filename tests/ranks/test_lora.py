@@ -9,7 +9,7 @@ import torch
 
 from rankrl.models import load_model
 from rankrl.ranks.lora import RankedLoRA, RankPatternError, check_pattern_keys, load_exported, parse_rank_spec
-from rankrl.ranks.targets import find_target_modules
+from rankrl.targets import find_target_modules
 
 
 def _batch(n=4, length=10, seed=0):

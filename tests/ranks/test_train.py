@@ -19,8 +19,8 @@ from rankrl.ranks.features import FEATURE_NAMES
 from rankrl.ranks.finetune import FineTuneConfig
 from rankrl.ranks.policy import allocate, load_policy
 from rankrl.ranks.sim import SimCalibration
-from rankrl.ranks.targets import find_target_modules
 from rankrl.ranks.train import TrainPolicyConfig, train_policy
+from rankrl.targets import find_target_modules
 from rankrl.tracking import read_metrics
 
 # the live runs are tiny-bert for 8 steps; the calibration takes 2 live probes of 4 steps
