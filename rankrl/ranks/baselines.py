@@ -1,7 +1,7 @@
 """Closed-form rank allocations that learned policies are measured against, all under the same :class:`Budget`.
 
 Every function returns ``{module name: rank}`` on the given grid and within the budget (they go through
-:func:`rankrl.ranks.budgets.allocate_by_scores`, so they fill the budget as far as the grid allows):
+:func:`rankrl.ranks.rounding.allocate_by_scores`, so they fill the budget as far as the grid allows):
 
 * :func:`uniform` - the largest grid rank every module can have at once (plain LoRA).
 * :func:`random_allocation` - random scores; the floor any learned allocator has to beat.
@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rankrl.ranks.budgets import Budget, allocate_by_scores, budget_metrics, check_grid, feasible, unit_costs
+from rankrl.ranks.budgets import Budget, budget_metrics, check_grid, feasible, unit_costs
+from rankrl.ranks.rounding import allocate_by_scores
 
 if TYPE_CHECKING:
     from rankrl.ranks.features import LayerFeatures
@@ -77,7 +78,7 @@ def random_allocation(
     r_max: int | None = None,
     utility: str = "log1p",
 ) -> dict[str, int]:
-    """Scores drawn uniformly from [0, 1), then :func:`~rankrl.ranks.budgets.allocate_by_scores`.
+    """Scores drawn uniformly from [0, 1), then :func:`~rankrl.ranks.rounding.allocate_by_scores`.
 
     Args:
         rng: a generator or a seed (required: an implicit global RNG would make baselines irreproducible).

@@ -5,7 +5,7 @@ One episode is one fine-tuning run (:class:`~rankrl.ranks.finetune.FineTuneRun`)
 points, under a budget drawn for the episode (``budget_rank_range``) and a channel drawn per round. The budget is
 part of the observation. At each decision the policy gives every module a score; the scores are the modules'
 *shares* of the budget (a softmax, with "off" for a share near 0), and a rounding that only rounds
-(:func:`rankrl.ranks.budgets.allocate_by_shares`) turns them into grid ranks that spend the cap; the run trains
+(:func:`rankrl.ranks.rounding.allocate_by_shares`) turns them into grid ranks that spend the cap; the run trains
 ``steps // decisions`` steps at that allocation and is evaluated, and the adapter update is sent over that
 round's wireless channel (AirLLM-style remote fine-tuning: SNR drawn per round, optional Rayleigh fading).
 ``decisions=1`` is a one-shot allocation; more re-allocate mid-run (AdaLoRA / DR-RL style) while learned
@@ -27,20 +27,11 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from rankrl.ranks.budgets import (
-    Budget,
-    BudgetSpec,
-    allocate_by_shares,
-    budget_metrics,
-    check_grid,
-    pow2_grid,
-    project,
-    unit_costs,
-    violations,
-)
+from rankrl.ranks.budgets import Budget, BudgetSpec, budget_metrics, check_grid, pow2_grid, unit_costs, violations
 from rankrl.ranks.costs import Channel, allocation_cost, uniform_ranks
 from rankrl.ranks.features import FEATURE_NAMES
 from rankrl.ranks.finetune import FineTuneConfig, load_run_inputs, new_live_run
+from rankrl.ranks.rounding import allocate_by_shares, project
 from rankrl.ranks.sim import SimCalibration, SimRun, calibrate
 
 __all__ = ["GLOBAL_NAMES", "LOSS_HIGH", "QUALITY_TERMS", "ROW_HIGH", "LoRARankConfig", "LoRARankEnv"]
@@ -149,13 +140,13 @@ class LoRARankEnv(gym.Env):
     ``Box(-1, 1, (max_modules,), float32)``: one score per module row (padded rows ignored). The scores are the
     modules' shares of the budget (:meth:`action_shares`): ``share_i = softmax(share_scale * a)_i`` over the real
     rows, a module whose share is below ``off_share / n`` is off (share 0), the rest renormalised. The shares become
-    grid ranks by :func:`rankrl.ranks.budgets.allocate_by_shares` under the coming round's budget: continuous
+    grid ranks by :func:`rankrl.ranks.rounding.allocate_by_shares` under the coming round's budget: continuous
     targets that split the cap as asked, floored to the grid, then filled step by step in order of the largest
     remainder while a step fits. So the allocation spends the cap (up to one grid step), and the rounding never
     turns on a module the policy switched off. Equal scores split the budget in equal *cost* shares (cheap
     modules get higher ranks than uniform LoRA would give them). :meth:`step_allocation` takes a
     ``{module: rank}`` request directly (baselines); it is projected onto the budget
-    (:func:`rankrl.ranks.budgets.project`: never above the request).
+    (:func:`rankrl.ranks.rounding.project`: never above the request).
 
     ## Observation Space
     ``Dict(rows=Box(0, 10, (max_modules, 22)), mask=Box(0, 1, (max_modules,)), globals=Box(0, high, (6,)))``,
@@ -382,12 +373,12 @@ class LoRARankEnv(gym.Env):
 
     def decode_action(self, action: np.ndarray) -> dict[str, int]:
         """Grid rank per module for a score action under the coming round's budget: :meth:`action_shares` rounded
-        by :func:`rankrl.ranks.budgets.allocate_by_shares` (spends the cap; off modules stay 0)."""
+        by :func:`rankrl.ranks.rounding.allocate_by_shares` (spends the cap; off modules stay 0)."""
         shares = self.action_shares(action)
         return allocate_by_shares(self.targets, shares, self.round_budget(), self.grid, r_max=self.config.run.r_max)
 
     def project(self, desired: Mapping[str, int]) -> dict[str, int]:
-        """The feasible allocation of the coming round for a request (see :func:`rankrl.ranks.budgets.project`)."""
+        """The feasible allocation of the coming round for a request (see :func:`rankrl.ranks.rounding.project`)."""
         return project(self.targets, desired, self.round_budget(), self.grid, r_max=self.config.run.r_max)
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:

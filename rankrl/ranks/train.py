@@ -35,6 +35,15 @@ import numpy as np
 
 from rankrl.ranks.budgets import BudgetSpec
 from rankrl.ranks.env import LoRARankConfig
+from rankrl.ranks.episodes import (
+    REWARD_TERMS,
+    episode_summary,
+    flat_summary,
+    plot_rank_heatmap,
+    print_table,
+    rollout_episode,
+    uniform_allocator,
+)
 from rankrl.ranks.finetune import FineTuneConfig
 from rankrl.ranks.policy import POLICY_FILE, POLICY_META, legacy_message, save_json, save_policy
 from rankrl.resume import check_same_settings, truncate_metrics
@@ -44,10 +53,7 @@ __all__ = [
     "TrainPolicyConfig",
     "TrainResult",
     "make_env",
-    "plot_rank_heatmap",
-    "rollout_episode",
     "train_policy",
-    "uniform_allocator",
 ]
 
 ENV_IDS: tuple[str, ...] = ("rankrl/LoRARank-Sim-v1", "rankrl/LoRARank-v1")
@@ -59,7 +65,6 @@ CHECKPOINT_FORMAT = "rankrl/ranks/train-policy-checkpoint"
 #: config fields that may change between a run and its --resume
 RESUMABLE_CHANGES = frozenset({"timesteps", "checkpoint_every", "resume", "wandb", "progress", "env.run.threads",
                                "out"})
-REWARD_TERMS = ("quality", "params", "flops", "tx", "nan")
 
 
 #: budgets a default policy trains on: each episode's mean rank is drawn log-uniformly from this range
@@ -222,59 +227,6 @@ def sim_budget_table(config: TrainPolicyConfig, calibration: Any, allocators: Ma
                          "used": float(np.mean([i.get("budget/used_params", math.nan) for e in eps for i in e]))}
         out[str(r)] = row
     return out
-
-
-def uniform_allocator(obs: Any, env: Any) -> dict[str, int]:
-    """Uniform LoRA at the coming round's budget (:func:`rankrl.ranks.baselines.uniform`), for episodes."""
-    from rankrl.ranks.baselines import uniform
-
-    env = env.unwrapped
-    return uniform(env.targets, env.round_budget(), env.grid, r_max=env.config.run.r_max)
-
-
-def rollout_episode(env: Any, act: Callable[[Any, Any], Any], seed: int) -> list[dict[str, Any]]:
-    """Run one episode; ``act(obs, env)`` returns an action array (``env.step``) or a ``{module: rank}`` request
-    (``env.step_allocation``). Returns every step's ``info``."""
-    env = env.unwrapped
-    obs, _ = env.reset(seed=seed)
-    infos, done = [], False
-    while not done:
-        choice = act(obs, env)
-        step = env.step_allocation if isinstance(choice, Mapping) else env.step
-        obs, _, terminated, truncated, info = step(choice)
-        infos.append(info)
-        done = terminated or truncated
-    return infos
-
-
-def episode_summary(infos: list[dict[str, Any]]) -> dict[str, Any]:
-    """Totals of an episode: reward and its terms, final quality, mean params/bits, transmit seconds, worst
-    violation, and the rank allocation of every decision (``ranks``)."""
-    last = infos[-1]
-    out: dict[str, Any] = {"reward": float(sum(i["reward/total"] for i in infos))}
-    out.update({f"reward_{t}": float(sum(i[f"reward/{t}"] for i in infos)) for t in REWARD_TERMS})
-    out.update({"eval_loss": last["quality/eval_loss"], "accuracy": last["quality/accuracy"],
-                "params": float(np.mean([i["cost/params"] for i in infos])),
-                "bits": float(np.mean([i["cost/bits"] for i in infos])),
-                "tx_seconds": float(sum(i["cost/tx_seconds"] for i in infos)),
-                "violation": float(max(i["budget/violation"] for i in infos)),
-                "raw_violation": float(max(i["budget/raw_violation"] for i in infos)),
-                "cap_used": float(np.mean([i.get("budget/used_params", math.nan) for i in infos])),
-                "ranks": [dict(i["ranks"]) for i in infos]})  # fmt: skip
-    return out
-
-
-# --------------------------------------------------------------------------------------------------- plots
-def plot_rank_heatmap(targets: Any, allocations: list[Mapping[str, int]], out: str | os.PathLike,
-                      title: str = "", r_max: int | None = None) -> Path:  # fmt: skip
-    """Modules (rows) x decision points (columns) heatmap of ranks (colour scale 0..r_max), each cell annotated;
-    atomic PNG write."""
-    from rankrl.plots import annotated_heatmap
-
-    grid = np.array([[a[t.name] for a in allocations] for t in targets], dtype=float)
-    return annotated_heatmap(grid, [f"L{t.layer_index} {t.kind}" for t in targets],
-                             [f"d{j}" for j in range(len(allocations))], out, title=title, vmax=r_max,
-                             xlabel="decision point", fontsize=6, cell=(0.8, 0.22))
 
 
 # ---------------------------------------------------------------------------------------------- callbacks
@@ -500,8 +452,8 @@ def _train_policy(config: TrainPolicyConfig, calibration: Any, stop: Any) -> Tra
                                     title=f"policy ranks on sim {config.run.model} (reward "
                                           f"{result.sim['policy']['reward']:.3f})", r_max=config.run.r_max)  # fmt: skip
             tracker.image("rank/heatmap", png, step=done)
-            _print_table("sim evaluation (deterministic policy vs uniform, same seed)", result.sim)
-            summary.update(_flat("eval/sim", result.sim))
+            print_table("sim evaluation (deterministic policy vs uniform, same seed)", result.sim)
+            summary.update(flat_summary("eval/sim", result.sim))
         print(f"\nlive evaluation: one {config.run.steps}-step run of {config.run.model}/{config.run.task} per "
               f"allocator at {_budget_text(config)} ...", flush=True)  # fmt: skip
         live_env = make_env(config, "live", budget=fixed_budget(config))
@@ -512,8 +464,8 @@ def _train_policy(config: TrainPolicyConfig, calibration: Any, stop: Any) -> Tra
                                 title=f"policy ranks, live {config.run.model}/{config.run.task} (acc "
                                       f"{result.live['policy']['accuracy']:.3f})", r_max=config.run.r_max)  # fmt: skip
         tracker.image("rank/heatmap_live", png, step=done)
-        _print_table("live evaluation (deterministic policy vs uniform at the same budget, same seed)", result.live)
-        summary.update(_flat("eval/live", result.live))
+        print_table("live evaluation (deterministic policy vs uniform at the same budget, same seed)", result.live)
+        summary.update(flat_summary("eval/live", result.live))
         tracker.log({k: v for k, v in summary.items() if k.startswith("eval/")}, step=done)
         rows = read_metrics(out)
         if any("rollout/ep_reward" in r for r in rows):
@@ -528,10 +480,6 @@ def _train_policy(config: TrainPolicyConfig, calibration: Any, stop: Any) -> Tra
         tracker.finish()
 
 
-def _flat(prefix: str, rows: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
-    return {f"{prefix}_{name}_{k}": v for name, s in rows.items() for k, v in s.items() if k != "ranks"}
-
-
 def _budget_text(config: TrainPolicyConfig, training: bool = False) -> str:
     parts = [f"{k}={v}" for k, v in config.env.budget.to_meta().items() if v is not None]
     if training and config.env.budget_rank_range is not None:
@@ -539,16 +487,6 @@ def _budget_text(config: TrainPolicyConfig, training: bool = False) -> str:
         parts = [p for p in parts if not p.startswith(("budget_rank", "max_params"))]
         parts.insert(0, f"mean rank drawn per episode from [{lo:g}, {hi:g}]")
     return ", ".join(parts) or "none"
-
-
-def _print_table(title: str, rows: Mapping[str, Mapping[str, Any]]) -> None:
-    print(f"\n{title}")
-    print(f"  {'allocator':<10} {'eval_loss':>9} {'accuracy':>9} {'reward':>8} {'params(mean)':>13} "
-          f"{'cap used':>8} {'bits(mean)':>12} {'tx_s(total)':>11} {'violation':>9}")  # fmt: skip
-    for name, s in rows.items():
-        loss, acc = (f"{s[k]:.4f}" if math.isfinite(s[k]) else "nan" for k in ("eval_loss", "accuracy"))
-        print(f"  {name:<10} {loss:>9} {acc:>9} {s['reward']:>8.4f} {s['params']:>13,.0f} {s['cap_used']:>8.3f} "
-              f"{s['bits']:>12,.0f} {s['tx_seconds']:>11.4f} {s['violation']:>9.3f}")  # fmt: skip
 
 
 def convert_legacy_checkpoint(out: str | os.PathLike) -> Path:

@@ -8,20 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from rankrl.ranks.budgets import (
-    UTILITIES,
-    Budget,
-    allocate_by_scores,
-    allocate_by_shares,
-    budget_metrics,
-    check_grid,
-    feasible,
-    pow2_grid,
-    project,
-    total_costs,
-    violations,
-)
+from rankrl.ranks.budgets import Budget, budget_metrics, check_grid, feasible, pow2_grid, total_costs, violations
 from rankrl.ranks.costs import Channel, allocation_cost, params_for_uniform, uniform_ranks
+from rankrl.ranks.rounding import UTILITIES, allocate_by_scores, allocate_by_shares, project
 
 GRID = (0, 1, 2, 4, 8, 16)
 

@@ -16,10 +16,11 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import rankrl  # noqa: F401  (registers the env ids)
 from rankrl.ranks import sim as lora_rank_sim
-from rankrl.ranks.budgets import Budget, allocate_by_shares, feasible, project
+from rankrl.ranks.budgets import Budget, feasible
 from rankrl.ranks.env import GLOBAL_NAMES, LoRARankConfig, LoRARankEnv
 from rankrl.ranks.features import FEATURE_NAMES, STATIC_FEATURE_NAMES
 from rankrl.ranks.finetune import FineTuneConfig
+from rankrl.ranks.rounding import allocate_by_shares, project
 from rankrl.ranks.sim import SimCalibration, calibrate, lr_area, sim_vs_live_rank_correlation
 from rankrl.tracking import Tracker, read_metrics
 

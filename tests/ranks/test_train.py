@@ -191,8 +191,8 @@ def test_the_trained_allocation_depends_on_the_budget_and_spends_it(learned):
 
 
 def test_an_even_constant_request_does_not_reproduce_the_trained_allocation(learned):
-    from rankrl.ranks.budgets import allocate_by_shares
     from rankrl.ranks.env import LoRARankEnv
+    from rankrl.ranks.rounding import allocate_by_shares
 
     _, loaded, cal = learned
     differs = 0
