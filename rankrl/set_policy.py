@@ -339,3 +339,13 @@ def load_policy_weights(policy: nn.Module, path: str | os.PathLike) -> nn.Module
         raise PolicySpecError(f"{path}: weights do not fit the network (missing {missing[:3]}, unexpected "
                               f"{unexpected[:3]})")  # fmt: skip
     return policy
+
+
+def box_to_json(box: spaces.Space) -> dict[str, Any]:
+    """A ``Box`` as plain JSON data (shape, dtype, low, high)."""
+    return _box_to_json(box)
+
+
+def box_from_json(d: Any, where: str = "space") -> spaces.Box:
+    """The ``Box`` of :func:`box_to_json` data; anything else raises :class:`PolicySpecError` naming ``where``."""
+    return _box_from_json(d, where)

@@ -40,6 +40,11 @@ def cmd_train_policy(argv: Sequence[str]) -> int:
     from rankrl.ranks.train import TrainPolicyConfig
 
     config = parse_config(TrainPolicyConfig, list(argv), prog="rankrl train-policy")
+    if config.algo == "diffusion":
+        from rankrl.ranks.latent import train_diffusion_policy
+
+        train_diffusion_policy(config)
+        return 0
     from rankrl.interrupt import EXIT_INTERRUPTED
     from rankrl.ranks.train import train_policy
 

@@ -169,7 +169,7 @@ class RankDiffusion:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         self.net.eval()
         return losses
 

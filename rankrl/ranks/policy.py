@@ -135,6 +135,12 @@ def load_policy(path: str | os.PathLike) -> LoadedPolicy:
         raise PolicyLayoutError(f"{meta_path} is not a LoRA rank policy (format {meta.get('format')!r}, expected "
                                 f"{POLICY_FORMAT!r}); {_FIX}")  # fmt: skip
     check_layout(meta, None, meta_path)
+    if meta.get("algo") == "diffusion":  # coarse PPO network + DDIM refiner (rankrl train-policy --algo diffusion)
+        from rankrl.ranks.latent_policy import load_latent_policy
+
+        policy = load_latent_policy(folder, meta, POLICY_FILE)
+        check_layout(meta, policy, meta_path)
+        return LoadedPolicy(policy, meta, folder)
     if "network" not in meta:
         raise PolicyLayoutError(f"{meta_path} has no 'network' record (a policy.json of the old format); {_FIX}")
     try:
@@ -206,6 +212,11 @@ def widen_policy(policy: Any, rows: int) -> Any:
     the wider copy computes exactly the same actions on the real rows."""
     from gymnasium import spaces
 
+    if hasattr(policy, "widen"):  # a diffusion policy: fixed input width
+        try:
+            return policy.widen(rows)
+        except ValueError as e:
+            raise PolicyLayoutError(str(e)) from None
     have = policy.observation_space["rows"].shape[0]
     if rows <= have:
         return policy

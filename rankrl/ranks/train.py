@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from rankrl.ranks.budgets import BudgetSpec
+from rankrl.ranks.diffusion import DiffusionConfig
 from rankrl.ranks.env import LoRARankConfig
 from rankrl.ranks.episodes import (
     REWARD_TERMS,
@@ -128,8 +129,20 @@ class TrainPolicyConfig:
     """log to W&B (offline unless WANDB_MODE / credentials say otherwise)"""
     progress: bool = True
     """show a progress bar"""
+    algo: str = "ppo"
+    """'ppo' (the set policy acts per module) or 'diffusion' (AirLLM: PPO picks a coarse latent, a DDIM refines it)"""
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    """--algo diffusion: the refiner (--diffusion.guidance_scale, --diffusion.num_inference_steps, ...)"""
+    refit_steps: int = 100
+    """--algo diffusion: DDIM Adam steps on the replay buffer after every PPO rollout"""
 
     def __post_init__(self) -> None:
+        if self.algo not in ("ppo", "diffusion"):
+            raise ValueError(f"--algo must be 'ppo' or 'diffusion', got {self.algo!r}")
+        if self.algo == "diffusion" and self.resume:
+            raise ValueError("--resume is not supported with --algo diffusion yet; train anew with another --out")
+        if self.refit_steps < 0:
+            raise ValueError(f"--refit_steps must be >= 0, got {self.refit_steps}")
         if self.env_id not in ENV_IDS:
             raise ValueError(f"--env_id: the training env must be one of {ENV_IDS}, got {self.env_id!r}")
         if not isinstance(self.env, LoRARankConfig):
@@ -163,6 +176,8 @@ class TrainPolicyConfig:
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         env = {k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("env").items()}
         env = LoRARankConfig(**{**env, "run": FineTuneConfig(**env["run"]), "budget": BudgetSpec(**env["budget"])})
+        if "diffusion" in d:
+            d["diffusion"] = DiffusionConfig(**d["diffusion"])
         return cls(env=env, **d)
 
 
