@@ -154,3 +154,30 @@ def check_run_args(output_dir: str | os.PathLike, run_args: Mapping[str, Any], *
         warnings.warn(f"{path} is missing, so the resumed run's flags cannot be checked against the original ones",
                       stacklevel=2)  # fmt: skip
     atomic_write_text(path, json.dumps(now, indent=1))
+
+
+#: TRL's GRPOConfig default of num_generations: any other value was set by the user (a --config file, code)
+TRL_NUM_GENERATIONS_DEFAULT = 8
+
+
+def check_num_generations(num_generations: int | None, rollouts: int, flag: str, command: str) -> None:
+    """A rankrl GRPO job sets TRL's ``num_generations`` from its own rollout-count ``flag``: refuse a different
+    explicit value (None: not given) instead of overwriting it without a word."""
+    if num_generations is not None and int(num_generations) != rollouts:
+        raise ValueError(f"--num_generations {num_generations} conflicts with {flag} {rollouts}: {command} sets TRL's "
+                         f"num_generations from {flag}; pass {flag} {num_generations} instead")  # fmt: skip
+
+
+def prepare_grpo_run(args: Any, config: Any, rollouts: int, flag: str, command: str) -> str | None:
+    """What every rankrl GRPO job does before building its trainer: ``num_generations`` from the job's rollout count
+    (a conflicting explicit value refused), the ``--resume_from_checkpoint`` folder resolved, and the run's flags
+    recorded in (or, on resume, checked against) ``run_args.json``. Returns the checkpoint or None."""
+    from dataclasses import asdict
+
+    if config.num_generations != TRL_NUM_GENERATIONS_DEFAULT:  # set in a --config file or in code
+        check_num_generations(config.num_generations, rollouts, flag, command)
+    config.num_generations = rollouts
+    resume = resume_checkpoint(config.resume_from_checkpoint, config.output_dir)
+    check_run_args(config.output_dir, {**asdict(args), **grpo_run_flags(config)}, resuming=resume is not None)
+    return resume
+

@@ -215,15 +215,7 @@ class AttentionRankEnv(gym.Env):
     def _score(self, ranks: dict[str, int] | None) -> dict[str, float]:
         from rankrl.compress.measure import hidden_fidelity, perplexity
 
-        originals = {}
-        if ranks is not None:
-            for name, r in ranks.items():
-                svd = self.spectra.svds[name]
-                if r <= svd.break_even_rank:
-                    parent_name, _, child = name.rpartition(".")
-                    parent = self.model.get_submodule(parent_name) if parent_name else self.model
-                    originals[(parent, child)] = getattr(parent, child)
-                    setattr(parent, child, svd.module(int(r), originals[(parent, child)].weight.dtype))
+        replaced = self.spectra.swap_in(self.model, ranks) if ranks is not None else {}
         try:
             if self.quality == "perplexity":
                 return {"perplexity": perplexity(self.model, self.eval_batches)}
@@ -231,8 +223,7 @@ class AttentionRankEnv(gym.Env):
                 return {"embedding_cosine": 1.0, "hidden_rel_error": 0.0}
             return hidden_fidelity(self._dense_copy, self.model, self.eval_batches)
         finally:
-            for (parent, child), module in originals.items():
-                setattr(parent, child, module)
+            self.spectra.restore(self.model, replaced)
 
     def evaluate(self, ranks: dict[str, int]) -> dict[str, float]:
         """Quality of the model factorized at ``ranks`` (the dense modules are restored afterwards), the reward,

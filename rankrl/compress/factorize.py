@@ -46,6 +46,21 @@ class LowRankLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
 
 
+def break_even_rank(in_features: int, out_features: int) -> int:
+    """The largest rank at which a factorization is strictly cheaper than the dense projection
+    (``r (in + out) < in * out``)."""
+    return max(0, math.ceil(in_features * out_features / (in_features + out_features)) - 1)
+
+
+def swap_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` at ``name`` in ``model``; returns the module that was there."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, child)
+    setattr(parent, child, new)
+    return old
+
+
 def dense_flops(in_features: int, out_features: int) -> int:
     """Multiply-accumulate FLOPs per token of a dense projection (``2 * in * out``)."""
     return 2 * in_features * out_features
@@ -83,8 +98,7 @@ class ModuleSVD:
     @property
     def break_even_rank(self) -> int:
         """The largest rank at which the factorization is strictly cheaper than the dense projection."""
-        i, o = self.in_features, self.out_features
-        return max(0, math.ceil(i * o / (i + o)) - 1)
+        return break_even_rank(self.in_features, self.out_features)
 
     def energy_kept(self, rank: int) -> float:
         """Share of the squared singular values (of the scaled weight) the top ``rank`` directions keep."""
@@ -204,17 +218,27 @@ class Spectra:
         """``model`` (a deep copy unless ``inplace``) with every module in ``ranks`` replaced by its rank-r
         :class:`LowRankLinear`; a rank at or above the module's break-even rank keeps the dense ``nn.Linear``
         (factorizing it would cost more, not less). Unknown names and ranks < 1 raise."""
+        out = model if inplace else copy.deepcopy(model)
+        self.swap_in(out, ranks)
+        return out
+
+    def swap_in(self, model: nn.Module, ranks: Mapping[str, int]) -> dict[str, nn.Module]:
+        """Replace, in place, every module of ``ranks`` below its break-even rank by its rank-r factors; returns the
+        replaced modules by name (``restore`` puts them back). Unknown names and ranks < 1 raise."""
         if unknown := sorted(set(ranks) - set(self.svds)):
             raise ValueError(f"no SVD for {unknown}; known modules: {len(self.svds)}")
         if bad := {n: r for n, r in ranks.items() if int(r) < 1}:
             raise ValueError(f"ranks must be >= 1 (a projection cannot be removed), got {bad}")
-        out = model if inplace else copy.deepcopy(model)
+        replaced = {}
         for name, r in ranks.items():
             svd = self.svds[name]
-            if int(r) > svd.break_even_rank:
-                continue
-            parent_name, _, child = name.rpartition(".")
-            parent = out.get_submodule(parent_name) if parent_name else out
-            dtype = getattr(parent, child).weight.dtype
-            setattr(parent, child, svd.module(int(r), dtype))
-        return out
+            if int(r) <= svd.break_even_rank:
+                dtype = model.get_submodule(name).weight.dtype
+                replaced[name] = swap_module(model, name, svd.module(int(r), dtype))
+        return replaced
+
+    @staticmethod
+    def restore(model: nn.Module, replaced: Mapping[str, nn.Module]) -> None:
+        """Undo :meth:`swap_in`."""
+        for name, module in replaced.items():
+            swap_module(model, name, module)

@@ -164,7 +164,7 @@ def load_compressed(path: str | os.PathLike) -> Any:
     recorded module replaced by a :class:`LowRankLinear` of its rank, then the saved weights (strict)."""
     from safetensors.torch import load_file
 
-    from rankrl.compress.factorize import LowRankLinear
+    from rankrl.compress.factorize import LowRankLinear, break_even_rank, swap_module
     from rankrl.models import load_model
 
     folder = Path(path)
@@ -174,12 +174,9 @@ def load_compressed(path: str | os.PathLike) -> Any:
     kind = "classification" if meta["quality"] == "embedding" else "causal_lm"
     model = load_model(meta["model"], task_kind=kind, seed=meta["config"]["env"]["seed"]).model
     for name, r in meta["ranks"].items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        dense = getattr(parent, child)
-        if r <= min(dense.in_features, dense.out_features) and r * (dense.in_features + dense.out_features) < \
-                dense.in_features * dense.out_features:  # fmt: skip
-            setattr(parent, child, LowRankLinear(dense.in_features, dense.out_features, int(r),
-                                                 bias=dense.bias is not None, dtype=dense.weight.dtype))  # fmt: skip
+        dense = model.get_submodule(name)
+        if int(r) <= break_even_rank(dense.in_features, dense.out_features):  # the rule Spectra.factorize used
+            swap_module(model, name, LowRankLinear(dense.in_features, dense.out_features, int(r),
+                                                   bias=dense.bias is not None, dtype=dense.weight.dtype))  # fmt: skip
     model.load_state_dict(load_file(str(folder / MODEL_FILE)), strict=True)
     return model.eval()

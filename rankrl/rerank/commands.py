@@ -52,9 +52,9 @@ def cmd_rerank(argv: Sequence[str]) -> int:
                                        str(RerankArgs.rollouts)}  # fmt: skip
     args, config = parser.parse_args_and_config(with_grpo_defaults(argv[1:], defaults))
     if passed(argv[1:], "--num_generations"):
-        from rankrl.rerank.job import check_num_generations
+        from rankrl.resume import check_num_generations
 
-        check_num_generations(config.num_generations, args.rollouts)
+        check_num_generations(config.num_generations, args.rollouts, "--rollouts", "rankrl rerank train")
     return run_rerank_train(args, config)
 
 

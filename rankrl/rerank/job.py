@@ -197,18 +197,6 @@ def _load(args: RerankArgs, seed: int):
     return lm
 
 
-#: GRPOConfig's own num_generations default (a config still holding it did not set the flag)
-_TRL_NUM_GENERATIONS_DEFAULT = 8
-
-
-def check_num_generations(num_generations: int | None, rollouts: int) -> None:
-    """``--num_generations`` is set from ``--rollouts`` in ``rerank train``: refuse a different explicit value."""
-    if num_generations is not None and int(num_generations) != rollouts:
-        raise ValueError(f"--num_generations {num_generations} conflicts with --rollouts {rollouts}: rankrl rerank "
-                         f"train sets TRL's num_generations from --rollouts; pass --rollouts {num_generations} "
-                         "instead")  # fmt: skip
-
-
 def run_rerank_train(args: RerankArgs, config: Any) -> int:
     """Train ``args.recipe`` with GRPO (``config``: a ``trl.GRPOConfig``), ERank with SFT first; saves the merged
     model to ``<output_dir>/merged``. Returns 0, or 130 after a SIGINT / SIGTERM (with a checkpoint once GRPO
@@ -217,16 +205,12 @@ def run_rerank_train(args: RerankArgs, config: Any) -> int:
 
     from rankrl.interrupt import EXIT_INTERRUPTED, stop_on_signals
     from rankrl.rerank.collections import load_collection
-    from rankrl.resume import check_run_args, grpo_run_flags, resume_checkpoint
+    from rankrl.resume import prepare_grpo_run
     from rankrl.tracking import wandb_mode
 
     if "wandb" in (config.report_to or []):
         os.environ.setdefault("WANDB_MODE", wandb_mode())
-    if config.num_generations != _TRL_NUM_GENERATIONS_DEFAULT:  # set in a --config file or in code
-        check_num_generations(config.num_generations, args.rollouts)
-    config.num_generations = args.rollouts
-    resume = resume_checkpoint(config.resume_from_checkpoint, config.output_dir)
-    check_run_args(config.output_dir, {**asdict(args), **grpo_run_flags(config)}, resuming=resume is not None)
+    resume = prepare_grpo_run(args, config, args.rollouts, "--rollouts", "rankrl rerank train")
     coll = load_collection(args.data, drop_unknown=args.drop_unknown)
     first = first_stage(coll, args.candidates, drop_unknown=args.drop_unknown)
     train_q, _ = split_queries(coll, args.test_fraction, args.split_seed)

@@ -44,9 +44,10 @@ def cmd_rollouts(argv: Sequence[str]) -> int:
     defaults = {"--output_dir": "runs/rollouts", "--num_generations": groups}
     args, config = parser.parse_args_and_config(with_grpo_defaults(rest, defaults))
     if passed(rest, "--num_generations"):
-        from rankrl.rollouts.job import check_num_generations
+        from rankrl.resume import check_num_generations
 
-        check_num_generations(config.num_generations, args.rollouts_per_prompt)
+        check_num_generations(config.num_generations, args.rollouts_per_prompt, "--rollouts_per_prompt",
+                              "rankrl rollouts train")
     return run_rollouts_train(args, config, make_allocator(args))
 
 

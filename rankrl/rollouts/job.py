@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,18 +58,6 @@ class RolloutsArgs:
 
 #: the rollout history (and a learned allocator's state) inside each TRL checkpoint folder
 HISTORY_FILE = "rollout_history.json"
-#: GRPOConfig's own num_generations default (a config still holding it did not set the flag)
-_TRL_NUM_GENERATIONS_DEFAULT = 8
-
-
-def check_num_generations(num_generations: int | None, rollouts_per_prompt: int) -> None:
-    """``--num_generations`` is derived from ``--rollouts_per_prompt`` here: refuse a different explicit value
-    (None: not given) instead of overwriting it without a word."""
-    if num_generations is not None and int(num_generations) != rollouts_per_prompt:
-        raise ValueError(f"--num_generations {num_generations} conflicts with --rollouts_per_prompt "
-                         f"{rollouts_per_prompt}: rankrl rollouts train sets TRL's num_generations from "
-                         "--rollouts_per_prompt (the average rollouts per prompt); pass --rollouts_per_prompt "
-                         f"{num_generations} instead")  # fmt: skip
 
 
 def run_rollouts_train(args: RolloutsArgs, config: Any, allocator: Allocator) -> int:
@@ -79,18 +67,14 @@ def run_rollouts_train(args: RolloutsArgs, config: Any, allocator: Allocator) ->
 
     from rankrl.interrupt import EXIT_INTERRUPTED, stop_on_signals
     from rankrl.models import load_model
-    from rankrl.resume import check_run_args, checkpoint_step, grpo_run_flags, resume_checkpoint
+    from rankrl.resume import checkpoint_step, prepare_grpo_run
     from rankrl.rewards import numeric_answer_reward
     from rankrl.rollouts.grpo import RolloutGRPOTrainer
     from rankrl.tracking import trainer_stop_callback, wandb_mode
 
     if "wandb" in (config.report_to or []):
         os.environ.setdefault("WANDB_MODE", wandb_mode())
-    if config.num_generations != _TRL_NUM_GENERATIONS_DEFAULT:  # set in a --config file or in code
-        check_num_generations(config.num_generations, args.rollouts_per_prompt)
-    config.num_generations = args.rollouts_per_prompt
-    resume = resume_checkpoint(config.resume_from_checkpoint, config.output_dir)
-    check_run_args(config.output_dir, {**asdict(args), **grpo_run_flags(config)}, resuming=resume is not None)
+    resume = prepare_grpo_run(args, config, args.rollouts_per_prompt, "--rollouts_per_prompt", "rankrl rollouts train")
     loaded = load_model(args.model, task_kind="causal_lm", seed=config.seed)
     dataset = build_dataset(args.task, loaded.tokenizer, config.seed, max_prompts=args.max_prompts,
                             prompt_format=args.prompt_format, model=args.model)  # fmt: skip
