@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                   "uniform (lr-tuned), random, spectrum, importance, AdaLoRA, policy: equal budget"),
     "convert-policy": ("rankrl.ranks.commands:cmd_convert_policy",
                        "convert a trusted old pickle policy.zip (+ checkpoint.zip) to safetensors + JSON, once"),
+    "collect-runs": ("rankrl.ranks.commands:cmd_collect_runs",
+                     "live runs of rank allocation structures -> the learned surrogate's JSONL dataset"),
     "rollouts": ("rankrl.rollouts.commands:cmd_rollouts",
                  "GRPO with per-prompt rollout counts: uniform, Knapsack RL or a learned allocator"),
     "compress": ("rankrl.compress.commands:cmd_compress",

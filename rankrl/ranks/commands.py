@@ -1,4 +1,4 @@
-"""``rankrl finetune | train-policy | apply | baselines | convert-policy``: the rank domain's subcommands
+"""``rankrl finetune | train-policy | apply | baselines | convert-policy | collect-runs``: the rank domain's subcommands
 (``rankrl.cli`` dispatches)."""
 
 from __future__ import annotations
@@ -115,4 +115,12 @@ def cmd_convert_policy(argv: Sequence[str]) -> int:
         written.append(convert_legacy_checkpoint(folder))
     print(f"converted -> {', '.join(str(p) for p in written)}; the old .zip files are no longer read (delete them "
           "once the converted policy works)")
+    return 0
+
+
+def cmd_collect_runs(argv: Sequence[str]) -> int:
+    """``rankrl collect-runs``: live runs of allocation structures at several budgets -> one JSONL row each."""
+    from rankrl.ranks.runs import CollectRunsConfig, collect_runs
+
+    collect_runs(parse_config(CollectRunsConfig, list(argv), prog="rankrl collect-runs"))
     return 0
