@@ -39,16 +39,32 @@ def cmd_train_policy(argv: Sequence[str]) -> int:
     """``rankrl train-policy``: PPO rank allocator on LoRARank(-Sim), checkpoints/resume, live evaluation."""
     from rankrl.ranks.train import TrainPolicyConfig
 
-    config = parse_config(TrainPolicyConfig, list(argv), prog="rankrl train-policy")
+    @dataclass(frozen=True)
+    class TrainPolicyArgs(TrainPolicyConfig):
+        surrogate: str | None = None
+        """sim: fit the learned surrogate on this dataset of live runs (rankrl collect-runs, e.g.
+        benchmarks/results/rank_runs.jsonl) instead of calibrating a learning curve from live probes"""
+
+    TrainPolicyArgs.__doc__ = TrainPolicyConfig.__doc__
+    config = parse_config(TrainPolicyArgs, list(argv), prog="rankrl train-policy")
+    calibration = None
+    if config.surrogate is not None:
+        if config.backend != "sim":
+            print("rankrl train-policy: --surrogate is the sim's curve; drop it or use --env_id "
+                  "rankrl/LoRARank-Sim-v1", file=sys.stderr)  # fmt: skip
+            return 2
+        from rankrl.ranks.surrogate import learned_calibration
+
+        calibration = learned_calibration(config.surrogate, config.run)
     if config.algo == "diffusion":
         from rankrl.ranks.latent import train_diffusion_policy
 
-        train_diffusion_policy(config)
+        train_diffusion_policy(config, calibration=calibration)
         return 0
     from rankrl.interrupt import EXIT_INTERRUPTED
     from rankrl.ranks.train import train_policy
 
-    return EXIT_INTERRUPTED if train_policy(config).interrupted else 0
+    return EXIT_INTERRUPTED if train_policy(config, calibration=calibration).interrupted else 0
 
 
 def _policy_command(argv: Sequence[str], module: str, config_name: str, fn_name: str, prog: str) -> int:

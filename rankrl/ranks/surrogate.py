@@ -40,7 +40,9 @@ __all__ = [
     "LearnedCalibration",
     "LearnedSurrogate",
     "allocation_features",
+    "held_out_predictions",
     "held_out_spearman",
+    "learned_calibration",
 ]
 
 GROUPS: dict[str, frozenset[str]] = {"qk": frozenset({"q", "k"}), "vo": frozenset({"v", "o"}), "mlp": MLP_KINDS}
@@ -203,36 +205,64 @@ class LearnedCalibration(SimCalibration):
         return self.loss0 * math.exp(-progress)
 
 
-def held_out_spearman(rows: Sequence[Mapping[str, Any]], *, folds: int = 5, seed: int = 0) -> dict[str, Any]:
-    """Spearman between predicted and live eval losses on runs the fit did not see.
-
-    Returns ``{"allocations": {pair: rho}, "pairs": {pair: rho}, ...}``: ``allocations`` pools each pair's
-    held-out predictions over ``folds`` random folds of all runs (every pair's runs spread over the folds);
-    ``pairs`` fits on every other pair and predicts the left-out one. The reference runs (uniform r_max) are in
-    the fit and excluded from the correlations (their target is 0 by construction)."""
-    from scipy.stats import spearmanr
-
+def held_out_predictions(rows: Sequence[Mapping[str, Any]], *, folds: int = 5,
+                         seed: int = 0) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """``(rows kept, live targets, held-out predictions, is_reference)``: every run but the reference runs (uniform
+    r_max, always fitted on; their prediction is NaN) is predicted by a fit on the ``folds - 1`` other folds."""
     X, y, kept = _prepared(rows)
-    pairs = np.array([pair_of(r) for r in kept])
     is_top = np.array([r["structure"] == "uniform" and r["budget_rank"] == r["r_max"] for r in kept])
-    rng = np.random.default_rng(seed)
-    fold = rng.permutation(len(kept)) % folds
-    fold[is_top] = -1  # always fitted on
+    fold = np.random.default_rng(seed).permutation(len(kept)) % folds
+    fold[is_top] = -1
     pred = np.full(len(kept), np.nan)
     for f in range(folds):
         test = fold == f
-        pred[test] = _fit(X[~test], y[~test]).predict(X[test])
+        if test.any():
+            pred[test] = _fit(X[~test], y[~test]).predict(X[test])
+    return kept, y, pred, is_top
+
+
+def held_out_spearman(rows: Sequence[Mapping[str, Any]], *, folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Spearman between predicted and live eval losses on runs the fit did not see.
+
+    Returns ``{"allocations": {pair: rho}, "pairs": {pair: rho}, "n": {pair: runs}, "pooled_allocations": rho}``:
+    ``allocations`` pools each pair's held-out predictions over ``folds`` random folds of all runs (every pair's
+    runs spread over the folds); ``pairs`` fits on every other pair and predicts the left-out one. The reference
+    runs (uniform r_max) are in every fit and excluded from the correlations (their target is 0 by construction).
+    """
+    from scipy.stats import spearmanr
+
+    kept, y, pred, is_top = held_out_predictions(rows, folds=folds, seed=seed)
+    X = np.stack([allocation_features(r["modules"], r["ranks"], r["r_max"]) for r in kept])
+    pairs = np.array([pair_of(r) for r in kept])
     out: dict[str, Any] = {"allocations": {}, "pairs": {}, "n": {}}
     for p in sorted(set(pairs)):
         m = (pairs == p) & ~is_top
         out["n"][p] = int(m.sum())
         if m.sum() >= 3:
             out["allocations"][p] = float(spearmanr(pred[m], y[m]).statistic)
-    for p in sorted(set(pairs)):
-        if len(set(pairs)) < 2:
-            break
-        train, test = pairs != p, (pairs == p) & ~is_top
-        if test.sum() >= 3:
-            out["pairs"][p] = float(spearmanr(_fit(X[train], y[train]).predict(X[test]), y[test]).statistic)
+        train = pairs != p
+        if len(set(pairs)) >= 2 and m.sum() >= 3:
+            out["pairs"][p] = float(spearmanr(_fit(X[train], y[train]).predict(X[m]), y[m]).statistic)
     out["pooled_allocations"] = float(spearmanr(pred[~is_top], y[~is_top]).statistic)
     return out
+
+
+def learned_calibration(path: str | os.PathLike, run_config: Any, *, exclude_pairs: Sequence[str] = ()
+                        ) -> LearnedCalibration:  # fmt: skip
+    """The learned sim of ``run_config``'s (model, task): a surrogate fitted on the dataset at ``path`` (minus
+    ``exclude_pairs``) over the model's target modules and static feature rows (one live feature pass, cached)."""
+    from rankrl.ranks.finetune import model_features
+
+    rows = read_runs(path)
+    if not rows:
+        raise FileNotFoundError(f"--surrogate: no dataset of live runs at {path}; grow one with rankrl collect-runs")
+    steps = {r["steps"] for r in rows}
+    if run_config.steps not in steps:
+        print(f"note: the dataset's runs are {sorted(steps)} steps long, this run {run_config.steps}: the sim maps the "
+              "predicted final loss onto this run's schedule", flush=True)  # fmt: skip
+    surrogate = LearnedSurrogate(rows, exclude_pairs=exclude_pairs)
+    targets, features, _ = model_features(run_config.model, run_config.task, r_max=run_config.r_max,
+                                          seed=run_config.seed, threads=run_config.threads)  # fmt: skip
+    return surrogate.calibration(targets, features.static, run_config.r_max, run_steps=run_config.steps,
+                                 warmup_steps=run_config.warmup_steps, model=run_config.model,
+                                 task=run_config.task)  # fmt: skip
