@@ -122,6 +122,16 @@ def _prepared(rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray
     return X, y, [dict(r) for r in kept]
 
 
+def _line(rows: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
+    """``(intercept, slope)`` of accuracy on eval_loss / loss0 (least squares; flat when the losses do not vary)."""
+    x = np.array([r["eval_loss"] / r["loss0"] for r in rows])
+    acc = np.array([r["accuracy"] for r in rows])
+    if len(rows) < 3 or np.ptp(x) < 1e-9:
+        return float(acc.mean()) if len(rows) else 0.5, 0.0
+    slope, intercept = np.polyfit(x, acc, 1)
+    return float(intercept), float(slope)
+
+
 def _fit(X: np.ndarray, y: np.ndarray) -> Any:
     from sklearn.ensemble import GradientBoostingRegressor
     from sklearn.impute import SimpleImputer
@@ -154,6 +164,11 @@ class LearnedSurrogate:
             if r["structure"] == "uniform" and r["budget_rank"] == r["r_max"]:
                 top.setdefault(pair_of(r), []).append(r["eval_loss"] / r["loss0"])
         self.top_ratio = {p: float(np.mean(v)) for p, v in top.items()}
+        # for the sim's printed numbers only (its rewards are relative to the loss at reset): each pair's loss at
+        # step 0 and a line accuracy ~ eval_loss / loss0 (per pair, and over every pair for pairs not in the data)
+        self.loss0 = {p: float(np.mean([r["loss0"] for r in kept if pair_of(r) == p])) for p in self.pairs}
+        self.accuracy_line = {p: _line([r for r in kept if pair_of(r) == p]) for p in self.pairs}
+        self.accuracy_line[""] = _line(kept)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **kwargs: Any) -> LearnedSurrogate:
@@ -172,16 +187,19 @@ class LearnedSurrogate:
         uniform r_max is the pair's own when the dataset has it, else the mean over the dataset's pairs."""
         pair = pair_of({"model": model, "task": task, "labels": "coarse"})
         top = self.top_ratio.get(pair, float(np.mean(list(self.top_ratio.values()))))
-        return LearnedCalibration(tuple(targets), static, r_max, loss0=1.0, loss_inf=0.0, rate0=0.0, rate1=0.0,
+        loss0 = self.loss0.get(pair, 1.0)
+        a, b = self.accuracy_line.get(pair, self.accuracy_line[""])
+        return LearnedCalibration(tuple(targets), static, r_max, loss0=loss0, loss_inf=0.0, rate0=0.0, rate1=0.0,
                                   sensitivity=np.ones(len(targets)), run_steps=run_steps, warmup_steps=warmup_steps,
-                                  model=model or "learned", task=task or "learned", surrogate=self,
-                                  top_ratio=top)  # fmt: skip
+                                  acc_intercept=a, acc_slope=b / loss0, model=model or "learned",
+                                  task=task or "learned", surrogate=self, top_ratio=top)  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
 class LearnedCalibration(SimCalibration):
     """A :class:`~rankrl.ranks.sim.SimCalibration` whose curve is a :class:`LearnedSurrogate` (see the module
-    docstring); ``loss0`` is 1 (the env's rewards are relative to the loss at reset)."""
+    docstring); ``loss0`` and the accuracy line only scale what is printed (the env's rewards are relative to the
+    loss at reset)."""
 
     surrogate: Any = None
     """the fitted surrogate"""
