@@ -6,8 +6,9 @@ points, under a budget drawn for the episode (``budget_rank_range``) and a chann
 part of the observation. At each decision the policy gives every module a score; the scores are the modules'
 *shares* of the budget (a softmax, with "off" for a share near 0), and a rounding that only rounds
 (:func:`rankrl.ranks.rounding.allocate_by_shares`) turns them into grid ranks that spend the cap; the run trains
-``steps // decisions`` steps at that allocation and is evaluated, and the adapter update is sent over that
-round's wireless channel (AirLLM-style remote fine-tuning: SNR drawn per round, optional Rayleigh fading).
+``steps // decisions`` steps at that allocation, the adapter update is sent over that round's wireless channel
+(AirLLM-style remote fine-tuning: SNR drawn per round, optional Rayleigh fading; with ``deadline_s`` an update that
+takes longer is lost and the server keeps the round's starting weights) and the server's copy is evaluated.
 ``decisions=1`` is a one-shot allocation; more re-allocate mid-run (AdaLoRA / DR-RL style) while learned
 directions and their optimizer state survive (:mod:`rankrl.ranks.lora`).
 
@@ -73,6 +74,8 @@ class LoRARankConfig:
     """each round's channel bandwidth is drawn uniformly from this range, in Hz"""
     rayleigh: bool = True
     """Rayleigh fading on each transmission (the budget uses the average capacity, the cost the faded one)"""
+    deadline_s: float | None = None
+    """seconds a round's update may take on its (faded) channel; a later one is lost, not applied (None: no deadline)"""
     quality: str = "loss"
     """quality reward: 'loss' (eval-loss decrease / initial loss) or 'accuracy' (eval-accuracy gain)"""
     w_quality: float = 1.0
@@ -87,6 +90,8 @@ class LoRARankConfig:
     """the normalised transmit cost is clipped here (deep Rayleigh fades make transmit seconds heavy-tailed)"""
     nan_penalty: float = 1.0
     """reward subtracted when the loss turns NaN/inf (the episode then ends)"""
+    w_lost: float = 0.0
+    """reward subtracted per round whose update missed deadline_s (lost)"""
 
     def __post_init__(self) -> None:
         if not isinstance(self.run, FineTuneConfig):
@@ -123,7 +128,9 @@ class LoRARankConfig:
             raise ValueError(f"quality must be one of {QUALITY_TERMS}, got {self.quality!r}")
         if not self.tx_cost_clip > 0:
             raise ValueError(f"tx_cost_clip must be > 0, got {self.tx_cost_clip}")
-        for name in ("w_quality", "w_params", "w_flops", "w_tx", "nan_penalty"):
+        if self.deadline_s is not None and not (math.isfinite(self.deadline_s) and self.deadline_s > 0):
+            raise ValueError(f"deadline_s must be finite and > 0 (or None: no deadline), got {self.deadline_s}")
+        for name in ("w_quality", "w_params", "w_flops", "w_tx", "nan_penalty", "w_lost"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be finite and >= 0, got {getattr(self, name)}")
 
@@ -167,7 +174,18 @@ class LoRARankEnv(gym.Env):
     comparable across ``decisions``: ``reward/params`` = -``w_params`` x params / cap, ``reward/flops`` =
     -``w_flops`` x FLOPs / cap, ``reward/tx`` = -``w_tx`` x min(transmit seconds (faded) / cap, ``tx_cost_clip``);
     an uncapped quantity is divided by its value at uniform ``r_max`` (tx: on the mean channel) instead.
-    ``reward/nan`` = -``nan_penalty`` when the loss diverged, else 0.
+    ``reward/nan`` = -``nan_penalty`` when the loss diverged, else 0. ``reward/lost`` = -``w_lost`` when the round's
+    update was lost (``deadline_s``), else 0; a lost round's quality term is what the server's copy (the round's
+    starting weights, at the new ranks) shows, so about no gain, and its transmit cost is still paid (it was sent).
+
+    ## Remote fine-tuning
+    Each round's update (``cost/bits`` of the active adapter) goes over that round's channel: ``cost/tx_seconds`` =
+    bits / capacity (faded when ``rayleigh``). With ``deadline_s`` set, an update that needs more seconds is lost
+    (AirLLM: an update that misses its slot is not applied): the run's trainable weights (adapters and head) go back
+    to the round's start (``run.snapshot()`` / ``run.restore()``, on both backends) before the evaluation, while the
+    step count, lr schedule, data order and optimizer moments go on. ``info``: ``tx/lost`` (0/1), ``tx/deadline_s``
+    (only with a deadline) and, at the episode's end, ``tx/lost_rounds``. A policy sees the deadline only through the
+    channel globals; the ``budget.tx_seconds`` cap (on the average channel) is the way to leave it room.
 
     ## Budget
     ``budget_rank_range=(lo, hi)`` draws each episode's parameter cap as a mean rank, log-uniformly in [lo, hi]
@@ -187,15 +205,18 @@ class LoRARankEnv(gym.Env):
     task, from cache or short live probes); given one, the run's model and task are not used, only its
     ``r_max`` (must match), ``steps`` and ``warmup_steps``. ``tracker``: an optional
     :class:`rankrl.tracking.Tracker` that receives every step's numeric ``info`` (step = training steps across
-    episodes). Bad grids and budgets below the minimum allocation (at the worst channel) raise ``ValueError``
-    at construction.
+    episodes). ``deadline_s`` / ``w_lost``: the per-round transmit deadline and the penalty of a lost round (see
+    Remote fine-tuning). Bad grids and budgets below the minimum allocation (at the worst channel) raise
+    ``ValueError`` at construction.
 
     ## Version History
     * v0: initial version (live and calibrated-sim backends). A NaN action entry now raises ``ValueError`` (it used
       to be read as score 0, the grid's middle rank); every finite action means what it did, so the id stays v0.
     * v1: the action is each module's share of the budget (softmax with "off", rounded to grid ranks that spend
       the cap) instead of a grid rank projected onto it; the observation gains the ``budget`` global and the
-      ``cost_share`` row column; ``budget_rank_range`` draws the budget per episode.
+      ``cost_share`` row column; ``budget_rank_range`` draws the budget per episode. Later: ``deadline_s`` (a lost
+      update is not applied) and ``w_lost``; with ``deadline_s=None`` (the default) every step is as before, channel
+      draws included, and the new ``reward/lost`` term is 0, so the id stays v1.
     """
 
     metadata = {"render_modes": []}
@@ -347,7 +368,7 @@ class LoRARankEnv(gym.Env):
         loss0 = first["quality/eval_loss"]
         self._loss0 = loss0 if math.isfinite(loss0) and loss0 > 0 else 1.0
         self._last = dict(first)
-        self._decision, self._done = 0, False
+        self._decision, self._done, self._lost_rounds = 0, False, 0
         self._draw_channel()
         info = {**first, "cost/snr_db": self._snr, "cost/bandwidth_hz": self._bandwidth,
                 "budget/mean_rank": self.budget_spec.rank or math.nan}  # fmt: skip
@@ -392,6 +413,9 @@ class LoRARankEnv(gym.Env):
         ranks = self.project(desired)
         raw = max(violations(self.targets, {k: int(v) for k, v in desired.items()}, budget).values(), default=0.0)
         self.run.set_ranks(ranks)
+        # the server's copy at the start of the round (after the re-allocation it decided): what stays if the
+        # round's update misses its deadline (AirLLM: an update that misses its slot is not applied)
+        snapshot = self.run.snapshot() if cfg.deadline_s is not None else None
         cost = allocation_cost(self.targets, ranks, precision_bits=self._bits)
         start = self.run.state.step
         last = self._decision == cfg.decisions - 1
@@ -399,13 +423,21 @@ class LoRARankEnv(gym.Env):
         train = self.run.advance(stop - start)
         k = self.run.state.step - start
         nan = bool(train.get("train/nan")) or not math.isfinite(train.get("train/loss", 0.0))
+        capacity = tx_seconds = 0.0
+        lost = False
+        if snapshot is not None and not nan:  # send before evaluating: the server evaluates what it received
+            capacity, tx_seconds = self._transmit(cost.bits)
+            if lost := tx_seconds > cfg.deadline_s:
+                self.run.restore(snapshot)  # the steps were taken (and the lr schedule moved on), the update is lost
         ev = {"quality/eval_loss": math.nan, "quality/accuracy": math.nan} if nan else self.run.evaluate()
         nan = nan or not math.isfinite(ev["quality/eval_loss"])
         share = k / cfg.run.steps  # cost terms are time averages over the run
-        capacity = tx_seconds = 0.0
-        if not nan:  # a diverged update is not sent
-            capacity = Channel(self._bandwidth, self._snr, cfg.rayleigh).capacity_bps(self.np_random)
-            tx_seconds = cost.bits / capacity if cost.bits else 0.0
+        if nan:  # a diverged update is not sent
+            capacity = tx_seconds = 0.0
+            lost = False
+        elif snapshot is None:  # no deadline: drawn after the evaluation, as v1 always did (same channel draws)
+            capacity, tx_seconds = self._transmit(cost.bits)
+        self._lost_rounds += int(lost)
         if nan:
             quality = 0.0
         elif cfg.quality == "loss":
@@ -418,6 +450,7 @@ class LoRARankEnv(gym.Env):
             "reward/flops": -cfg.w_flops * share * cost.flops / self._norm["flops"],
             "reward/tx": -cfg.w_tx * share * min(tx_seconds / self._norm["tx"], cfg.tx_cost_clip),
             "reward/nan": -cfg.nan_penalty if nan else 0.0,
+            "reward/lost": -cfg.w_lost if lost else 0.0,
         }
         reward = float(sum(terms.values()))
         info: dict[str, Any] = {
@@ -429,6 +462,8 @@ class LoRARankEnv(gym.Env):
             "cost/capacity_bps": capacity,
             "cost/snr_db": self._snr,
             "cost/bandwidth_hz": self._bandwidth,
+            "tx/lost": float(lost),
+            **({} if cfg.deadline_s is None else {"tx/deadline_s": cfg.deadline_s}),
             **budget_metrics(self.targets, ranks, budget),
             "budget/raw_violation": raw,
             "budget/projected": float(ranks != {t.name: int(desired[t.name]) for t in self.targets}),
@@ -448,6 +483,8 @@ class LoRARankEnv(gym.Env):
             self._last = dict(ev)
             if terminated:
                 info["reason"] = "finished"
+        if terminated:
+            info["tx/lost_rounds"] = self._lost_rounds
         self._done = terminated
         if not terminated:
             self._draw_channel()
@@ -456,6 +493,12 @@ class LoRARankEnv(gym.Env):
             numeric = {k_: v for k_, v in info.items() if isinstance(v, int | float) and not isinstance(v, bool)}
             self.tracker.log(numeric, step=self._log_step)
         return self._obs(), reward, terminated, False, info
+
+    def _transmit(self, bits: float) -> tuple[float, float]:
+        """(capacity in bit/s, seconds) of sending ``bits`` over the round's channel, faded when ``rayleigh``."""
+        cfg = self.config
+        capacity = Channel(self._bandwidth, self._snr, cfg.rayleigh).capacity_bps(self.np_random)
+        return capacity, (bits / capacity if bits else 0.0)
 
     # ---------------------------------------------------------------------------------------- observation
     def _obs(self) -> dict[str, np.ndarray]:

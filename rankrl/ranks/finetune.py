@@ -291,6 +291,24 @@ class FineTuneRun:
         self.log(metrics)
         return metrics
 
+    # ------------------------------------------------------------------------------ remote fine-tuning
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """A copy of the trainable weights (adapters and trained head): what a server holds at the start of a round
+        of remote fine-tuning, for :meth:`restore` when the round's update never arrives (LoRARankEnv's
+        ``deadline_s``)."""
+        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def restore(self, snapshot: Mapping[str, torch.Tensor]) -> None:
+        """Put the trainable weights back to a :meth:`snapshot` (every one of them, or ``KeyError``). Only the weights:
+        the step count, lr schedule, data position and the optimizer's moments go on (the steps were taken, on the
+        client, and time passed), and the rank masks stay as they are (ranks are set before a round's snapshot)."""
+        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        if differ := sorted(set(params) ^ set(snapshot)):
+            raise KeyError(f"the snapshot does not match this run's trainable weights (e.g. {differ[0]})")
+        with torch.no_grad():
+            for name, value in snapshot.items():
+                params[name].copy_(value)
+
     # ----------------------------------------------------------------------------------------- ranks
     def set_ranks(self, ranks: Mapping[str, int]) -> dict[str, float]:
         """Re-allocate ranks mid-run (kept directions keep weights and optimizer state); returns the new costs."""

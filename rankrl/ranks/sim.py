@@ -290,6 +290,14 @@ class SimRun:
         loss = self.calibration.loss_at(self.progress, self.calibration.capacity(self._ranks))
         return {"train/loss": loss, "train/lr_area": tau}
 
+    def snapshot(self) -> float:
+        """The simulated weights (the progress made so far), like :meth:`FineTuneRun.snapshot`."""
+        return self.progress
+
+    def restore(self, snapshot: float) -> None:
+        """Back to a :meth:`snapshot`'s weights; the step count and lr schedule go on (a lost round's update)."""
+        self.progress = float(snapshot)
+
     def evaluate(self) -> dict[str, float]:
         loss = self.calibration.loss_at(self.progress, self.calibration.capacity(self._ranks))
         self.state.last_eval = {"quality/eval_loss": loss, "quality/accuracy": self.calibration.accuracy_at(loss)}
