@@ -232,3 +232,24 @@ class ReplayBuffer:
 
     def __len__(self) -> int:
         return self.size
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        """``(tensors, counters)`` for a checkpoint: the filled entries (the first ``size`` slots, in slot order)
+        and ``{"capacity", "size", "next"}``; :meth:`load_state` puts them back exactly."""
+        tensors = {k: v[: self.size].contiguous().clone() for k, v in self.data.items()}
+        return tensors, {"capacity": self.capacity, "size": self.size, "next": self._next}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], counters: dict[str, int]) -> None:
+        """Restore a :meth:`state` into a buffer of the same capacity and entry shapes (``ValueError`` otherwise)."""
+        size, nxt = int(counters["size"]), int(counters["next"])
+        if int(counters["capacity"]) != self.capacity or set(tensors) != set(self.data) or not 0 <= nxt < max(
+                self.capacity, 1) or size > self.capacity:  # fmt: skip
+            raise ValueError(f"the saved replay buffer ({counters}, {sorted(tensors)}) does not fit this one "
+                             f"(capacity {self.capacity}, {sorted(self.data)})")  # fmt: skip
+        for k, v in tensors.items():
+            if tuple(v.shape) != (size, *self.data[k].shape[1:]):
+                raise ValueError(f"replay buffer {k!r}: saved shape {tuple(v.shape)}, expected "
+                                 f"{(size, *self.data[k].shape[1:])}")  # fmt: skip
+            self.data[k].zero_()
+            self.data[k][:size] = v
+        self.size, self._next = size, nxt

@@ -7,6 +7,14 @@ One policy folder holds both parts, with nothing that runs code when loaded: ``p
 plus ``algo: diffusion``, the coarse network's spaces and the refiner's config), ``policy.safetensors`` (the coarse
 PPO network) and ``refiner.safetensors``. :class:`LatentRefinerPolicy` is what ``rankrl apply`` and ``rankrl
 baselines`` get back from :func:`rankrl.ranks.policy.load_policy` for such a folder.
+
+Checkpoints and ``--resume`` work as for PPO (:mod:`rankrl.ranks.train`, nothing pickled): the coarse network and
+its Adam state in ``checkpoint.safetensors`` + ``checkpoint_optimizer.pt``, the refiner in
+``checkpoint_refiner.safetensors`` + ``checkpoint_refiner_optimizer.pt`` (``weights_only``), the replay buffer in
+``checkpoint_buffer.safetensors``, and last ``checkpoint.json`` (counters, config, both networks). Every rollout
+logs both parts' losses (SB3's ``train/*`` with ``train/ppo_loss``; the refit's ``train/diffusion_loss``), the
+guidance scale, the episodes it finished and each module's mean rank (``rank/layer_<i>``), which
+``rank_heatmap_training.png`` draws over training (W&B ``rank/heatmap_training``).
 """
 
 from __future__ import annotations
@@ -22,11 +30,20 @@ import numpy as np
 from gymnasium import spaces
 
 from rankrl.ranks.diffusion import RankDiffusion, ReplayBuffer
+from rankrl.ranks.episodes import episode_summary, plot_rank_heatmap, rollout_metrics
 from rankrl.ranks.latent_policy import REFINER_FILE, LatentRefinerPolicy, coarse_spec
 from rankrl.ranks.policy import POLICY_FILE, POLICY_META, policy_meta, save_json
-from rankrl.ranks.train import TrainPolicyConfig, make_env
+from rankrl.ranks.train import TrainPolicyConfig, check_resumable, load_checkpoint, make_env, save_checkpoint
 
-__all__ = ["LatentRefinerEnv", "train_diffusion_policy"]
+__all__ = ["CHECKPOINT_BUFFER", "CHECKPOINT_REFINER", "CHECKPOINT_REFINER_OPTIMIZER", "LatentRefinerEnv",
+           "load_refiner_checkpoint", "save_refiner_checkpoint", "train_diffusion_policy"]  # fmt: skip
+
+CHECKPOINT_REFINER, CHECKPOINT_REFINER_OPTIMIZER = "checkpoint_refiner.safetensors", "checkpoint_refiner_optimizer.pt"
+#: the whole filled replay buffer is kept (every entry, float32), so a resumed refit samples exactly what an
+#: uninterrupted one would; at the defaults (10k entries x 64 rows x 22 features) that is ~60 MB per checkpoint
+CHECKPOINT_BUFFER = "checkpoint_buffer.safetensors"
+#: columns of rank_heatmap_training.png at most (rollouts evenly thinned beyond)
+HEATMAP_COLUMNS = 24
 
 
 class LatentRefinerEnv(gym.Wrapper):
@@ -35,9 +52,17 @@ class LatentRefinerEnv(gym.Wrapper):
 
     def __init__(self, env: gym.Env, refiner: RankDiffusion, buffer: ReplayBuffer, seed: int = 0) -> None:
         super().__init__(env)
-        self.refiner, self.buffer, self._draw = refiner, buffer, seed
+        self.refiner, self.buffer, self.draws = refiner, buffer, seed
         self.action_space = spaces.Box(-1.0, 1.0, (refiner.config.latent_dim,), dtype=np.float32)
         self._obs: Any = None
+        self._running: list[dict] = []
+        #: :func:`rankrl.ranks.episodes.episode_summary` of every episode finished since the last :meth:`pop_finished`
+        self.finished: list[dict[str, Any]] = []
+
+    def pop_finished(self) -> list[dict[str, Any]]:
+        """The episodes finished since the last call (their summaries), emptied."""
+        out, self.finished = self.finished, []
+        return out
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict]:
         self._obs, info = self.env.reset(**kwargs)
@@ -45,30 +70,74 @@ class LatentRefinerEnv(gym.Wrapper):
 
     def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
         latent = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
-        self._draw += 1
-        scores = self.refiner.predict_action(self._obs, latent, seed=self._draw)
+        self.draws += 1  # the sampler's seed: saved in checkpoints, so a resumed run draws on
+        scores = self.refiner.predict_action(self._obs, latent, seed=self.draws)
         obs, reward, terminated, truncated, info = self.env.step(scores.astype(np.float32))
         self.buffer.add(self._obs, latent, scores, float(reward))
         self._obs = obs
+        self._running.append(info)
+        if terminated or truncated:
+            self.finished.append(episode_summary(self._running))
+            self._running = []
         return obs, reward, terminated, truncated, info
 
 
+def save_refiner_checkpoint(refiner: RankDiffusion, buffer: ReplayBuffer, out: Path) -> dict[str, Any]:
+    """The refiner's weights and Adam state and the replay buffer beside a PPO checkpoint, each atomic; returns the
+    buffer's counters for ``checkpoint.json`` (written after, by :func:`rankrl.ranks.train.save_checkpoint`)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from rankrl.atomic import atomic_write
+
+    weights, optimizer = refiner.state_dict(), refiner.optimizer.state_dict()
+    tensors, counters = buffer.state()
+    atomic_write(out / CHECKPOINT_REFINER, lambda p: save_file(weights, str(p)), ".safetensors")
+    atomic_write(out / CHECKPOINT_REFINER_OPTIMIZER, lambda p: torch.save(optimizer, p), ".pt")
+    atomic_write(out / CHECKPOINT_BUFFER, lambda p: save_file(tensors, str(p)), ".safetensors")
+    return counters
+
+
+def load_refiner_checkpoint(refiner: RankDiffusion, buffer: ReplayBuffer, out: Path, counters: dict) -> None:
+    """Load :func:`save_refiner_checkpoint` files (nothing unpickled: safetensors and ``weights_only=True``)."""
+    import torch
+    from safetensors.torch import load_file
+
+    files = (CHECKPOINT_REFINER, CHECKPOINT_REFINER_OPTIMIZER, CHECKPOINT_BUFFER)
+    if missing := [f for f in files if not (out / f).exists()]:
+        raise SystemExit(f"--resume: {out} has no {', '.join(missing)}: not an --algo diffusion checkpoint")
+    refiner.load_state_dict(load_file(str(out / CHECKPOINT_REFINER)))
+    refiner.optimizer.load_state_dict(torch.load(out / CHECKPOINT_REFINER_OPTIMIZER, weights_only=True))
+    buffer.load_state(load_file(str(out / CHECKPOINT_BUFFER)), counters)
+
+
 def train_diffusion_policy(config: TrainPolicyConfig, *, calibration: Any = None) -> dict[str, Any]:
-    """PPO on the coarse latent with the DDIM in the loop, refits between rollouts; writes the policy folder and
-    returns a summary (sim evaluation by budget next to uniform, both parts' last losses)."""
+    """PPO on the coarse latent with the DDIM in the loop, refits between rollouts; checkpoints (``--resume``
+    continues them), writes the policy folder and returns a summary (sim evaluation by budget next to uniform, both
+    parts' last losses). SIGINT / SIGTERM stop after the current rollout and refit, with a checkpoint and the policy
+    saved (no evaluation; ``interrupted`` in the summary)."""
+    from rankrl.interrupt import stop_on_signals
+
+    with stop_on_signals() as stop:
+        return _train(config, calibration, stop)
+
+
+def _train(config: TrainPolicyConfig, calibration: Any, stop: Any) -> dict[str, Any]:
     import torch
     from safetensors.torch import save_file
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from rankrl.atomic import atomic_write
-    from rankrl.ranks.episodes import uniform_allocator
+    from rankrl.ranks.episodes import rollout_episode, uniform_allocator
     from rankrl.ranks.sim import calibrate
-    from rankrl.ranks.train import sim_budget_table
+    from rankrl.ranks.train import fixed_budget, sim_budget_table
+    from rankrl.resume import truncate_metrics
     from rankrl.set_policy import save_policy_weights
     from rankrl.tracking import Tracker
 
     out = Path(config.out)
+    state = check_resumable(config, out) if config.resume else None
     if config.backend == "sim" and calibration is None:
         calibration = calibrate(config.env, config.probes, config.probe_steps or config.run.steps,
                                 probe_evals=config.probe_evals)  # fmt: skip
@@ -86,39 +155,81 @@ def train_diffusion_policy(config: TrainPolicyConfig, *, calibration: Any = None
     model = PPO("MultiInputPolicy", vec, n_steps=config.n_steps, batch_size=min(config.ppo_batch_size, config.n_steps),
                 n_epochs=config.n_epochs, learning_rate=config.ppo_lr, gamma=0.95, gae_lambda=0.95, clip_range=0.2,
                 ent_coef=config.ent_coef, seed=config.run.seed, device="cpu", verbose=0)  # fmt: skip
-    tracker = Tracker(out, config=asdict(config) | {"job": "train-policy-diffusion"}, use_wandb=config.wandb)
-    t0, losses = time.time(), [float("nan")]
+    network = {"coarse": coarse_spec(model.policy), "refiner": asdict(dc), "n_features": int(n_features),
+               "n_globals": int(n_globals)}  # fmt: skip
+    if state is not None:
+        load_checkpoint(model, out, state, network)
+        load_refiner_checkpoint(refiner, buffer, out, state["buffer"])
+        env.draws = int(state["draws"])
+        print(f"resuming from {out} at {model.num_timesteps} of {config.timesteps} env steps "
+              f"(replay buffer {len(buffer)})")  # fmt: skip
+        if cut := truncate_metrics(out, int(state["timesteps_done"])):
+            print(f"metrics.jsonl: dropped {cut} rows logged after the checkpoint (step {state['timesteps_done']})")
+    tracker = Tracker(out, config=asdict(config) | {"job": "train-policy-diffusion"}, use_wandb=config.wandb,
+                      resume=config.resume)  # fmt: skip
+
+    def checkpoint() -> None:
+        counters = save_refiner_checkpoint(refiner, buffer, out)
+        save_checkpoint(model, out, config, network=network, extra={"algo": "diffusion", "buffer": counters,
+                                                                    "draws": env.draws})  # fmt: skip
+
+    t0, losses, last_ckpt = time.time(), [float("nan")], int(model.num_timesteps)
     try:
-        while model.num_timesteps < config.timesteps:
+        while model.num_timesteps < config.timesteps and not stop:
             model.learn(config.n_steps, reset_num_timesteps=False, progress_bar=False)
-            rewards = buffer.data["reward"][: len(buffer)].numpy()
             if config.refit_steps:
                 losses = refiner.fit(buffer, config.refit_steps, seed=int(model.num_timesteps))
-            tracker.log({"rollout/ep_reward": float(np.mean(rewards[-config.n_steps:])),
-                         "train/ppo_loss": float(model.logger.name_to_value.get("train/loss", float("nan"))),
-                         "train/diffusion_loss": float(np.mean(losses)), "train/guidance_scale": dc.guidance_scale},
-                        step=int(model.num_timesteps))  # fmt: skip
+            step = int(model.num_timesteps)
+            ppo = {k: v for k, v in model.logger.name_to_value.items() if k.startswith("train/")}
+            eps = env.pop_finished()
+            metrics = {**ppo, "train/ppo_loss": float(ppo.get("train/loss", float("nan"))), **rollout_metrics(eps),
+                       "train/diffusion_loss": float(np.mean(losses)), "train/diffusion_loss_last": losses[-1],
+                       "train/guidance_scale": dc.guidance_scale, "train/replay_size": len(buffer)}  # fmt: skip
+            if eps:  # each module's mean rank over the decisions of the episodes this rollout finished
+                allocs = [a for e in eps for a in e["ranks"]]
+                metrics.update({f"rank/layer_{i}": float(np.mean([a[t.name] for a in allocs]))
+                                for i, t in enumerate(base.targets)})  # fmt: skip
+            tracker.log(metrics, step=step)
+            if config.checkpoint_every and step - last_ckpt >= config.checkpoint_every:
+                checkpoint()
+                last_ckpt = step
+                _training_heatmap(tracker, out, base, config, step)
+        checkpoint()
         policy = LatentRefinerPolicy(model.policy, refiner)
         policy.set_training_mode(False)
         meta = policy_meta(config, int(model.num_timesteps))
         meta["algo"] = "diffusion"
         meta["diffusion"] = {"config": asdict(dc), "coarse": coarse_spec(model.policy), "n_features": n_features,
                              "n_globals": n_globals}  # fmt: skip
-        out.mkdir(parents=True, exist_ok=True)
         save_policy_weights(model.policy, out / POLICY_FILE)
-        state = refiner.state_dict()
-        atomic_write(out / REFINER_FILE, lambda p: save_file(state, str(p)), ".safetensors")
+        weights = refiner.state_dict()
+        atomic_write(out / REFINER_FILE, lambda p: save_file(weights, str(p)), ".safetensors")
         save_json(meta, out / POLICY_META)
+        step = int(model.num_timesteps)
+        _training_heatmap(tracker, out, base, config, step)
+        summary: dict[str, Any] = {"timesteps": step, "seconds": time.time() - t0,
+                                   "diffusion_loss": float(np.mean(losses))}  # fmt: skip
+        if stop:
+            summary["interrupted"] = stop.name
+            print(f"\n{stop.name}: stopped at {step} of {config.timesteps} env steps; checkpoint and policy saved in "
+                  f"{out} (no evaluation). Continue with the same flags and --resume", flush=True)  # fmt: skip
+            return summary
 
         def act(obs: Any, _env: Any) -> np.ndarray:
             return policy.predict(obs)[0]
 
-        table = sim_budget_table(config, calibration, {"diffusion": act, "uniform": uniform_allocator}) \
-            if config.backend == "sim" else {}  # fmt: skip
-        summary = {"timesteps": int(model.num_timesteps), "seconds": time.time() - t0, "sim_by_budget": table,
-                   "diffusion_loss": float(np.mean(losses))}  # fmt: skip
-        tracker.summary({"timesteps": summary["timesteps"]})
-        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        table = {}
+        if config.backend == "sim":
+            table = sim_budget_table(config, calibration, {"diffusion": act, "uniform": uniform_allocator})
+            sim_env = make_env(config, "sim", calibration, fixed_budget(config))
+            sim = episode_summary(rollout_episode(sim_env, act, config.run.seed + 1))
+            png = plot_rank_heatmap(sim_env.targets, sim["ranks"], out / "rank_heatmap.png", r_max=config.run.r_max,
+                                    title=f"diffusion policy ranks on sim {config.run.model} (reward "
+                                          f"{sim['reward']:.3f})")  # fmt: skip
+            tracker.image("rank/heatmap", png, step=step)
+        summary["sim_by_budget"] = table
+        tracker.summary({"timesteps": step, "diffusion_loss": summary["diffusion_loss"]})
+        atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1, default=str)))
         for r, row in table.items():
             print(f"  mean rank {r}: " + ", ".join(f"{k} reward {v['reward']:.4f} acc {v['accuracy']:.3f}"
                                                    for k, v in row.items()))  # fmt: skip
@@ -126,3 +237,20 @@ def train_diffusion_policy(config: TrainPolicyConfig, *, calibration: Any = None
         return summary
     finally:
         tracker.finish()
+
+
+def _training_heatmap(tracker: Any, out: Path, env: Any, config: TrainPolicyConfig, step: int) -> None:
+    """``rank_heatmap_training.png``: each module's mean rank per logged rollout (from ``metrics.jsonl``, so a
+    resumed run draws its whole history), at most HEATMAP_COLUMNS columns; also to W&B."""
+    from rankrl.tracking import read_metrics
+
+    rows = [r for r in read_metrics(out) if "rank/layer_0" in r]
+    if not rows:
+        return
+    if len(rows) > HEATMAP_COLUMNS:
+        rows = [rows[int(i)] for i in np.linspace(0, len(rows) - 1, HEATMAP_COLUMNS)]
+    allocs = [{t.name: r[f"rank/layer_{i}"] for i, t in enumerate(env.targets)} for r in rows]
+    png = plot_rank_heatmap(env.targets, allocs, out / "rank_heatmap_training.png", r_max=config.run.r_max,
+                            columns=[str(r["step"]) for r in rows], xlabel="env step",
+                            title=f"mean rank per module over training ({config.run.model}, --algo diffusion)")
+    tracker.image("rank/heatmap_training", png, step=step)

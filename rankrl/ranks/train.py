@@ -37,12 +37,12 @@ from rankrl.ranks.budgets import BudgetSpec
 from rankrl.ranks.diffusion import DiffusionConfig
 from rankrl.ranks.env import LoRARankConfig
 from rankrl.ranks.episodes import (
-    REWARD_TERMS,
     episode_summary,
     flat_summary,
     plot_rank_heatmap,
     print_table,
     rollout_episode,
+    rollout_metrics,
     uniform_allocator,
 )
 from rankrl.ranks.finetune import FineTuneConfig
@@ -139,8 +139,6 @@ class TrainPolicyConfig:
     def __post_init__(self) -> None:
         if self.algo not in ("ppo", "diffusion"):
             raise ValueError(f"--algo must be 'ppo' or 'diffusion', got {self.algo!r}")
-        if self.algo == "diffusion" and self.resume:
-            raise ValueError("--resume is not supported with --algo diffusion yet; train anew with another --out")
         if self.refit_steps < 0:
             raise ValueError(f"--refit_steps must be >= 0, got {self.refit_steps}")
         if self.env_id not in ENV_IDS:
@@ -266,20 +264,8 @@ def _callbacks(tracker: Any, config: TrainPolicyConfig, out: Path, stop: Any = (
 
         def _on_rollout_end(self) -> None:
             metrics = {k: v for k, v in self.model.logger.name_to_value.items() if k.startswith("train/")}
-            if self.finished:
-                eps = self.finished
-                metrics["rollout/ep_reward"] = float(np.mean([e["reward"] for e in eps]))
-                metrics.update({f"rollout/ep_reward_{t}": float(np.mean([e[f"reward_{t}"] for e in eps]))
-                                for t in REWARD_TERMS})  # fmt: skip
-                metrics.update({"rollout/episodes": len(eps),
-                                "budget/violation": float(np.mean([e["violation"] for e in eps])),
-                                "budget/raw_violation": float(np.mean([e["raw_violation"] for e in eps])),
-                                "cost/params": float(np.mean([e["params"] for e in eps])),
-                                "cost/bits": float(np.mean([e["bits"] for e in eps])),
-                                "cost/tx_seconds": float(np.mean([e["tx_seconds"] for e in eps])),
-                                "quality/eval_loss": float(np.nanmean([e["eval_loss"] for e in eps])),
-                                "quality/accuracy": float(np.nanmean([e["accuracy"] for e in eps]))})  # fmt: skip
-                self.finished = []
+            metrics.update(rollout_metrics(self.finished))
+            self.finished = []
             if metrics:
                 tracker.log(metrics, step=self.num_timesteps)
 
@@ -307,10 +293,13 @@ def _callbacks(tracker: Any, config: TrainPolicyConfig, out: Path, stop: Any = (
     return [EpisodeLogger(), Checkpointer()]
 
 
-def save_checkpoint(model: Any, out: Path, config: TrainPolicyConfig, timesteps_done: int | None = None) -> Path:
+def save_checkpoint(model: Any, out: Path, config: TrainPolicyConfig, timesteps_done: int | None = None, *,
+                    network: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> Path:
     """``checkpoint.safetensors`` (policy weights), ``checkpoint_optimizer.pt`` (the Adam state: tensors and numbers
     only, read back with ``weights_only=True``) and, last, ``checkpoint.json`` (steps done, updates done, config,
-    network); each atomic. ``timesteps_done`` defaults to ``model.num_timesteps``."""
+    network, ``extra``); each atomic, the JSON last so that it only ever names complete files (``--algo diffusion``
+    writes its refiner files before calling this). ``timesteps_done`` defaults to ``model.num_timesteps``;
+    ``network`` to the set policy's :func:`rankrl.set_policy.policy_spec`."""
     import torch
 
     from rankrl.atomic import atomic_write
@@ -322,18 +311,20 @@ def save_checkpoint(model: Any, out: Path, config: TrainPolicyConfig, timesteps_
     atomic_write(out / CHECKPOINT_OPTIMIZER, lambda p: torch.save(optimizer, p), ".pt")
     save_json({"format": CHECKPOINT_FORMAT, "timesteps_done": done, "n_updates": int(model._n_updates),
                "timesteps": config.timesteps, "saved_at": time.time(), "config": asdict(config),
-               "network": policy_spec(model.policy)}, out / CHECKPOINT_STATE)  # fmt: skip
+               "network": dict(network) if network is not None else policy_spec(model.policy),
+               **dict(extra or {})}, out / CHECKPOINT_STATE)  # fmt: skip
     return out / CHECKPOINT_FILE
 
 
-def load_checkpoint(model: Any, out: Path, state: Mapping[str, Any]) -> None:
+def load_checkpoint(model: Any, out: Path, state: Mapping[str, Any], network: Mapping[str, Any] | None = None) -> None:
     """Load a :func:`save_checkpoint` into a PPO built from the same config (weights, optimizer, counters);
-    nothing is unpickled."""
+    nothing is unpickled. ``network``: what the settings build (default: the set policy's spec)."""
     import torch
 
     from rankrl.set_policy import load_policy_weights, policy_spec
 
-    if json.loads(json.dumps(policy_spec(model.policy))) != state["network"]:
+    network = network if network is not None else policy_spec(model.policy)
+    if json.loads(json.dumps(network)) != state["network"]:
         raise SystemExit(f"--resume: the network in {out / CHECKPOINT_STATE} differs from the one these settings "
                          "build; pass the checkpoint's settings or use a new --out")  # fmt: skip
     load_policy_weights(model.policy, out / CHECKPOINT_FILE)
@@ -342,7 +333,9 @@ def load_checkpoint(model: Any, out: Path, state: Mapping[str, Any]) -> None:
     model._n_updates = int(state["n_updates"])
 
 
-def _check_resumable(config: TrainPolicyConfig, out: Path) -> dict[str, Any]:
+def check_resumable(config: TrainPolicyConfig, out: Path) -> dict[str, Any]:
+    """The ``checkpoint.json`` state of ``out`` when ``config`` may resume it; ``SystemExit`` naming the fix when no
+    complete checkpoint is there, it is of another format or its settings differ (beyond RESUMABLE_CHANGES)."""
     state_path, files = out / CHECKPOINT_STATE, (out / CHECKPOINT_FILE, out / CHECKPOINT_OPTIMIZER)
     if not all(f.exists() for f in files) and (out / LEGACY_CHECKPOINT_FILE).exists():
         raise SystemExit(f"--resume: {legacy_message(out / LEGACY_CHECKPOINT_FILE, out)}")
@@ -385,7 +378,7 @@ def _train_policy(config: TrainPolicyConfig, calibration: Any, stop: Any) -> Tra
     from rankrl.tracking import Tracker, read_metrics
 
     out = Path(config.out)
-    state = _check_resumable(config, out) if config.resume else None
+    state = check_resumable(config, out) if config.resume else None
     threads = torch.get_num_threads()
     if config.backend == "sim" and calibration is None:
         t0 = time.time()

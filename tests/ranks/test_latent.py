@@ -4,33 +4,41 @@ folder that `rankrl apply`'s loader and allocation accept; the refiner is refit 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from rankrl.ranks.budgets import BudgetSpec
 from rankrl.ranks.diffusion import DiffusionConfig
 from rankrl.ranks.env import LoRARankConfig
 from rankrl.ranks.finetune import FineTuneConfig
-from rankrl.ranks.latent import train_diffusion_policy
+from rankrl.ranks.latent import CHECKPOINT_BUFFER, CHECKPOINT_REFINER, train_diffusion_policy
 from rankrl.ranks.latent_policy import REFINER_FILE, LatentRefinerPolicy
 from rankrl.ranks.policy import PolicyLayoutError, allocate, load_policy, widen_policy
 from rankrl.ranks.sim import SimCalibration
 from rankrl.ranks.train import TrainPolicyConfig
+from rankrl.tracking import read_metrics
+
+
+def _config(out, **kw) -> TrainPolicyConfig:
+    run = FineTuneConfig(model="tiny-bert", steps=40, batch_size=8, max_eval=16, max_train=128, threads=1)
+    env = LoRARankConfig(run=run, decisions=1, max_modules=16, budget_rank_range=(0.5, 8.0), w_params=0.0, w_tx=0.0)
+    refiner = DiffusionConfig(num_train_timesteps=100, num_inference_steps=5, hidden=32)
+    return TrainPolicyConfig(env=env, **{"timesteps": 128, "n_steps": 64, "ppo_batch_size": 64, "n_epochs": 2,
+                                         "out": str(out), "wandb": False, "progress": False, "algo": "diffusion",
+                                         "refit_steps": 20, "diffusion": refiner, **kw})  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("diffusion") / "run"
-    run = FineTuneConfig(model="tiny-bert", steps=40, batch_size=8, max_eval=16, max_train=128, threads=1)
-    env = LoRARankConfig(run=run, decisions=1, max_modules=16, budget_rank_range=(0.5, 8.0), w_params=0.0, w_tx=0.0)
-    refiner = DiffusionConfig(num_train_timesteps=100, num_inference_steps=5, hidden=32)
-    config = TrainPolicyConfig(env=env, timesteps=128, n_steps=64, ppo_batch_size=64, n_epochs=2, out=str(out),
-                               wandb=False, progress=False, algo="diffusion", refit_steps=20, diffusion=refiner)
     cal = SimCalibration.synthetic(r_max=8, run_steps=40)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RANKRL_CACHE", str(tmp_path_factory.mktemp("cache")))
-        summary = train_diffusion_policy(config, calibration=cal)
+        summary = train_diffusion_policy(_config(out), calibration=cal)
     return out, summary, cal
 
 
@@ -38,7 +46,10 @@ def test_one_folder_holds_both_parts_and_loads_without_pickle(trained):
     out, summary, cal = trained
     assert summary["timesteps"] >= 128 and np.isfinite(summary["diffusion_loss"])
     assert {p.name for p in out.iterdir()} >= {"policy.json", "policy.safetensors", REFINER_FILE}
-    assert not list(out.glob("*.zip")) and not list(out.glob("*.pt"))
+    assert not list(out.glob("*.zip"))
+    # the only .pt files are the checkpoint's Adam states, as for PPO: tensors and numbers read with weights_only
+    assert {p.name for p in out.glob("*.pt")} == {"checkpoint_optimizer.pt", "checkpoint_refiner_optimizer.pt"}
+    assert all(torch.load(p, weights_only=True)["state"] for p in out.glob("*.pt"))
     meta = json.loads((out / "policy.json").read_text())
     assert meta["algo"] == "diffusion" and meta["diffusion"]["config"]["num_inference_steps"] == 5
     loaded = load_policy(out)
@@ -60,5 +71,61 @@ def test_apply_allocates_with_a_diffusion_policy_within_budget_and_by_budget(tra
 def test_diffusion_config_flags_are_checked():
     with pytest.raises(ValueError, match="--algo must be"):
         TrainPolicyConfig(algo="ddpm")
-    with pytest.raises(ValueError, match="--resume is not supported with --algo diffusion"):
-        TrainPolicyConfig(algo="diffusion", resume=True)
+    assert TrainPolicyConfig(algo="diffusion", resume=True).resume  # --resume works with --algo diffusion too
+
+
+def test_both_parts_losses_guidance_and_ranks_are_logged_every_rollout(trained):
+    out, _, cal = trained
+    rows = [r for r in read_metrics(out) if "train/diffusion_loss" in r]
+    assert [r["step"] for r in rows] == [64, 128]
+    for r in rows:
+        assert np.isfinite(r["train/diffusion_loss"]) and r["train/guidance_scale"] == 1.5
+        assert np.isfinite(r["train/ppo_loss"]) and "train/value_loss" in r and "train/policy_gradient_loss" in r
+        assert r["rollout/episodes"] == 64 and "tx/lost_rounds" in r  # decisions=1: every step ends an episode
+        ranks = [r[f"rank/layer_{i}"] for i in range(len(cal.targets))]
+        assert all(0 <= x <= 8 for x in ranks) and max(ranks) > 0
+    assert rows[1]["train/replay_size"] == 128
+    assert (out / "rank_heatmap_training.png").stat().st_size > 0 and (out / "rank_heatmap.png").exists()
+
+
+def test_resume_restores_refiner_and_buffer_and_continues_the_metrics(trained, tmp_path):
+    src, _, cal = trained
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    saved_refiner, saved_buffer = load_file(str(out / CHECKPOINT_REFINER)), load_file(str(out / CHECKPOINT_BUFFER))
+    state = json.loads((out / "checkpoint.json").read_text())
+    assert state["timesteps_done"] == 128 and state["buffer"]["size"] == 128 and state["draws"] == 128
+    with (out / "metrics.jsonl").open("a") as f:  # a run that died after its checkpoint had logged step 192
+        f.write(json.dumps({"step": 192, "train/diffusion_loss": 0.0}) + "\n")
+    # at the checkpoint's step: nothing is trained, so what it writes back is exactly what it loaded
+    summary = train_diffusion_policy(_config(out, resume=True), calibration=cal)
+    assert summary["timesteps"] == 128
+    for name, saved in ((CHECKPOINT_REFINER, saved_refiner), ("refiner.safetensors", saved_refiner),
+                        (CHECKPOINT_BUFFER, saved_buffer)):  # fmt: skip
+        now = load_file(str(out / name))
+        assert now.keys() == saved.keys() and all(torch.equal(now[k], saved[k]) for k in saved), name
+    steps = [r["step"] for r in read_metrics(out) if "train/diffusion_loss" in r]
+    assert steps == [64, 128]  # the step logged after the checkpoint was dropped
+    summary = train_diffusion_policy(_config(out, resume=True, timesteps=256), calibration=cal)
+    assert summary["timesteps"] == 256
+    rows = [r for r in read_metrics(out) if "train/diffusion_loss" in r]
+    assert [r["step"] for r in rows] == [64, 128, 192, 256]  # continued, no step twice
+    assert rows[-1]["train/replay_size"] == 256  # the buffer kept its 128 entries and grew
+    assert [r["train/n_updates"] for r in rows] == sorted(r["train/n_updates"] for r in rows)
+    state = json.loads((out / "checkpoint.json").read_text())
+    assert state["timesteps_done"] == 256 and state["draws"] == 256
+    now = load_file(str(out / CHECKPOINT_REFINER))
+    assert any(not torch.equal(now[k], saved_refiner[k]) for k in saved_refiner)  # refit went on from the loaded
+
+
+def test_resume_refuses_a_missing_checkpoint_and_other_settings(trained, tmp_path):
+    src, _, cal = trained
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        train_diffusion_policy(_config(tmp_path / "empty", resume=True), calibration=cal)
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    with pytest.raises(SystemExit, match="refit_steps: checkpoint 20 vs now 5"):
+        train_diffusion_policy(_config(out, resume=True, refit_steps=5), calibration=cal)
+    (out / CHECKPOINT_BUFFER).unlink()
+    with pytest.raises(SystemExit, match=CHECKPOINT_BUFFER):
+        train_diffusion_policy(_config(out, resume=True), calibration=cal)
