@@ -110,5 +110,79 @@ def test_committed_dataset_is_readable_and_tells_allocations_apart():
     rows = read_runs(DATASET)
     assert len(rows) >= 30
     result = held_out_spearman(rows)
-    # the number the README reports (benchmarks/rank_surrogate.py); a surrogate blind to allocation gives ~0
-    assert result["pooled_allocations"] > 0.5
+    # the numbers the README reports (benchmarks/rank_surrogate.py). On the MiniLM pairs allocation moves the live
+    # loss well beyond seed noise; a surrogate blind to allocation gives rho ~0 +- 0.15 there (n = 32..48), so 0.3
+    # is a floor that can fail, not the goal (0.8, reported as not met where it is not). The tiny models barely
+    # learn in 40 steps (loss spread 0.005 on tiny-bert), so their rho is noise and is not asserted.
+    minilm = {p: rho for p, rho in result["allocations"].items() if p.startswith("minilm/")}
+    assert len(minilm) >= 2, result
+    assert all(rho > 0.3 for rho in minilm.values()), result
+
+
+# ------------------------------------------------- a policy trained on the learned sim follows the data and transfers
+@pytest.fixture(scope="module")
+def learned_policy(tmp_path_factory):
+    """2,048 PPO steps on the learned sim of 'm1' (a surrogate fitted on synthetic runs where MLP rank helps most);
+    one-shot allocations, budgets drawn from mean rank 0.5..8, quality is the whole reward."""
+    from rankrl.ranks.env import LoRARankConfig
+    from rankrl.ranks.finetune import FineTuneConfig
+    from rankrl.ranks.policy import load_policy
+    from rankrl.ranks.sim import SimCalibration
+    from rankrl.ranks.train import TrainPolicyConfig, train_policy
+
+    rows = _rows(_mlp_matters)
+    syn = SimCalibration.synthetic(num_layers=3, hidden=32, intermediate=64, r_max=8, run_steps=40)
+    cal = LearnedSurrogate(rows, exclude_pairs=["m2/t"]).calibration(syn.targets, syn.static, 8, run_steps=40,
+                                                                      model="m1", task="t")  # fmt: skip
+    out = tmp_path_factory.mktemp("learned-sim") / "run"
+    run = FineTuneConfig(model="tiny-bert", steps=40, batch_size=8, max_eval=16, max_train=128, threads=1)
+    env = LoRARankConfig(run=run, decisions=1, max_modules=32, budget_rank_range=(0.5, 8.0), w_params=0.0,
+                         w_tx=0.0)  # fmt: skip
+    config = TrainPolicyConfig(env=env, timesteps=2048, n_steps=128, ppo_batch_size=64, n_epochs=5, out=str(out),
+                               wandb=False, progress=False, checkpoint_every=0)  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RANKRL_CACHE", str(tmp_path_factory.mktemp("cache")))
+        result = train_policy(config, calibration=cal)
+    return result, load_policy(out), cal
+
+
+def _static(targets):
+    from rankrl.ranks.features import shape_features
+
+    n = len(targets)
+    return np.concatenate([shape_features(targets), np.full((n, 5), 0.5), np.tile([1.0, math.log(2), 1.0], (n, 1))],
+                          axis=1).astype(np.float32)  # fmt: skip
+
+
+def test_learned_sim_policy_depends_on_budget_and_beats_its_untrained_self(learned_policy):
+    from rankrl.ranks.budgets import BudgetSpec
+    from rankrl.ranks.policy import allocate
+
+    result, loaded, cal = learned_policy
+    gains = [row["policy"]["reward"] - row["untrained"]["reward"] for row in result.sim_budgets.values()]
+    assert np.mean(gains) > 1e-3, result.sim_budgets
+    allocs = {b: allocate(loaded, cal.targets, cal.static, BudgetSpec(rank=b)).ranks for b in (1.0, 2.0, 4.0)}
+    assert len({tuple(a.values()) for a in allocs.values()}) == 3
+
+
+def test_learned_sim_policy_moves_rank_where_the_data_says_and_beats_uniform_on_an_unseen_model(learned_policy):
+    """'m2' (4 layers) is left out of the surrogate's data and the policy never saw it: judged by the ground truth
+    the runs were generated from, its allocation beats uniform LoRA at equal parameters, and it gives the MLP a
+    larger share than uniform does (what the data says pays)."""
+    from rankrl.ranks.budgets import BudgetSpec
+    from rankrl.ranks.policy import allocate
+
+    _, loaded, _ = learned_policy
+    m2 = _targets(4)
+    mods = module_rows(m2)
+    gains, shares = {}, {}
+    for b in (1.0, 2.0, 4.0):
+        pol = allocate(loaded, tuple(m2), _static(m2), BudgetSpec(rank=b)).ranks
+        uni = allocation(m2, "uniform", b, 8)
+        f_pol = dict(zip(FEATURE_NAMES, allocation_features(mods, [pol[t.name] for t in m2], 8), strict=True))
+        f_uni = dict(zip(FEATURE_NAMES, allocation_features(mods, [uni[t.name] for t in m2], 8), strict=True))
+        gains[b] = _mlp_matters(f_uni) - _mlp_matters(f_pol)  # > 0: lower true loss than uniform
+        shares[b] = (f_pol["mlp_share"], f_uni["mlp_share"])
+    print(gains, shares)
+    assert np.mean(list(gains.values())) > 0, (gains, shares)
+    assert all(p > u for p, u in shares.values()), shares
