@@ -56,12 +56,12 @@ def cmd_train_policy(argv: Sequence[str]) -> int:
         from rankrl.ranks.surrogate import learned_calibration
 
         calibration = learned_calibration(config.surrogate, config.run)
+    from rankrl.interrupt import EXIT_INTERRUPTED
+
     if config.algo == "diffusion":
         from rankrl.ranks.latent import train_diffusion_policy
 
-        train_diffusion_policy(config, calibration=calibration)
-        return 0
-    from rankrl.interrupt import EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED if train_diffusion_policy(config, calibration=calibration).get("interrupted") else 0
     from rankrl.ranks.train import train_policy
 
     return EXIT_INTERRUPTED if train_policy(config, calibration=calibration).interrupted else 0

@@ -129,3 +129,13 @@ def test_resume_refuses_a_missing_checkpoint_and_other_settings(trained, tmp_pat
     (out / CHECKPOINT_BUFFER).unlink()
     with pytest.raises(SystemExit, match=CHECKPOINT_BUFFER):
         train_diffusion_policy(_config(out, resume=True), calibration=cal)
+
+
+def test_an_interrupted_diffusion_run_exits_130_like_ppo(tmp_path, monkeypatch):
+    """The CLI maps the diffusion trainer's ``interrupted`` summary to exit status 130 (as for PPO), 0 otherwise."""
+    import rankrl.ranks.latent as latent
+    from rankrl.cli import main
+
+    for summary, status in (({"timesteps": 64, "interrupted": "SIGINT"}, 130), ({"timesteps": 128}, 0)):
+        monkeypatch.setattr(latent, "train_diffusion_policy", lambda config, calibration=None, s=summary: s)
+        assert main(["train-policy", "--algo", "diffusion", "--out", str(tmp_path / "run")]) == status
