@@ -13,7 +13,8 @@ checkpoint and the policy files are written at the last update and the command e
 By default every episode draws its budget (``--env.budget_rank_range``, mean ranks 0.5 to 8) and the policy sees
 it in its observation, so one policy serves every budget. Whatever it trained on, the policy is then run for one
 live episode (deterministic) next to uniform LoRA at the fixed budget ``--env.budget.rank`` (same seed, same
-channel draws): the sim is only a surrogate. Sim-trained policies are also compared with uniform and with their
+channel draws): the sim is only a surrogate (``--no_live_check`` skips that live episode, e.g. for a model too
+slow to fine-tune twice more on the machine). Sim-trained policies are also compared with uniform and with their
 untrained start (same seeds) on the sim at several budgets. Outputs in ``--out``:
 ``policy.safetensors`` and ``policy.json`` (network and the observation layout that :mod:`rankrl.ranks.apply`
 checks), ``checkpoint.safetensors`` + ``checkpoint_optimizer.pt`` + ``checkpoint.json``, ``metrics.jsonl``
@@ -65,7 +66,7 @@ LEGACY_CHECKPOINT_FILE = "checkpoint.zip"
 CHECKPOINT_FORMAT = "rankrl/ranks/train-policy-checkpoint"
 #: config fields that may change between a run and its --resume
 RESUMABLE_CHANGES = frozenset({"timesteps", "checkpoint_every", "resume", "wandb", "progress", "env.run.threads",
-                               "out"})
+                               "out", "live_check"})
 
 
 #: budgets a default policy trains on: each episode's mean rank is drawn log-uniformly from this range
@@ -129,6 +130,9 @@ class TrainPolicyConfig:
     """log to W&B (offline unless WANDB_MODE / credentials say otherwise)"""
     progress: bool = True
     """show a progress bar"""
+    live_check: bool = True
+    """run the final live evaluation (one fine-tune per allocator at the live-check budget);
+    --no_live_check skips it, e.g. when the run is too slow on this machine"""
     algo: str = "ppo"
     """'ppo' (the set policy acts per module) or 'diffusion' (AirLLM: PPO picks a coarse latent, a DDIM refines it)"""
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -187,7 +191,8 @@ class TrainResult:
         model: the trained SB3 ``PPO``.
         out: the run directory.
         timesteps_done: env steps PPO has taken over all runs of this directory.
-        live: live evaluation, ``{"policy": summary, "uniform": summary}`` (see :func:`episode_summary`).
+        live: live evaluation, ``{"policy": summary, "uniform": summary}`` (see :func:`episode_summary`); empty
+            when ``live_check`` is off.
         sim: sim evaluation (sim training only), same layout.
         sim_budgets: sim evaluation by mean-rank budget, :func:`sim_budget_table` (sim training only).
         interrupted: the name of the signal (``"SIGINT"``/``"SIGTERM"``) that stopped training early (checkpoint
@@ -227,8 +232,9 @@ def fixed_budget(config: TrainPolicyConfig, mean_rank: float | None = None) -> B
 def sim_budget_table(config: TrainPolicyConfig, calibration: Any, allocators: Mapping[str, Callable],
                      mean_ranks: tuple[float, ...] = EVAL_BUDGET_RANKS, seeds: tuple[int, ...] = (1, 2, 3)
                      ) -> dict[str, dict[str, dict[str, float]]]:  # fmt: skip
-    """Mean sim reward, final accuracy and cap use of each allocator at each mean-rank budget (same seeds):
-    ``{str(mean_rank): {name: {"reward", "accuracy", "used"}}}``."""
+    """Mean sim reward, final accuracy, cap use and bits sent per update (``cost/bits``, mean over the decisions) of
+    each allocator at each mean-rank budget (same seeds): ``{str(mean_rank): {name: {"reward", "accuracy", "used",
+    "bits"}}}``."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for r in mean_ranks:
         env = make_env(config, "sim", calibration, fixed_budget(config, r))
@@ -237,7 +243,8 @@ def sim_budget_table(config: TrainPolicyConfig, calibration: Any, allocators: Ma
             eps = [rollout_episode(env, fn, config.run.seed + s) for s in seeds]
             row[name] = {"reward": float(np.mean([sum(i["reward/total"] for i in e) for e in eps])),
                          "accuracy": float(np.mean([e[-1]["quality/accuracy"] for e in eps])),
-                         "used": float(np.mean([i.get("budget/used_params", math.nan) for e in eps for i in e]))}
+                         "used": float(np.mean([i.get("budget/used_params", math.nan) for e in eps for i in e])),
+                         "bits": float(np.mean([i["cost/bits"] for e in eps for i in e]))}
         out[str(r)] = row
     return out
 
@@ -351,7 +358,8 @@ def check_resumable(config: TrainPolicyConfig, out: Path) -> dict[str, Any]:
 
 # -------------------------------------------------------------------------------------------------- train
 def train_policy(config: TrainPolicyConfig, *, calibration: Any = None) -> TrainResult:
-    """Train (or resume) a rank policy, save it, evaluate it on sim (when sim-trained) and always on live.
+    """Train (or resume) a rank policy, save it, evaluate it on sim (when sim-trained) and on live (unless
+    ``config.live_check`` is False).
 
     SIGINT / SIGTERM while it runs stop training at the next env step: the checkpoint and the policy files are
     written at the last PPO update, evaluation is skipped and the result has ``interrupted`` set (the CLI exits 130).
@@ -462,18 +470,11 @@ def _train_policy(config: TrainPolicyConfig, calibration: Any, stop: Any) -> Tra
             tracker.image("rank/heatmap", png, step=done)
             print_table("sim evaluation (deterministic policy vs uniform, same seed)", result.sim)
             summary.update(flat_summary("eval/sim", result.sim))
-        print(f"\nlive evaluation: one {config.run.steps}-step run of {config.run.model}/{config.run.task} per "
-              f"allocator at {_budget_text(config)} ...", flush=True)  # fmt: skip
-        live_env = make_env(config, "live", budget=fixed_budget(config))
-        result.live = {name: episode_summary(rollout_episode(live_env, fn, config.run.seed))
-                       for name, fn in (("policy", act), ("uniform", uniform_allocator))}  # fmt: skip
-        live_env.close()
-        png = plot_rank_heatmap(live_env.targets, result.live["policy"]["ranks"], out / "rank_heatmap_live.png",
-                                title=f"policy ranks, live {config.run.model}/{config.run.task} (acc "
-                                      f"{result.live['policy']['accuracy']:.3f})", r_max=config.run.r_max)  # fmt: skip
-        tracker.image("rank/heatmap_live", png, step=done)
-        print_table("live evaluation (deterministic policy vs uniform at the same budget, same seed)", result.live)
-        summary.update(flat_summary("eval/live", result.live))
+        if config.live_check:
+            _live_check(config, act, result, summary, tracker, out, done)
+        else:
+            print(f"\nlive evaluation skipped (--no_live_check): no live {config.run.model}/{config.run.task} run; "
+                  "--live_check runs one per allocator", flush=True)  # fmt: skip
         tracker.log({k: v for k, v in summary.items() if k.startswith("eval/")}, step=done)
         rows = read_metrics(out)
         if any("rollout/ep_reward" in r for r in rows):
@@ -486,6 +487,24 @@ def _train_policy(config: TrainPolicyConfig, calibration: Any, stop: Any) -> Tra
     finally:
         torch.set_num_threads(threads)
         tracker.finish()
+
+
+def _live_check(config: TrainPolicyConfig, act: Callable, result: TrainResult, summary: dict[str, Any], tracker: Any,
+                out: Path, done: int) -> None:
+    """The final live evaluation: one ``run.steps`` fine-tune per allocator (the policy, uniform) at the fixed
+    budget; fills ``result.live``, the ``eval/live*`` summary keys and ``rank_heatmap_live.png``."""
+    print(f"\nlive evaluation: one {config.run.steps}-step run of {config.run.model}/{config.run.task} per "
+          f"allocator at {_budget_text(config)} ...", flush=True)  # fmt: skip
+    live_env = make_env(config, "live", budget=fixed_budget(config))
+    result.live = {name: episode_summary(rollout_episode(live_env, fn, config.run.seed))
+                   for name, fn in (("policy", act), ("uniform", uniform_allocator))}  # fmt: skip
+    live_env.close()
+    png = plot_rank_heatmap(live_env.targets, result.live["policy"]["ranks"], out / "rank_heatmap_live.png",
+                            title=f"policy ranks, live {config.run.model}/{config.run.task} (acc "
+                                  f"{result.live['policy']['accuracy']:.3f})", r_max=config.run.r_max)  # fmt: skip
+    tracker.image("rank/heatmap_live", png, step=done)
+    print_table("live evaluation (deterministic policy vs uniform at the same budget, same seed)", result.live)
+    summary.update(flat_summary("eval/live", result.live))
 
 
 def _budget_text(config: TrainPolicyConfig, training: bool = False) -> str:

@@ -202,3 +202,32 @@ def test_an_even_constant_request_does_not_reproduce_the_trained_allocation(lear
         even = allocate_by_shares(cal.targets, [1.0] * len(cal.targets), env.round_budget(), env.grid)
         differs += trained.ranks != even
     assert differs >= 2
+
+
+def test_no_live_check_skips_the_live_evaluation(tmp_path, monkeypatch, capsys):
+    """--no_live_check: trained and evaluated on the sim only; no live env is ever made (a live run would fail)."""
+    import rankrl.ranks.train as train_module
+
+    made = []
+
+    def sim_only(config, backend=None, *args, **kwargs):
+        made.append(backend or config.backend)
+        assert made[-1] != "live", "live_check=False must not build a live env"
+        return make_env(config, backend, *args, **kwargs)
+
+    make_env = train_module.make_env
+    monkeypatch.setattr(train_module, "make_env", sim_only)
+    run = FineTuneConfig(model="tiny-bert", steps=40, batch_size=8, max_eval=16, max_train=128, threads=1)
+    env = LoRARankConfig(run=run, decisions=2, max_modules=16, budget_rank_range=(0.5, 8.0))
+    out = tmp_path / "run"
+    config = TrainPolicyConfig(env=env, timesteps=64, n_steps=32, ppo_batch_size=32, n_epochs=1, out=str(out),
+                               wandb=False, progress=False, checkpoint_every=0, live_check=False)  # fmt: skip
+    result = train_policy(config, calibration=SimCalibration.synthetic(r_max=8, run_steps=40))
+    assert made and set(made) == {"sim"}
+    assert result.live == {} and result.sim_budgets and result.sim  # the sim evaluation still ran
+    assert all(row["policy"]["bits"] > 0 for row in result.sim_budgets.values())  # bits sent per update
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["timesteps_done"] == 64 and any(k.startswith("eval/sim") for k in summary)
+    assert not any(k.startswith("eval/live") for k in summary) and not (out / "rank_heatmap_live.png").exists()
+    assert "live evaluation skipped" in capsys.readouterr().out
+    assert json.loads((out / "policy.json").read_text())["train_config"]["live_check"] is False
