@@ -3,16 +3,24 @@ steps, several seeds, in a channel regime where bandwidth does not bind (the def
 one where it does (-5..0 dB and a per-round transmit deadline).
 
 Each policy is scored by the sim at mean-rank budgets 0.5/1/2/4 (3 evaluation seeds, deterministic actions), next to
-uniform LoRA at the same budget: mean episode reward and final accuracy. MiniLM (36 modules) only: the SmolLM2
-case (210 modules) needs its own live calibration and longer runs than this machine's session allowed.
+uniform LoRA at the same budget: mean episode reward, final accuracy and mean bits sent per update.
 
-Run: ``.venv/bin/python benchmarks/diffusion_vs_ppo.py`` (writes ``benchmarks/results/diffusion_vs_ppo.json`` + PNG).
+``--model minilm`` (default, 36 modules) writes the top level of the JSON (its PPO runs also ran the live check:
+one live MiniLM fine-tune per allocator). Any other ``--model`` (e.g. ``smollm2``, 210 modules) needs its own live
+calibration (3 probes of the whole 40-step episode, cached in ~/.cache/rankrl) and is written under its own key of
+the same JSON (``{"smollm2": {"date", "machine", "config", "summary", "runs"}}``, the rest of the file kept) with
+its PNG beside it (``diffusion_vs_ppo_smollm2.png``); its PPO runs skip the live check unless ``--live-check`` (two
+more live SmolLM2 fine-tunes per run). The env's ``max_modules`` is raised to the model's module count if needed.
+
+Run: ``.venv/bin/python benchmarks/diffusion_vs_ppo.py [--model smollm2] [--seeds 0 1 2] [--timesteps 1024]``
+(writes ``benchmarks/results/diffusion_vs_ppo.json`` + PNG).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -35,32 +43,66 @@ ROOT = Path(__file__).resolve().parents[1]
 REGIMES = {"bandwidth-free": {}, "bandwidth-binds": {"snr_range_db": (-5.0, 0.0)}}
 
 
-def config_for(regime: str, algo: str, seed: int, timesteps: int, tx_cap: float | None) -> TrainPolicyConfig:
+def config_for(regime: str, algo: str, seed: int, timesteps: int, tx_cap: float | None, model: str = "minilm",
+               live_check: bool = True, max_modules: int | None = None) -> TrainPolicyConfig:  # fmt: skip
     base = TrainPolicyConfig()
-    env = replace(base.env, run=replace(base.run, seed=seed, threads=2), **REGIMES[regime])
+    env = replace(base.env, run=replace(base.run, model=model, seed=seed, threads=2), **REGIMES[regime])
+    if max_modules is not None:
+        env = replace(env, max_modules=max_modules)
     if regime == "bandwidth-binds":
         env = replace(env, budget=BudgetSpec(rank=4.0, tx_seconds=tx_cap))
-    return replace(base, env=env, algo=algo, timesteps=timesteps, n_steps=128, out=f"/tmp/dvp-{regime}-{algo}-{seed}",
-                   wandb=False, progress=False, checkpoint_every=0)  # fmt: skip
+    return replace(base, env=env, algo=algo, timesteps=timesteps, n_steps=128, wandb=False, progress=False,
+                   out=f"/tmp/dvp-{model}-{regime}-{algo}-{seed}", checkpoint_every=0,
+                   live_check=live_check)  # fmt: skip
+
+
+def mean_over_budgets(table: dict, who: str, key: str) -> float:
+    """Mean of ``table[budget][who][key]`` over the budgets (NaN when the table lacks ``key``)."""
+    values = [row[who][key] for row in table.values() if key in row[who]]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def write_results(path: Path, model: str, result: dict) -> None:
+    """MiniLM: the top level of ``path`` (other models' keys kept); another model: ``path[model]``, the rest kept.
+    Written atomically (temp file + os.replace)."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    if model == "minilm":
+        new = {**{k: v for k, v in old.items() if isinstance(v, dict) and "summary" in v}, **result}
+    else:
+        new = {**old, model: result}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(new, indent=1, default=str))
+    os.replace(tmp, path)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--timesteps", type=int, default=1024)
+    ap.add_argument("--model", default="minilm", help="model alias (minilm, smollm2, tiny-llama, ...)")
+    ap.add_argument("--timesteps", type=int, default=1024, help="env steps per policy (PPO and diffusion alike)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--tx-cap", type=float, default=0.5, help="transmit deadline (s) of the binding regime")
+    ap.add_argument("--live-check", action=argparse.BooleanOptionalAction, default=None,
+                    help="PPO runs end with one live fine-tune per allocator (default: on for minilm only)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "diffusion_vs_ppo.json"))
     a = ap.parse_args()
+    if a.live_check is None:
+        a.live_check = a.model == "minilm"
     from rankrl.ranks.train import train_policy
 
     t_start, rows = time.time(), []
-    cal = None
+    first = config_for("bandwidth-free", "ppo", a.seeds[0], a.timesteps, a.tx_cap, a.model, a.live_check)
+    t0 = time.time()
+    # the same calibration for every run (it depends on the run config, the same in all of them but the seed)
+    cal = calibrate(first.env, first.probes, first.probe_steps or first.run.steps, probe_evals=first.probe_evals)
+    n_modules = len(cal.targets)
+    max_modules = max(first.env.max_modules, n_modules)
+    print(f"calibration of {a.model}/{first.run.task}: {n_modules} modules, {time.time() - t0:.0f}s; "
+          f"max_modules {max_modules}", flush=True)  # fmt: skip
     for regime in REGIMES:
         for seed in a.seeds:
             for algo in ("ppo", "diffusion"):
-                cfg = config_for(regime, algo, seed, a.timesteps, a.tx_cap)
-                if cal is None:  # the same calibration for every run (the run config is the same)
-                    cal = calibrate(cfg.env, cfg.probes, cfg.probe_steps or cfg.run.steps, probe_evals=cfg.probe_evals)
+                cfg = config_for(regime, algo, seed, a.timesteps, a.tx_cap, a.model, a.live_check, max_modules)
                 t0 = time.time()
                 if algo == "ppo":
                     train_policy(replace(cfg, env_id="rankrl/LoRARank-Sim-v1"), calibration=cal)
@@ -74,36 +116,46 @@ def main() -> None:
                     summary = train_diffusion_policy(cfg, calibration=cal)
                     table = {r: {("policy" if k == "diffusion" else k): v for k, v in row.items()}
                              for r, row in summary["sim_by_budget"].items()}  # fmt: skip
-                rows.append({"regime": regime, "algo": algo, "seed": seed, "seconds": time.time() - t0,
-                             "by_budget": table})  # fmt: skip
-                mean = np.mean([row["policy"]["reward"] for row in table.values()])
-                uni = np.mean([row["uniform"]["reward"] for row in table.values()])
-                print(f"{regime} {algo} seed {seed}: mean reward {mean:.4f} (uniform {uni:.4f})", flush=True)
+                seconds = time.time() - t0
+                rows.append({"regime": regime, "algo": algo, "seed": seed, "seconds": seconds, "by_budget": table})
+                print(f"{regime} {algo} seed {seed}: mean reward {mean_over_budgets(table, 'policy', 'reward'):.4f} "
+                      f"(uniform {mean_over_budgets(table, 'uniform', 'reward'):.4f}), bits/update "
+                      f"{mean_over_budgets(table, 'policy', 'bits'):.4g} (uniform "
+                      f"{mean_over_budgets(table, 'uniform', 'bits'):.4g}), {seconds:.0f}s", flush=True)  # fmt: skip
     summary = {}
     for regime in REGIMES:
         for algo in ("ppo", "diffusion"):
             runs = [r for r in rows if r["regime"] == regime and r["algo"] == algo]
-            rew = [np.mean([b["policy"]["reward"] for b in r["by_budget"].values()]) for r in runs]
-            acc = [np.mean([b["policy"]["accuracy"] for b in r["by_budget"].values()]) for r in runs]
-            uni = [np.mean([b["uniform"]["reward"] for b in r["by_budget"].values()]) for r in runs]
-            summary[f"{regime}/{algo}"] = {"reward_mean": float(np.mean(rew)), "reward_std": float(np.std(rew)),
-                                           "accuracy_mean": float(np.mean(acc)), "uniform_reward": float(np.mean(uni)),
-                                           "seeds": len(runs)}  # fmt: skip
-    print(f"\n{'regime/algo':<28} {'reward':>16} {'accuracy':>9} {'uniform reward':>15}")
+            rew = [mean_over_budgets(r["by_budget"], "policy", "reward") for r in runs]
+
+            def over_runs(who: str, key: str, runs: list = runs) -> float:
+                return float(np.mean([mean_over_budgets(r["by_budget"], who, key) for r in runs]))
+
+            summary[f"{regime}/{algo}"] = {
+                "reward_mean": float(np.mean(rew)), "reward_std": float(np.std(rew)),
+                "accuracy_mean": over_runs("policy", "accuracy"), "uniform_reward": over_runs("uniform", "reward"),
+                "bits_mean": over_runs("policy", "bits"), "uniform_bits": over_runs("uniform", "bits"),
+                "seeds": len(runs), "rewards": rew}  # fmt: skip
+    print(f"\n{a.model} ({n_modules} modules), {a.timesteps} env steps per policy, seeds {a.seeds}")
+    print(f"{'regime/algo':<28} {'reward':>16} {'accuracy':>9} {'uniform reward':>15} {'bits/update':>12} "
+          f"{'uniform bits':>12}")  # fmt: skip
     for k, s in summary.items():
         print(f"{k:<28} {s['reward_mean']:>9.4f} +- {s['reward_std']:.4f} {s['accuracy_mean']:>9.3f} "
-              f"{s['uniform_reward']:>15.4f}")
+              f"{s['uniform_reward']:>15.4f} {s['bits_mean']:>12.4g} {s['uniform_bits']:>12.4g}")
     import torch
 
     out = {"date": datetime.now().isoformat(timespec="seconds"),
            "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__},
-           "config": vars(a), "summary": summary, "runs": rows, "seconds": time.time() - t_start}  # fmt: skip
-    Path(a.out).write_text(json.dumps(out, indent=1, default=str))
-    plot(summary, Path(a.out).with_suffix(".png"))
-    print(f"-> {a.out}")
+           "config": {**vars(a), "n_modules": n_modules, "max_modules": max_modules}, "summary": summary, "runs": rows,
+           "seconds": time.time() - t_start}  # fmt: skip
+    path = Path(a.out)
+    write_results(path, a.model, out)
+    png = path.with_suffix(".png") if a.model == "minilm" else path.with_name(f"{path.stem}_{a.model}.png")
+    plot(summary, png, f"{a.model} ({n_modules} modules)")
+    print(f"-> {path} ({'top level' if a.model == 'minilm' else repr(a.model)}), {png}")
 
 
-def plot(summary: dict, png: Path) -> None:
+def plot(summary: dict, png: Path, title: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,6 +171,8 @@ def plot(summary: dict, png: Path) -> None:
     ax.set_xticks(range(len(keys)), keys, rotation=15, fontsize=7)
     ax.set_ylabel("mean sim reward over budgets 0.5-4")
     ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     save_fig(fig, png)
 
