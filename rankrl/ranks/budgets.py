@@ -62,6 +62,10 @@ CONSTRAINTS: tuple[str, ...] = ("params", "flops", "bits", "optimizer_bytes", "t
 RTOL = 1e-9
 
 
+class BudgetError(ValueError):
+    """A budget no method can use (e.g. below uniform LoRA at the lowest rank): the CLI prints it and exits 2."""
+
+
 @dataclass(frozen=True)
 class Budget:
     """Caps on the cost of a rank allocation; ``None`` leaves a quantity unconstrained.

@@ -69,16 +69,17 @@ def cmd_train_policy(argv: Sequence[str]) -> int:
 
 def _policy_command(argv: Sequence[str], module: str, config_name: str, fn_name: str, prog: str) -> int:
     """Parse ``rankrl.ranks.<module>.<config_name>`` with tyro and run ``<fn_name>``; a policy file from another
-    observation layout is a clear message and exit status 2, not a traceback."""
+    observation layout or an unusable budget is a clear message and exit status 2, not a traceback."""
     import importlib
 
+    from rankrl.ranks.budgets import BudgetError
     from rankrl.ranks.policy import PolicyLayoutError
 
     mod = importlib.import_module(f"rankrl.ranks.{module}")
     config = parse_config(getattr(mod, config_name), argv, prog=prog)
     try:
         getattr(mod, fn_name)(config)
-    except PolicyLayoutError as e:
+    except (PolicyLayoutError, BudgetError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
     return 0

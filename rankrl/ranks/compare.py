@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from rankrl.atomic import atomic_write, atomic_write_json
-from rankrl.ranks.budgets import BudgetSpec
+from rankrl.ranks.budgets import BudgetError, BudgetSpec
 from rankrl.ranks.finetune import FineTuneConfig, episode_run
 
 METHODS: tuple[str, ...] = ("uniform", "random", "spectrum", "importance", "adalora")
@@ -95,7 +95,7 @@ def run_baselines(config: BaselinesConfig) -> dict[str, Any]:
     fixed = {"uniform": uniform(targets, budget, grid, r_max=r_max)}
     if not any(fixed["uniform"].values()):  # every module at rank 0: each method would train the head only
         need = sum(t.in_features + t.out_features for t in targets) * min(g for g in grid if g > 0)
-        raise ValueError(f"the budget ({', '.join(f'{k} {v:,.6g}' for k, v in budget.caps.items())}) is below uniform "
+        raise BudgetError(f"the budget ({', '.join(f'{k} {v:,.6g}' for k, v in budget.caps.items())}) is below uniform "
                          f"LoRA at the lowest rank ({need:,} params): every method would train the head only. Raise "
                          f"it (--budget.params >= {need}, --budget.rank >= 1 or --budget.flops)")  # fmt: skip
     if "spectrum" in c.methods:
