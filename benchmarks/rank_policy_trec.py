@@ -2,7 +2,7 @@
 
 The policy is the one ``benchmarks/rank_policy_learned.py`` trains for MiniLM / TREC-6 *without* any TREC-6 run in
 the surrogate's data (``runs/rank_policy_learned/minilm_trec_qc_coarse``; run that script first). For each mean-rank
-budget this runs ``rankrl baselines`` (uniform, random, spectrum, importance and the policy, all at the same
+budget this runs ``rankrl baselines`` (uniform, random, spectrum, importance, EVA and the policy, all at the same
 parameter cap, 40 steps at lr 3e-3 - the episode the policy was trained for; no lr sweep) on seeds 3-7, which no run
 in the dataset used, and scores them on 500 held-out rows (the eval split ``rankrl`` carves, stratified, from
 TREC.train: ``baselines`` has no test-split option; nothing here was tuned on those rows). Paired t-tests (scipy
@@ -32,7 +32,7 @@ from rankrl.cli import main as rankrl_main  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT.parent / "shared" / "data" / "trec_qc"
-RULES = ("uniform", "random", "spectrum", "importance")
+RULES = ("uniform", "random", "spectrum", "importance", "eva")
 
 
 def paired(a: list[float], b: list[float]) -> dict[str, float]:

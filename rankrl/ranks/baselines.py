@@ -7,6 +7,7 @@ Every function returns ``{module name: rank}`` on the given grid and within the 
 * :func:`random_allocation` - random scores; the floor any learned allocator has to beat.
 * :func:`spectrum` - LaMDA++-like, from the pre-trained weight spectrum alone (no data).
 * :func:`importance` - AdaLoRA-like, from first-order gradient sensitivity measured on real batches.
+* :func:`eva` - EVA's rank redistribution (PEFT ``EvaConfig``, rho 2) from the input activations' spectra.
 
 :func:`run_adalora` is the real thing: PEFT's ``AdaLoraConfig`` trained with the same data, batches, optimizer
 and learning-rate schedule as :class:`~rankrl.ranks.finetune.FineTuneRun`, calling
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,8 @@ __all__ = [
     "adalora_ranks",
     "adalora_step",
     "adalora_target_r",
+    "eva",
+    "eva_scores",
     "importance",
     "importance_scores",
     "random_allocation",
@@ -147,6 +150,48 @@ def importance(
     """AdaLoRA-like allocation from gradient sensitivity (:func:`importance_scores`), decided once up front
     (for AdaLoRA's own pruning during training see :func:`run_adalora`)."""
     scores = importance_scores(targets, features)
+    return allocate_by_scores(targets, scores, budget, grid, r_max=r_max, utility=utility)
+
+
+def eva_scores(model: Any, targets: Sequence[TargetModule], inputs: Sequence[Mapping[str, Any]], *, rank: int,
+               rho: float = 2.0) -> np.ndarray:  # fmt: skip
+    """EVA's data-driven rank redistribution (Paischer et al. 2024, "One Initialization to Rule them All"), computed
+    by PEFT (``peft.tuners.lora.eva.get_eva_state_dict`` with ``EvaConfig(rho=rho)``): an incremental SVD of each
+    module's input activations on ``inputs`` (batches of the train split, labels dropped, padding masked), then the
+    ``rank x len(targets)`` components that explain the most variance over all modules, at most ``rho x rank`` per
+    module. Returns each module's EVA rank / (rho x rank), in [0, 1].
+
+    EVA counts rank, not parameters; :func:`eva` spends a parameter budget with these scores, so it is EVA's
+    redistribution under the same cap as every other method (not EVA's initialisation of A: every method here starts
+    from the same LoRA init).
+    """
+    import torch
+    from peft import EvaConfig, LoraConfig
+    from peft.tuners.lora.eva import get_eva_state_dict
+
+    if rank < 1 or rho < 1:
+        raise ValueError(f"EVA needs rank >= 1 and rho >= 1, got rank {rank}, rho {rho}")
+    config = LoraConfig(r=int(rank), target_modules=[t.name for t in targets], init_lora_weights="eva",
+                        eva_config=EvaConfig(rho=float(rho), use_label_mask=False))  # fmt: skip
+    batches = [{k: v for k, v in b.items() if k != "labels"} for b in inputs]
+    with torch.no_grad():
+        state = get_eva_state_dict(model, batches, peft_config=config, show_progress_bar=False)
+    found = {name: int(a.shape[0]) for name, a in state.items()}
+    if missing := [t.name for t in targets if t.name not in found]:
+        raise ValueError(f"EVA returned no components for {missing[:3]}")
+    return np.array([found[t.name] / (rho * rank) for t in targets], dtype=np.float64)
+
+
+def eva(
+    targets: Sequence[TargetModule],
+    scores: np.ndarray,
+    budget: Budget,
+    grid: Sequence[int],
+    *,
+    r_max: int | None = None,
+    utility: str = "log1p",
+) -> dict[str, int]:
+    """EVA-style allocation: :func:`eva_scores` spent under ``budget`` by the same greedy as every scored rule."""
     return allocate_by_scores(targets, scores, budget, grid, r_max=r_max, utility=utility)
 
 

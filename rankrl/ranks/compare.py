@@ -21,7 +21,7 @@ from rankrl.atomic import atomic_write, atomic_write_json
 from rankrl.ranks.budgets import BudgetError, BudgetSpec
 from rankrl.ranks.finetune import FineTuneConfig, episode_run
 
-METHODS: tuple[str, ...] = ("uniform", "random", "spectrum", "importance", "adalora")
+METHODS: tuple[str, ...] = ("uniform", "random", "spectrum", "importance", "eva", "adalora")
 
 
 # --------------------------------------------------------------------------------------------- baselines
@@ -43,7 +43,7 @@ class BaselinesConfig:
     seeds: tuple[int, ...] | None = None
     """training seeds, every method runs every seed (None: --run.seed only)"""
     methods: tuple[str, ...] = METHODS
-    """baselines to run (subset of uniform, random, spectrum, importance, adalora)"""
+    """baselines to run (subset of uniform, random, spectrum, importance, eva, adalora)"""
     policy: str | None = None
     """also run a trained policy (directory with policy.safetensors + policy.json)"""
     adalora_worst_case: bool = True
@@ -76,7 +76,7 @@ class BaselinesConfig:
 def run_baselines(config: BaselinesConfig) -> dict[str, Any]:
     """Run every method of ``config`` (see the module docstring); returns ``{"budget", "runs", "table"}`` and
     writes it to ``results.json`` / ``results.csv`` in ``config.out``."""
-    from rankrl.ranks.baselines import importance, random_allocation, run_adalora, spectrum, uniform
+    from rankrl.ranks.baselines import eva, importance, random_allocation, run_adalora, spectrum, uniform
     from rankrl.ranks.budgets import check_grid, pow2_grid
     from rankrl.ranks.costs import allocation_cost
     from rankrl.ranks.finetune import FineTuneRun, model_features
@@ -102,6 +102,9 @@ def run_baselines(config: BaselinesConfig) -> dict[str, Any]:
         fixed["spectrum"] = spectrum(targets, feats, budget, grid, r_max=r_max)
     if "importance" in c.methods:
         fixed["importance"] = importance(targets, feats, budget, grid, r_max=r_max)
+    if "eva" in c.methods:
+        fixed["eva"] = eva(targets, _eva_scores(base, targets, max(fixed["uniform"].values())), budget, grid,
+                           r_max=r_max)  # fmt: skip
     methods = list(c.methods)
     if c.policy is not None:
         loaded = load_policy(c.policy)
@@ -153,6 +156,19 @@ def run_baselines(config: BaselinesConfig) -> dict[str, Any]:
         return result
     finally:
         tracker.finish()
+
+
+def _eva_scores(run_config: Any, targets: Any, rank: int, n_batches: int = 8) -> Any:
+    """EVA's scores (:func:`rankrl.ranks.baselines.eva_scores`, rho 2) on ``n_batches`` train batches of the run's
+    task (the batches the gradient features use), with a freshly loaded copy of the pre-trained model."""
+    from rankrl.models import load_model
+    from rankrl.ranks.baselines import eva_scores
+    from rankrl.ranks.finetune import batches, new_live_run
+
+    run = new_live_run(run_config)
+    loaded = load_model(run_config.model, task_kind=run.task.kind, num_labels=max(len(run.task.label_names), 2),
+                        seed=run_config.seed)  # fmt: skip
+    return eva_scores(loaded.model, targets, list(batches(run, n_batches)), rank=rank)
 
 
 def _aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

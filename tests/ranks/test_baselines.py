@@ -14,6 +14,8 @@ from rankrl.ranks.baselines import (
     adalora_ranks,
     adalora_step,
     adalora_target_r,
+    eva,
+    eva_scores,
     importance,
     random_allocation,
     run_adalora,
@@ -105,6 +107,30 @@ def test_every_baseline_is_feasible_on_a_real_model():
         assert set(ranks) == {t.name for t in targets}, name
         assert feasible(targets, ranks, b) and _used(targets, ranks, b) >= 0.8, name
     assert allocations["spectrum"] != allocations["importance"]
+
+
+def test_eva_redistributes_rank_by_the_inputs_spectra_and_spends_the_budget():
+    """PEFT's EVA gives each module its share of rank x modules components (at most rho x rank); the scores follow
+    the activations (other inputs, other scores) and the allocation spends the parameter cap like every rule."""
+    loaded = load_model("tiny-bert", num_labels=2)
+    targets = find_target_modules(loaded.model)
+    gen = torch.Generator().manual_seed(0)
+
+    def inputs(vocab):
+        ids = torch.randint(5, vocab, (4 * 8, 12), generator=gen)
+        return [{"input_ids": ids[i : i + 8], "attention_mask": torch.ones(8, 12, dtype=torch.long),
+                 "labels": torch.zeros(8, dtype=torch.long)} for i in range(0, 32, 8)]  # fmt: skip
+
+    scores = eva_scores(loaded.model, targets, inputs(100), rank=2)
+    assert scores.shape == (len(targets),) and scores.min() >= 0 and scores.max() <= 1
+    assert scores.sum() * 2.0 * 2 == pytest.approx(2 * len(targets))  # EVA's budget: rank x modules components
+    assert len(set(scores.round(6))) > 1  # redistributed, not uniform
+    assert not np.allclose(scores, eva_scores(loaded.model, targets, inputs(8), rank=2))  # 3 token ids: other spectra
+    b = Budget.uniform_equivalent(targets, 2)
+    ranks = eva(targets, scores, b, GRID)
+    assert feasible(targets, ranks, b) and _used(targets, ranks, b) >= 0.8 and ranks != uniform(targets, b, GRID)
+    with pytest.raises(ValueError, match="rank >= 1"):
+        eva_scores(loaded.model, targets, inputs(100), rank=0)
 
 
 # -------------------------------------------------------------------------------------------------- AdaLoRA
