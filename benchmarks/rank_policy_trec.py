@@ -2,11 +2,13 @@
 
 The policy is the one ``benchmarks/rank_policy_learned.py`` trains for MiniLM / TREC-6 *without* any TREC-6 run in
 the surrogate's data (``runs/rank_policy_learned/minilm_trec_qc_coarse``; run that script first). For each mean-rank
-budget this runs ``rankrl baselines`` (uniform, random, spectrum, importance, EVA and the policy, all at the same
-parameter cap, 40 steps at lr 3e-3 - the episode the policy was trained for; no lr sweep) on seeds 3-7, which no run
-in the dataset used, and scores them on 500 held-out rows (the eval split ``rankrl`` carves, stratified, from
-TREC.train: ``baselines`` has no test-split option; nothing here was tuned on those rows). Paired t-tests (scipy
-``ttest_rel``) of the policy against each rule on eval loss and accuracy.
+budget this runs ``rankrl baselines`` (uniform, random, spectrum, importance, EVA, AdaLoRA and the policy, all at
+the same parameter cap, 40 steps at lr 3e-3 - the episode the policy was trained for; no lr sweep) on seeds 3-7,
+which no run in the dataset used, and scores them on 500 held-out rows (the eval split ``rankrl`` carves,
+stratified, from TREC.train: ``baselines`` has no test-split option; nothing here was tuned on those rows). Paired
+t-tests (scipy ``ttest_rel``) of the policy against each rule on eval loss and accuracy. AdaLoRA gets the uniform
+baseline's budget in its own rank terms (``--no_adalora_worst_case``: target_r = the uniform rank; it may end above
+the parameter cap, which the params column shows).
 
 Run: ``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/rank_policy_trec.py`` (~3.5 min per budget on 2 cores; each
 budget's ``rankrl baselines`` folder is reused when it already holds results.json); writes
@@ -32,7 +34,7 @@ from rankrl.cli import main as rankrl_main  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT.parent / "shared" / "data" / "trec_qc"
-RULES = ("uniform", "random", "spectrum", "importance", "eva")
+RULES = ("uniform", "random", "spectrum", "importance", "eva", "adalora")
 
 
 def paired(a: list[float], b: list[float]) -> dict[str, float]:
@@ -61,7 +63,8 @@ def main() -> None:
         if not (folder / "results.json").exists():
             argv = ["baselines", "--methods", *RULES, "--uniform_lrs", "0.003", "--policy", a.policy, "--seeds",
                     *map(str, a.seeds), "--budget.rank", str(budget), "--run.task", str(DATA), "--run.labels",
-                    "coarse", "--run.max_eval", str(a.max_eval), "--no_wandb", "--out", str(folder)]  # fmt: skip
+                    "coarse", "--run.max_eval", str(a.max_eval), "--no_wandb", "--out", str(folder),
+                    "--no_adalora_worst_case"]  # fmt: skip
             if rankrl_main(argv) != 0:
                 sys.exit(f"rankrl {' '.join(argv)} failed")
         runs = json.loads((folder / "results.json").read_text())["runs"]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rankrl.ranks.budgets import Budget, budget_metrics, check_grid, feasible, unit_costs
+from rankrl.ranks.budgets import Budget, BudgetError, budget_metrics, check_grid, feasible, unit_costs
 from rankrl.ranks.rounding import allocate_by_scores
 
 if TYPE_CHECKING:
@@ -221,7 +221,7 @@ def adalora_target_r(
             a smaller budget than the other baselines get.
 
     Raises:
-        ValueError: when not even r = 1 fits.
+        BudgetError: when not even r = 1 fits (the message names the flags that fix it).
     """
     cap = min(t.max_rank for t in targets)
     if r_max is not None:
@@ -240,7 +240,10 @@ def adalora_target_r(
                 ranks[targets[i].name], left = take, left - take
         if feasible(targets, ranks, budget):
             return r
-    raise ValueError("the budget is below uniform rank 1: AdaLoRA needs target_r >= 1; raise the budget")
+    raise BudgetError("the budget is below what AdaLoRA needs at target_r 1" + (
+        " when every allocation it can end with must fit (--adalora_worst_case); pass --no_adalora_worst_case (the "
+        "uniform baseline's budget in AdaLoRA's rank terms) or raise the budget (--budget.rank / --budget.params)"
+        if worst_case else ": raise the budget (--budget.rank / --budget.params)"))  # fmt: skip
 
 
 def _default_init_r(target_r: int, cap: int) -> int:

@@ -22,7 +22,7 @@ from rankrl.ranks.baselines import (
     spectrum,
     uniform,
 )
-from rankrl.ranks.budgets import Budget, feasible, total_costs
+from rankrl.ranks.budgets import Budget, BudgetError, feasible, total_costs
 from rankrl.ranks.features import STATIC_FEATURE_NAMES, LayerFeatures, compute_features
 from rankrl.ranks.finetune import FineTuneConfig
 from rankrl.targets import find_target_modules
@@ -144,6 +144,10 @@ def test_adalora_config_from_budget():
     assert adalora_target_r(MIXED, b, worst_case=True) == 3
     assert feasible(MIXED, {"up": 5, "down": 5, "q": 5, "v": 0, "s": 0}, b)
     assert not feasible(MIXED, {"up": 6, "down": 6, "q": 6, "v": 2, "s": 0}, b)
+    one = Budget.uniform_equivalent(MIXED, 1)  # uniform rank 1 fits; AdaLoRA's worst case (init_r 2 on the widest) not
+    assert adalora_target_r(MIXED, one) == 1
+    with pytest.raises(BudgetError, match="pass --no_adalora_worst_case"):
+        adalora_target_r(MIXED, one, worst_case=True)
     with pytest.raises(ValueError, match="target_r < init_r"):
         adalora_config(MIXED, Budget.uniform_equivalent(MIXED, 32), 100)  # uniform 32 = every module's cap
     with pytest.raises(ValueError, match="total_steps >= 3"):
