@@ -461,17 +461,11 @@ def _train_policy(config: TrainPolicyConfig, calibration: Any, stop: Any) -> Tra
                 print(f"  {r:>9} " + " ".join(f"{c:>25}" for c in cells))
             summary.update({f"eval/sim_r{r}_{n}_{k}": v for r, row in table.items() for n, d in row.items()
                             for k, v in d.items()})  # fmt: skip
-            sim_env = make_env(config, "sim", calibration, fixed_budget(config))
-            result.sim = {name: episode_summary(rollout_episode(sim_env, fn, config.run.seed + 1))
-                          for name, fn in (("policy", act), ("uniform", uniform_allocator))}  # fmt: skip
-            png = plot_rank_heatmap(sim_env.targets, result.sim["policy"]["ranks"], out / "rank_heatmap.png",
-                                    title=f"policy ranks on sim {config.run.model} (reward "
-                                          f"{result.sim['policy']['reward']:.3f})", r_max=config.run.r_max)  # fmt: skip
-            tracker.image("rank/heatmap", png, step=done)
-            print_table("sim evaluation (deterministic policy vs uniform, same seed)", result.sim)
-            summary.update(flat_summary("eval/sim", result.sim))
+            result.sim = _versus_uniform(config, "sim", act, calibration, summary, tracker, out, done)
         if config.live_check:
-            _live_check(config, act, result, summary, tracker, out, done)
+            print(f"\nlive evaluation: one {config.run.steps}-step run of {config.run.model}/{config.run.task} per "
+                  f"allocator at {_budget_text(config)} ...", flush=True)  # fmt: skip
+            result.live = _versus_uniform(config, "live", act, None, summary, tracker, out, done)
         else:
             print(f"\nlive evaluation skipped (--no_live_check): no live {config.run.model}/{config.run.task} run; "
                   "--live_check runs one per allocator", flush=True)  # fmt: skip
@@ -489,22 +483,26 @@ def _train_policy(config: TrainPolicyConfig, calibration: Any, stop: Any) -> Tra
         tracker.finish()
 
 
-def _live_check(config: TrainPolicyConfig, act: Callable, result: TrainResult, summary: dict[str, Any], tracker: Any,
-                out: Path, done: int) -> None:
-    """The final live evaluation: one ``run.steps`` fine-tune per allocator (the policy, uniform) at the fixed
-    budget; fills ``result.live``, the ``eval/live*`` summary keys and ``rank_heatmap_live.png``."""
-    print(f"\nlive evaluation: one {config.run.steps}-step run of {config.run.model}/{config.run.task} per "
-          f"allocator at {_budget_text(config)} ...", flush=True)  # fmt: skip
-    live_env = make_env(config, "live", budget=fixed_budget(config))
-    result.live = {name: episode_summary(rollout_episode(live_env, fn, config.run.seed))
-                   for name, fn in (("policy", act), ("uniform", uniform_allocator))}  # fmt: skip
-    live_env.close()
-    png = plot_rank_heatmap(live_env.targets, result.live["policy"]["ranks"], out / "rank_heatmap_live.png",
-                            title=f"policy ranks, live {config.run.model}/{config.run.task} (acc "
-                                  f"{result.live['policy']['accuracy']:.3f})", r_max=config.run.r_max)  # fmt: skip
-    tracker.image("rank/heatmap_live", png, step=done)
-    print_table("live evaluation (deterministic policy vs uniform at the same budget, same seed)", result.live)
-    summary.update(flat_summary("eval/live", result.live))
+def _versus_uniform(config: TrainPolicyConfig, backend: str, act: Callable, calibration: Any, summary: dict[str, Any],
+                    tracker: Any, out: Path, done: int) -> dict[str, Any]:  # fmt: skip
+    """One deterministic episode of the policy and of uniform LoRA at the fixed budget on ``backend`` ("sim": seed
+    + 1, ``rank_heatmap.png``; "live": the run's seed, one fine-tune per allocator, ``rank_heatmap_live.png``):
+    prints the table, adds the ``eval/<backend>*`` summary keys and the heatmap; returns ``{"policy", "uniform"}``."""
+    live = backend == "live"
+    env = make_env(config, backend, calibration, fixed_budget(config))
+    table = {name: episode_summary(rollout_episode(env, fn, config.run.seed + (0 if live else 1)))
+             for name, fn in (("policy", act), ("uniform", uniform_allocator))}  # fmt: skip
+    env.close()
+    policy = table["policy"]
+    title = (f"policy ranks, live {config.run.model}/{config.run.task} (acc {policy['accuracy']:.3f})" if live
+             else f"policy ranks on sim {config.run.model} (reward {policy['reward']:.3f})")  # fmt: skip
+    png = plot_rank_heatmap(env.targets, policy["ranks"], out / f"rank_heatmap{'_live' if live else ''}.png",
+                            title=title, r_max=config.run.r_max)  # fmt: skip
+    tracker.image(f"rank/heatmap{'_live' if live else ''}", png, step=done)
+    print_table("live evaluation (deterministic policy vs uniform at the same budget, same seed)" if live
+                else "sim evaluation (deterministic policy vs uniform, same seed)", table)  # fmt: skip
+    summary.update(flat_summary(f"eval/{backend}", table))
+    return table
 
 
 def _budget_text(config: TrainPolicyConfig, training: bool = False) -> str:
