@@ -383,6 +383,7 @@ def run_adalora(
     task: Any = None,
     tracker: Any = None,
     reallocate: bool = True,
+    test: bool = False,
     **adalora_kwargs: Any,
 ) -> AdaLoraResult:
     """Fine-tune with PEFT AdaLoRA for ``config.steps`` steps on exactly FineTuneRun's data and schedule.
@@ -402,6 +403,7 @@ def run_adalora(
         tracker: a :class:`rankrl.tracking.Tracker`.
         reallocate: ``False`` skips ``update_and_allocate`` (AdaLoRA as users often run it by mistake: an
             SVD-LoRA at ``init_r`` that never prunes); for ablations.
+        test: also score the task's test split at the end (``quality/test_loss``, ``quality/test_accuracy``).
         adalora_kwargs: forwarded to :func:`adalora_config` (``target_r``, ``init_r``, ``tinit``, ...).
     """
     from peft import get_peft_model
@@ -435,6 +437,8 @@ def run_adalora(
                 run.evaluate()
     with _without_orth_reg(model):
         metrics.update(run.evaluate())
+        if test:
+            metrics.update(run.evaluate("test"))
 
     ranks = adalora_ranks(model)
     metrics["train/loss"] = train["train/loss"]

@@ -163,6 +163,7 @@ class FineTuneRun:
             pick = np.random.default_rng(config.seed).choice(len(eval_rows), config.max_eval, replace=False)
             eval_rows = tuple(eval_rows[i] for i in sorted(pick))
         self._eval = self._encode(eval_rows)
+        self._test: dict[str, Any] | None = None  # encoded on the first evaluate(split='test')
         adapters = [p for n, p in self.model.named_parameters() if p.requires_grad and "lora_" in n]
         heads = [p for n, p in self.model.named_parameters() if p.requires_grad and "lora_" not in n]
         groups = [{"params": adapters, "lr": config.lr}]
@@ -262,14 +263,33 @@ class FineTuneRun:
         return self.state.step >= self.config.steps
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, split: str = "eval") -> dict[str, float]:
         """Held-out ``quality/eval_loss`` and ``quality/accuracy`` (classification: label accuracy; causal LM:
-        accuracy of the target tokens under teacher forcing)."""
+        accuracy of the target tokens under teacher forcing).
+
+        ``split="test"`` scores the task's test split instead (every row, encoded on first use) and returns
+        ``quality/test_loss`` and ``quality/test_accuracy``; it neither logs nor becomes ``state.last_eval``, so
+        nothing a policy or a tuner reads during the run ever sees the test rows.
+
+        Raises:
+            ValueError: ``split`` is not ``eval``/``test``, or the task has no test split.
+        """
+        if split == "eval":
+            data = self._eval
+        elif split == "test":
+            if not self.task.splits.get("test"):
+                raise ValueError(f"task {self.task.name!r} has no test split: give a task directory with a test file "
+                                 "(e.g. TREC.test, *.test, test.jsonl) or leave out --test")  # fmt: skip
+            if self._test is None:
+                self._test = self._encode(self.task.splits["test"])
+            data = self._test
+        else:
+            raise ValueError(f"split must be 'eval' or 'test', got {split!r}")
         self.model.eval()
-        n = len(self._eval["labels"])
+        n = len(data["labels"])
         total_loss, correct, count = 0.0, 0, 0
         for start in range(0, n, self.config.eval_batch_size):
-            batch = _trim({k: v[start : start + self.config.eval_batch_size] for k, v in self._eval.items()})
+            batch = _trim({k: v[start : start + self.config.eval_batch_size] for k, v in data.items()})
             out = self.model(**batch)
             labels = batch["labels"]
             if self.task.kind == "classification":
@@ -283,6 +303,8 @@ class FineTuneRun:
                 total_loss += out.loss.item() * tokens
                 correct += ((shift_logits.argmax(-1) == shift_labels) & keep).sum().item()
                 count += tokens
+        if split == "test":
+            return {"quality/test_loss": total_loss / max(count, 1), "quality/test_accuracy": correct / max(count, 1)}
         metrics = {
             "quality/eval_loss": total_loss / max(count, 1),
             "quality/accuracy": correct / max(count, 1),

@@ -114,8 +114,10 @@ def test_baselines_table_has_every_method_at_equal_budget(policy_dir, tmp_path, 
     result = json.loads((out / "results.json").read_text())
     cap = result["budget"]["params"]
     assert {r["method"] for r in result["table"]} == {*METHODS, "policy"}
-    assert [r["lr"] for r in result["table"] if r["method"] == "uniform"] == [1e-3, 1e-2]
-    assert sum(r["tuned"] for r in result["table"]) == 1
+    uni = [r for r in result["table"] if r["method"] == "uniform"]
+    assert [r["lr"] for r in uni] == [1e-3, 1e-2]
+    assert [r["tuned"] for r in uni] == [r is min(uni, key=lambda r: r["eval_loss"]) for r in uni] and any(
+        r["tuned"] for r in uni)  # fmt: skip
     assert len(result["runs"]) == 2 * (len(METHODS) + 1 + 1)  # 2 seeds x (methods + policy + one more uniform lr)
     assert all(r["params"] <= cap and np.isfinite(r["eval_loss"]) for r in result["runs"])
     assert {r["seed"] for r in result["runs"]} == {0, 1}
@@ -168,9 +170,45 @@ def test_a_rank_write_failing_half_way_leaves_the_old_files_whole(tmp_path, monk
 
 
 def test_baselines_budget_below_rank_one_everywhere_is_an_error_not_head_only(tmp_path, capsys):
-    args = ["baselines", "--run.model", "tiny-bert", "--budget.params", "100", "--run.max_train", "64",
+    args = ["baselines", "--run.model", "tiny-bert", "--budget.params", "10", "--run.max_train", "64",
             "--run.threads", "1", "--out", str(tmp_path / "b"), "--no_wandb"]  # fmt: skip
     assert main(args) == 2  # a message and exit status 2, not a traceback
     err = capsys.readouterr().err
-    assert re.search(r"rankrl baselines: .*every method would train the head only.*--budget.params >= 1792", err), err
+    assert re.search(r"rankrl baselines: .*below one module at rank 1.*every method would train the head only.*"
+                     r"--budget.params >= 1792", err), err  # fmt: skip
     assert not (tmp_path / "b" / "results.json").exists()
+    # above one module but below uniform: uniform and AdaLoRA alone cannot use it; the error names the methods that can
+    args = [*args[:4], "200", *args[5:], "--methods", "uniform", "adalora"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"below uniform LoRA at rank 1 \(1,792 params\): uniform and adalora would train the head "
+                     r"only.*--methods attention mlp", err), err  # fmt: skip
+
+
+def test_baselines_tune_every_method_on_dev_and_score_test_below_uniform_budget(tmp_path, capsys):
+    """Mean rank 0.5 on tiny-bert: uniform (and AdaLoRA) cannot spend it and are skipped with a note; attention- and
+    MLP-only spend it on their kinds; every method sweeps --lrs, the lr picked is the lowest *dev* loss, and every run
+    carries test-split scores."""
+    out = tmp_path / "b"
+    args = ["baselines", "--run.model", "tiny-bert", "--run.steps", "3", "--run.max_eval", "16", "--run.max_train",
+            "64", "--run.threads", "1", "--budget.rank", "0.5", "--methods", "uniform", "attention", "mlp", "random",
+            "adalora", "--lrs", "1e-3", "3e-2", "--test", "--seeds", "0", "1", "--out", str(out),
+            "--no_wandb"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "uniform and adalora skipped" in printed and "test_loss" in printed
+    result = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in result["table"]] == ["attention", "attention", "mlp", "mlp", "random", "random"]
+    cap = result["budget"]["params"]
+    assert len(result["runs"]) == 3 * 2 * 2
+    for r in result["runs"]:
+        assert 0.8 * cap <= r["params"] <= cap and np.isfinite(r["test_loss"]) and 0 <= r["test_accuracy"] <= 1
+        on = {n for n, k in r["ranks"].items() if k > 0}
+        if r["method"] == "attention":
+            assert on and all(".attention." in n for n in on)
+        if r["method"] == "mlp":
+            assert on and not any(".attention." in n for n in on)
+    for method in ("attention", "mlp", "random"):
+        rows = [r for r in result["table"] if r["method"] == method]
+        assert [r["tuned"] for r in rows] == [r is min(rows, key=lambda x: x["eval_loss"]) for r in rows]
+        assert rows[0]["test_loss"] != rows[1]["test_loss"]  # the lr changed the run

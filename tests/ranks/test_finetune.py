@@ -21,13 +21,17 @@ def _lora_params(run):
 def test_tiny_live_run_learns_and_logs(tmp_path):
     tracker = Tracker(tmp_path, use_wandb=False)
     run = FineTuneRun(FineTuneConfig(**TINY, steps=40), tracker=tracker)
-    before, weights = run.evaluate(), _lora_params(run)
+    before, weights, before_test = run.evaluate(), _lora_params(run), run.evaluate("test")
     out = run.advance(40)
-    after = run.evaluate()
+    after, after_test = run.evaluate(), run.evaluate("test")
     tracker.finish()
     assert run.finished and run.state.step == 40
     assert math.isfinite(out["train/loss"])
     assert after["quality/eval_loss"] < before["quality/eval_loss"] - 0.3
+    # the test split (500 rows of arith, none in eval) improves too, and is scored apart from the eval rows
+    assert after_test["quality/test_loss"] < before_test["quality/test_loss"] - 0.3
+    assert after_test["quality/test_loss"] != after["quality/eval_loss"]
+    assert run.state.last_eval == after  # a test score never becomes what a policy or tuner reads
     assert any(not torch.equal(weights[n], p) for n, p in _lora_params(run).items())
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows if "quality/eval_loss" in r] == [0, 40]
@@ -149,3 +153,13 @@ def test_feature_cache_key_covers_everything_that_changes_the_features():
     assert features_cache_key(base, "tiny-qwen", "trec", 500, 4) != key()  # model
     for same in (dict(lr=0.1), dict(steps=7), dict(threads=1), dict(eval_every=3), dict(max_eval=9)):
         assert key(**same) == key(), same  # training-only settings share the features
+
+
+def test_test_split_that_the_task_lacks_is_an_error_naming_the_fix(tmp_path):
+    rows = "".join(f'{{"text": "row {i}", "label": "{i % 2}"}}\n' for i in range(40))
+    (tmp_path / "train.jsonl").write_text(rows)
+    run = FineTuneRun(FineTuneConfig(model="tiny-bert", task=str(tmp_path), steps=1, batch_size=4, threads=1))
+    with pytest.raises(ValueError, match="no test split.*test file.*--test"):
+        run.evaluate("test")
+    with pytest.raises(ValueError, match="'eval' or 'test'"):
+        run.evaluate("dev")
