@@ -24,6 +24,12 @@ Parts (``--parts``, comma-separated; every part is small enough for one < 10 min
              ``--train`` collection on them;
 * ``table``  print the table and write the PNG from the merged JSON.
 
+``--variant both-sides`` trains the configuration that was significant in the Cranfield cross-validation
+(README: one LoRA encoder for queries *and* documents, ``--train_docs``, 60 steps x 4 queries, lr 1e-4, top-20
+pools; chosen there, not on any evaluation collection) instead of the defaults; its rows are keyed ``<T>+docs``.
+Evaluating it re-embeds each unseen collection's documents with the trained encoder (~2 min each, counted in
+s/query only for the zero-shot/default rows' cached embedding: see ``sec_per_query``).
+
 Results merge into ``benchmarks/results/rerank_transfer.json`` (+ ``.png``)::
 
     flock /tmp/rankrl-pytest.lock python benchmarks/rerank_transfer.py --parts train --train cranfield
@@ -55,6 +61,25 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 COLLECTIONS = ("cranfield", "cisi", "med")
 MEASURES = ("nDCG@10", "RR@10")
 ROWS = ("bm25", "minilm-bi", "trained")
+#: training configurations: the committed defaults, and the both-sides one of the README's cross-validation
+VARIANTS: dict[str, dict] = {"default": {},
+                             "both-sides": {"train_docs": True, "steps": 60, "queries_per_step": 4, "lr": 1e-4,
+                                            "train_k": 20}}  # fmt: skip
+SUFFIX = {"default": "", "both-sides": "+docs"}
+
+
+def tag_of(name: str, variant: str) -> str:
+    """The results key of a training collection under a variant (``cranfield``, ``cranfield+docs``)."""
+    return name + SUFFIX[variant]
+
+
+def base_of(tag: str) -> str:
+    """The training collection of a results key.
+
+    >>> base_of("cisi+docs"), base_of("med")
+    ('cisi', 'med')
+    """
+    return tag.split("+", 1)[0]
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -120,22 +145,23 @@ def machine() -> dict:
             "threads": torch.get_num_threads(), "loadavg_1min": round(os.getloadavg()[0], 2)}  # fmt: skip
 
 
-def train_args(name: str, data: Path, output_dir: str, threads: int | None):
-    """The committed ``rerank train-encoder`` defaults (nothing tuned here); no W&B, no intermediate evals."""
+def train_args(name: str, data: Path, output_dir: str, threads: int | None, variant: str = "default"):
+    """The committed ``rerank train-encoder`` defaults (nothing tuned here) or a :data:`VARIANTS` entry; no W&B, no
+    intermediate evals."""
     from rankrl.rerank.encoder import EncoderGRPOArgs
 
     return EncoderGRPOArgs(data=str(data / name), output_dir=output_dir, report_to="none", eval_every=0,
-                           threads=threads)  # fmt: skip
+                           threads=threads, **VARIANTS[variant])  # fmt: skip
 
 
 def public_config(args) -> dict:
     return {k: v for k, v in dataclasses.asdict(args).items() if k not in ("data", "output_dir", "threads")}
 
 
-def model_dir(name: str, data: Path, threads: int | None) -> tuple[Path, dict]:
+def model_dir(name: str, data: Path, threads: int | None, variant: str = "default") -> tuple[Path, dict]:
     from rankrl.models import cache_dir
 
-    cfg = public_config(train_args(name, data, "", threads))
+    cfg = public_config(train_args(name, data, "", threads, variant))
     return cache_dir() / "rerank-transfer" / f"{name}-{config_key(cfg)}", cfg
 
 
@@ -144,16 +170,16 @@ def _tenth(values: list[float], which: int) -> float:
     return float(np.mean(values[:n] if which == 0 else values[-n:]))
 
 
-def train(name: str, data: Path, threads: int | None) -> dict:
+def train(name: str, data: Path, threads: int | None, variant: str = "default") -> dict:
     """Train (or reuse the cached) policy on collection ``name``; returns its training record."""
     from rankrl.rerank.encoder import run_encoder_grpo
 
-    out, cfg = model_dir(name, data, threads)
+    out, cfg = model_dir(name, data, threads, variant)
     done = out / "transfer_summary.json"
     if done.is_file():
         print(f"[train {name}] cached: {out}", flush=True)
         return json.loads(done.read_text())
-    args = train_args(name, data, str(out), threads)
+    args = train_args(name, data, str(out), threads, variant)
     start = time.perf_counter()
     summary = run_encoder_grpo(args)
     seconds = time.perf_counter() - start
@@ -168,7 +194,8 @@ def train(name: str, data: Path, threads: int | None) -> dict:
     return record
 
 
-def evaluate_pair(train_name: str, eval_name: str, data: Path, k: int, threads: int | None, results: dict) -> None:
+def evaluate_pair(train_name: str, eval_name: str, data: Path, k: int, threads: int | None, results: dict,
+                  variant: str = "default") -> None:
     """Baselines of ``eval_name`` (once) and the policy trained on ``train_name`` reranking it."""
     from rankrl.rerank.bm25 import BM25Retriever
     from rankrl.rerank.collections import load_collection
@@ -188,20 +215,21 @@ def evaluate_pair(train_name: str, eval_name: str, data: Path, k: int, threads: 
                                                      base["bm25"]["per_query_nDCG@10"])  # fmt: skip
         for row in ("bm25", "minilm-bi"):
             print(f"  [{eval_name}] {row}: nDCG@10 {base[row]['nDCG@10']:.4f}", flush=True)
-    out, _ = model_dir(train_name, data, threads)
+    out, _ = model_dir(train_name, data, threads, variant)
     scorer, _ = load_encoder_scorer(out, coll, retriever, k)
     row = measure(scorer, coll, qids, k, retriever)
     row["vs_zero_shot"] = paired(row["per_query_nDCG@10"], base["minilm-bi"]["per_query_nDCG@10"])
     row["vs_bm25"] = paired(row["per_query_nDCG@10"], base["bm25"]["per_query_nDCG@10"])
     row["RR@10_vs_zero_shot"] = paired(row["per_query_RR@10"], base["minilm-bi"]["per_query_RR@10"])
-    results["transfer"][f"{train_name}->{eval_name}"] = row
-    print(f"  [{train_name} -> {eval_name}] trained: nDCG@10 {row['nDCG@10']:.4f} "
+    results["transfer"][f"{tag_of(train_name, variant)}->{eval_name}"] = row
+    print(f"  [{tag_of(train_name, variant)} -> {eval_name}] trained: nDCG@10 {row['nDCG@10']:.4f} "
           f"(vs zero-shot {row['vs_zero_shot']['mean_diff']:+.4f}, p {row['vs_zero_shot']['ttest_p']})", flush=True)
 
 
 def pooled(results: dict, train_name: str) -> dict | None:
-    """Every unseen collection's judged queries of ``train_name``'s rows as one paired test (None until all ran)."""
-    unseen = [e for e in COLLECTIONS if e != train_name and f"{train_name}->{e}" in results["transfer"]]
+    """Every unseen collection's judged queries of ``train_name``'s rows (a :func:`tag_of` key) as one paired test
+    (None until all ran)."""
+    unseen = [e for e in COLLECTIONS if e != base_of(train_name) and f"{train_name}->{e}" in results["transfer"]]
     if not unseen:
         return None
     get = {  # row -> pooled per-query nDCG@10
@@ -233,7 +261,7 @@ def table(results: dict) -> str:
              "GRPO vs zero-shot (d, W/L/T, p t, p Wilcoxon) | GRPO vs BM25 (d, W/L/T, p t, p Wilcoxon) | "
              "RR@10 BM25 / zero-shot / GRPO | s/query BM25 / zero-shot / GRPO |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for t in COLLECTIONS:
+    for t in (tag_of(c, v) for c in COLLECTIONS for v in VARIANTS):
         for e in COLLECTIONS:
             row = results["transfer"].get(f"{t}->{e}")
             if row is None:
@@ -262,7 +290,8 @@ def plot(results: dict, out: Path) -> Path | None:
 
     from rankrl.atomic import atomic_write
 
-    pairs = [p for p in (f"{t}->{e}" for t in COLLECTIONS for e in COLLECTIONS) if p in results["transfer"]]
+    pairs = [p for p in (f"{tag_of(t, v)}->{e}" for t in COLLECTIONS for v in VARIANTS for e in COLLECTIONS)
+             if p in results["transfer"]]  # fmt: skip
     if not pairs:
         return None
     fig, ax = plt.subplots(figsize=(max(7.0, 2 + 1.6 * len(pairs)), 4.2))
@@ -297,6 +326,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=20, help="BM25 candidates reranked at evaluation")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--out", type=Path, default=RESULTS / "rerank_transfer.json")
+    ap.add_argument("--variant", choices=list(VARIANTS), default="default",
+                    help="training configuration: the committed defaults or both-sides (see the module docstring)")
     a = ap.parse_args()
     parts = {p.strip() for p in a.parts.split(",") if p.strip()}
     if parts - {"train", "eval", "table"}:
@@ -324,29 +355,31 @@ def main() -> None:
         "excludes the one-off cached document embedding (zero-shot and trained alike)")
 
     def save() -> None:
-        for t in COLLECTIONS:
+        for t in (tag_of(c, v) for c in COLLECTIONS for v in VARIANTS):
             p = pooled(results, t)
             if p:
                 results["pooled"][t] = p
         atomic_write_text(a.out, json.dumps(results, indent=1))
 
+    var = a.variant
     for t in trains:
+        tag = tag_of(t, var)
         if "train" in parts:
-            print(f"[train] {t}", flush=True)
-            record = train(t, a.data, a.threads)
-            results["trained"][t] = {k: v for k, v in record.items()}
+            print(f"[train] {tag}", flush=True)
+            record = train(t, a.data, a.threads, var)
+            results["trained"][tag] = dict(record)
             save()
         if "eval" in parts:
-            if t not in results["trained"]:
-                record = train(t, a.data, a.threads) if model_dir(t, a.data, a.threads)[0].joinpath(
+            if tag not in results["trained"]:
+                record = train(t, a.data, a.threads, var) if model_dir(t, a.data, a.threads, var)[0].joinpath(
                     "transfer_summary.json").is_file() else None  # fmt: skip
                 if record is None:
-                    raise SystemExit(f"no trained model for {t}: run --parts train --train {t} first")
-                results["trained"][t] = record
+                    raise SystemExit(f"no trained model for {tag}: run --parts train --train {t} --variant {var} first")
+                results["trained"][tag] = record
             for e in COLLECTIONS:
                 if e != t:
-                    print(f"[eval] {t} -> {e}", flush=True)
-                    evaluate_pair(t, e, a.data, a.k, a.threads, results)
+                    print(f"[eval] {tag} -> {e}", flush=True)
+                    evaluate_pair(t, e, a.data, a.k, a.threads, results, var)
                     save()
     if "table" in parts:
         save()
