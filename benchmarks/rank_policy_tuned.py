@@ -86,18 +86,23 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[3, 4, 5, 6, 7])
     ap.add_argument("--lrs", nargs="+", default=["1e-3", "3e-3", "1e-2"])
     ap.add_argument("--max-eval", type=int, default=500)
+    ap.add_argument("--steps", type=int, default=40, help="run length (40: the episode the policy was trained for)")
+    ap.add_argument("--methods", nargs="+", default=list(RULES), help="baselines to run besides the policy")
     ap.add_argument("--workdir", default=str(ROOT / "runs" / "rank_policy_tuned"))
-    ap.add_argument("--out", default=str(RESULTS / "rank_policy_tuned.json"))
+    ap.add_argument("--out", default=None, help="default: results/rank_policy_tuned.json (_<steps>steps if not 40)")
     a = ap.parse_args()
+    suffix = "" if a.steps == 40 else f"_{a.steps}steps"
+    a.out = a.out or str(RESULTS / f"rank_policy_tuned{suffix}.json")
     if not DATA.exists():
         sys.exit(f"{DATA} is missing: this benchmark needs ../shared/data/trec_qc beside the checkout")
     if not (Path(a.policy) / "policy.json").exists():
         sys.exit(f"no policy at {a.policy}: run benchmarks/rank_policy_learned.py first (or pass --policy)")
     t0, out = time.time(), {}
     for budget in a.budgets:
-        folder = Path(a.workdir) / f"rank{budget:g}"
+        folder = Path(a.workdir) / f"rank{budget:g}{suffix}"
         if not (folder / "results.json").exists():
-            argv = ["baselines", "--methods", *RULES, "--lrs", *a.lrs, "--test", "--policy", a.policy, "--seeds",
+            argv = ["baselines", "--methods", *a.methods, "--run.steps", str(a.steps), "--lrs", *a.lrs, "--test",
+                    "--policy", a.policy, "--seeds",
                     *map(str, a.seeds), "--budget.rank", str(budget), "--run.task", str(DATA), "--run.labels",
                     "coarse", "--run.max_eval", str(a.max_eval), "--no_wandb", "--out", str(folder),
                     "--no_adalora_worst_case"]  # fmt: skip
@@ -105,7 +110,8 @@ def main() -> None:
                 sys.exit(f"rankrl {' '.join(argv)} failed")
         res = json.loads((folder / "results.json").read_text())
         row = out[f"{budget:g}"] = summarise(res["runs"], res["table"])
-        print(f"\nMiniLM / TREC-6 test split (500), mean rank {budget:g}, seeds {row['seeds']}, lr tuned on dev")
+        print(f"\nMiniLM / TREC-6 test split (500), {a.steps} steps, mean rank {budget:g}, seeds {row['seeds']}, "
+              "lr tuned on dev")
         print(f"  {'method':<11} {'lr':>6} {'params':>8} {'rank-0':>6} {'dev loss':>8} {'test loss':>9} "
               f"{'test acc':>15}  policy - this: test acc (p), test loss (p)")  # fmt: skip
         for m, s in row["methods"].items():
@@ -123,7 +129,7 @@ def main() -> None:
     result = {"date": datetime.now().isoformat(timespec="seconds"),
               "machine": {"platform": platform.platform(), "python": platform.python_version()},
               "command": " ".join(sys.argv), "seconds": time.time() - t0, "policy": a.policy, "seeds": a.seeds,
-              "lrs": a.lrs, "max_eval": a.max_eval, "budgets": out}  # fmt: skip
+              "lrs": a.lrs, "steps": a.steps, "max_eval": a.max_eval, "budgets": out}  # fmt: skip
     path = Path(a.out)
     atomic_write_json(path, result)
     import matplotlib
@@ -138,7 +144,8 @@ def main() -> None:
         err = [row["methods"][m]["test_accuracy_std"] for m in names]
         ax.bar(names, acc, yerr=err, color=["C3" if m == "policy" else "C0" for m in names])
         ax.set_ylim(0, 1)
-        ax.set_title(f"TREC-6 test, mean rank {budget}, lr tuned on dev ({len(row['seeds'])} seeds)", fontsize=9)
+        ax.set_title(f"TREC-6 test, {a.steps} steps, mean rank {budget}, lr tuned on dev ({len(row['seeds'])} seeds)",
+                     fontsize=9)
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(path.with_suffix(".png"), dpi=110)
