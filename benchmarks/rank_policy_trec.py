@@ -29,12 +29,60 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from rankrl.atomic import atomic_write_json  # noqa: E402
 from rankrl.cli import main as rankrl_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT.parent / "shared" / "data" / "trec_qc"
 RULES = ("uniform", "random", "spectrum", "importance", "eva", "adalora")
+
+
+def header(t0: float) -> dict:
+    """What every rank-benchmark JSON starts with: date, machine, command line and seconds since ``t0``."""
+    return {"date": datetime.now().isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "python": platform.python_version()},
+            "command": " ".join(sys.argv), "seconds": time.time() - t0}  # fmt: skip
+
+
+def method_bars(panels: dict[str, dict], key: str, title, path: Path, *, width: float = 5.0,
+                ylim: tuple[float, float] | None = None) -> None:
+    """One bar panel per budget: each method's mean ``key`` with ``<key>_std`` error bars, the policy in red;
+    ``title(budget, row)`` names a panel. Written to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.6 if ylim else 3.5), squeeze=False)
+    for ax, (budget, row) in zip(axes[0], panels.items(), strict=True):
+        names = list(row["methods"])
+        ax.bar(names, [row["methods"][m][key] for m in names], yerr=[row["methods"][m][f"{key}_std"] for m in names],
+               color=["C3" if m == "policy" else "C0" for m in names])  # fmt: skip
+        if ylim:
+            ax.set_ylim(*ylim)
+        ax.set_title(title(budget, row), fontsize=9 if ylim else None)
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def baselines_results(folder: Path, argv: list[str]) -> dict:
+    """``results.json`` of one ``rankrl baselines`` call writing to ``folder`` (run only when it is not there yet)."""
+    if not (folder / "results.json").exists():
+        argv = [*argv, "--out", str(folder)]
+        if rankrl_main(argv) != 0:
+            sys.exit(f"rankrl {' '.join(argv)} failed")
+    return json.loads((folder / "results.json").read_text())
+
+
+def need_inputs(policy: str | None = None) -> None:
+    """Exit with the fix when the TREC data (or the policy) these benchmarks read is missing."""
+    if not DATA.exists():
+        sys.exit(f"{DATA} is missing: this benchmark needs ../shared/data/trec_qc beside the checkout")
+    if policy is not None and not (Path(policy) / "policy.json").exists():
+        sys.exit(f"no policy at {policy}: run benchmarks/rank_policy_learned.py first (or pass --policy)")
 
 
 def paired(a: list[float], b: list[float]) -> dict[str, float]:
@@ -53,21 +101,13 @@ def main() -> None:
     ap.add_argument("--workdir", default=str(ROOT / "runs" / "rank_policy_trec"))
     ap.add_argument("--out", default=str(RESULTS / "rank_policy_trec.json"))
     a = ap.parse_args()
-    if not DATA.exists():
-        sys.exit(f"{DATA} is missing: this benchmark needs ../shared/data/trec_qc beside the checkout")
-    if not (Path(a.policy) / "policy.json").exists():
-        sys.exit(f"no policy at {a.policy}: run benchmarks/rank_policy_learned.py first (or pass --policy)")
+    need_inputs(a.policy)
     t0, out = time.time(), {}
     for budget in a.budgets:
-        folder = Path(a.workdir) / f"rank{budget:g}"
-        if not (folder / "results.json").exists():
-            argv = ["baselines", "--methods", *RULES, "--uniform_lrs", "0.003", "--policy", a.policy, "--seeds",
-                    *map(str, a.seeds), "--budget.rank", str(budget), "--run.task", str(DATA), "--run.labels",
-                    "coarse", "--run.max_eval", str(a.max_eval), "--no_wandb", "--out", str(folder),
-                    "--no_adalora_worst_case"]  # fmt: skip
-            if rankrl_main(argv) != 0:
-                sys.exit(f"rankrl {' '.join(argv)} failed")
-        runs = json.loads((folder / "results.json").read_text())["runs"]
+        runs = baselines_results(Path(a.workdir) / f"rank{budget:g}", [
+            "baselines", "--methods", *RULES, "--uniform_lrs", "0.003", "--policy", a.policy, "--seeds",
+            *map(str, a.seeds), "--budget.rank", str(budget), "--run.task", str(DATA), "--run.labels", "coarse",
+            "--run.max_eval", str(a.max_eval), "--no_wandb", "--no_adalora_worst_case"])["runs"]  # fmt: skip
         by = {m: {r["seed"]: r for r in runs if r["method"] == m} for m in (*RULES, "policy")}
         seeds = sorted(by["policy"])
         row: dict = {"methods": {}, "policy_vs": {}}
@@ -89,29 +129,11 @@ def main() -> None:
                     f"{vs['accuracy']['mean_diff']:+.4f} (p {vs['accuracy']['ttest_p']:.3f})") if vs else ""  # noqa: E501
             print(f"  {m:<11} {s['params']:>8,.0f} {s['rank0_modules']:>6.1f} {s['eval_loss']:>9.4f} "
                   f"{s['accuracy']:>8.4f} +- {s['accuracy_std']:.3f}{tail}")  # fmt: skip
-    result = {"date": datetime.now().isoformat(timespec="seconds"),
-              "machine": {"platform": platform.platform(), "python": platform.python_version()},
-              "command": " ".join(sys.argv), "seconds": time.time() - t0, "policy": a.policy, "seeds": a.seeds,
-              "max_eval": a.max_eval, "budgets": out}  # fmt: skip
+    result = {**header(t0), "policy": a.policy, "seeds": a.seeds, "max_eval": a.max_eval, "budgets": out}
     path = Path(a.out)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(out), figsize=(5 * len(out), 3.5), squeeze=False)
-    for ax, (budget, row) in zip(axes[0], out.items(), strict=True):
-        names = list(row["methods"])
-        acc = [row["methods"][m]["accuracy"] for m in names]
-        err = [row["methods"][m]["accuracy_std"] for m in names]
-        ax.bar(names, acc, yerr=err, color=["C3" if m == "policy" else "C0" for m in names])
-        ax.set_title(f"TREC-6, mean rank {budget}: eval accuracy ({len(a.seeds)} seeds)")
-        ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(path.with_suffix(".png"), dpi=110)
+    atomic_write_json(path, result)
+    method_bars(out, "accuracy", lambda budget, _: f"TREC-6, mean rank {budget}: eval accuracy ({len(a.seeds)} seeds)",
+                path.with_suffix(".png"))  # fmt: skip
     print(f"\n-> {path} (+ .png)")
 
 

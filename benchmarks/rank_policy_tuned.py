@@ -27,24 +27,19 @@ a budget whose ``rankrl baselines`` folder holds results.json is reused); writes
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from benchmarks.rank_policy_trec import paired  # noqa: E402
+from benchmarks.rank_policy_trec import DATA, baselines_results, header, method_bars, need_inputs, paired  # noqa: E402
 from rankrl.atomic import atomic_write_json  # noqa: E402
-from rankrl.cli import main as rankrl_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DATA = ROOT.parent / "shared" / "data" / "trec_qc"
 RULES = ("uniform", "attention", "mlp", "random", "spectrum", "importance", "eva", "adalora")
 
 
@@ -93,22 +88,13 @@ def main() -> None:
     a = ap.parse_args()
     suffix = "" if a.steps == 40 else f"_{a.steps}steps"
     a.out = a.out or str(RESULTS / f"rank_policy_tuned{suffix}.json")
-    if not DATA.exists():
-        sys.exit(f"{DATA} is missing: this benchmark needs ../shared/data/trec_qc beside the checkout")
-    if not (Path(a.policy) / "policy.json").exists():
-        sys.exit(f"no policy at {a.policy}: run benchmarks/rank_policy_learned.py first (or pass --policy)")
+    need_inputs(a.policy)
     t0, out = time.time(), {}
     for budget in a.budgets:
-        folder = Path(a.workdir) / f"rank{budget:g}{suffix}"
-        if not (folder / "results.json").exists():
-            argv = ["baselines", "--methods", *a.methods, "--run.steps", str(a.steps), "--lrs", *a.lrs, "--test",
-                    "--policy", a.policy, "--seeds",
-                    *map(str, a.seeds), "--budget.rank", str(budget), "--run.task", str(DATA), "--run.labels",
-                    "coarse", "--run.max_eval", str(a.max_eval), "--no_wandb", "--out", str(folder),
-                    "--no_adalora_worst_case"]  # fmt: skip
-            if rankrl_main(argv) != 0:
-                sys.exit(f"rankrl {' '.join(argv)} failed")
-        res = json.loads((folder / "results.json").read_text())
+        res = baselines_results(Path(a.workdir) / f"rank{budget:g}{suffix}", [
+            "baselines", "--methods", *a.methods, "--run.steps", str(a.steps), "--lrs", *a.lrs, "--test", "--policy",
+            a.policy, "--seeds", *map(str, a.seeds), "--budget.rank", str(budget), "--run.task", str(DATA),
+            "--run.labels", "coarse", "--run.max_eval", str(a.max_eval), "--no_wandb", "--no_adalora_worst_case"])
         row = out[f"{budget:g}"] = summarise(res["runs"], res["table"])
         print(f"\nMiniLM / TREC-6 test split (500), {a.steps} steps, mean rank {budget:g}, seeds {row['seeds']}, "
               "lr tuned on dev")
@@ -126,29 +112,12 @@ def main() -> None:
             print(f"  attention - MLP test acc {am['mean_diff']:+.4f} (p {am['ttest_p']:.3f}, {am['wins']}/{am['n']})")
         print(f"  best baseline {row['best_baseline']}; policy >= +1 pt over it, significant: "
               f"{row['goal_plus_1pt_significant']}")
-    result = {"date": datetime.now().isoformat(timespec="seconds"),
-              "machine": {"platform": platform.platform(), "python": platform.python_version()},
-              "command": " ".join(sys.argv), "seconds": time.time() - t0, "policy": a.policy, "seeds": a.seeds,
-              "lrs": a.lrs, "steps": a.steps, "max_eval": a.max_eval, "budgets": out}  # fmt: skip
+    result = {**header(t0), "policy": a.policy, "seeds": a.seeds, "lrs": a.lrs, "steps": a.steps,
+              "max_eval": a.max_eval, "budgets": out}  # fmt: skip
     path = Path(a.out)
     atomic_write_json(path, result)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(out), figsize=(5.5 * len(out), 3.6), squeeze=False)
-    for ax, (budget, row) in zip(axes[0], out.items(), strict=True):
-        names = list(row["methods"])
-        acc = [row["methods"][m]["test_accuracy"] for m in names]
-        err = [row["methods"][m]["test_accuracy_std"] for m in names]
-        ax.bar(names, acc, yerr=err, color=["C3" if m == "policy" else "C0" for m in names])
-        ax.set_ylim(0, 1)
-        ax.set_title(f"TREC-6 test, {a.steps} steps, mean rank {budget}, lr tuned on dev ({len(row['seeds'])} seeds)",
-                     fontsize=9)
-        ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(path.with_suffix(".png"), dpi=110)
+    method_bars(out, "test_accuracy", lambda budget, row: f"TREC-6 test, {a.steps} steps, mean rank {budget}, lr tuned "
+                f"on dev ({len(row['seeds'])} seeds)", path.with_suffix(".png"), width=5.5, ylim=(0, 1))  # fmt: skip
     print(f"\n-> {path} (+ .png)")
 
 

@@ -17,33 +17,19 @@ cores); writes ``benchmarks/results/rank_regime.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from benchmarks.rank_policy_trec import paired  # noqa: E402
+from benchmarks.rank_policy_trec import DATA, baselines_results, header, need_inputs, paired  # noqa: E402
 from rankrl.atomic import atomic_write_json  # noqa: E402
-from rankrl.cli import main as rankrl_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DATA = ROOT.parent / "shared" / "data" / "trec_qc"
-
-
-def runs_of(folder: Path, argv: list[str]) -> list[dict]:
-    """The runs of one ``rankrl baselines`` call (run unless ``folder`` already holds its results)."""
-    if not (folder / "results.json").exists():
-        argv = [*argv, "--out", str(folder)]
-        if rankrl_main(argv) != 0:
-            sys.exit(f"rankrl {' '.join(argv)} failed")
-    return json.loads((folder / "results.json").read_text())["runs"]
 
 
 def compare(a_runs: list[dict], b_runs: list[dict]) -> dict:
@@ -66,16 +52,16 @@ def main() -> None:
     ap.add_argument("--workdir", default=str(ROOT / "runs" / "rank_regime"))
     ap.add_argument("--out", default=str(RESULTS / "rank_regime.json"))
     a = ap.parse_args()
-    if not DATA.exists():
-        sys.exit(f"{DATA} is missing: this benchmark needs ../shared/data/trec_qc beside the checkout")
+    need_inputs()
     t0, out = time.time(), {}
     for steps in a.steps:
         common = ["baselines", "--uniform_lrs", a.lr, "--run.lr", a.lr, "--seeds", *map(str, a.seeds), "--run.task",
                   str(DATA), "--run.labels", "coarse", "--run.max_eval", str(a.max_eval), "--run.steps", str(steps),
                   "--test", "--no_wandb"]  # fmt: skip
-        r1 = runs_of(Path(a.workdir) / f"steps{steps}_rank1", [*common, "--methods", "uniform", "attention", "mlp",
-                                                                  "--budget.rank", "1"])  # fmt: skip
-        r8 = runs_of(Path(a.workdir) / f"steps{steps}_rank8", [*common, "--methods", "uniform", "--budget.rank", "8"])
+        r1 = baselines_results(Path(a.workdir) / f"steps{steps}_rank1", [
+            *common, "--methods", "uniform", "attention", "mlp", "--budget.rank", "1"])["runs"]  # fmt: skip
+        r8 = baselines_results(Path(a.workdir) / f"steps{steps}_rank8", [
+            *common, "--methods", "uniform", "--budget.rank", "8"])["runs"]  # fmt: skip
         by = {m: [r for r in r1 if r["method"] == m] for m in ("uniform", "attention", "mlp")}
         row = out[str(steps)] = {"uniform8_vs_uniform1": compare(r8, by["uniform"]),
                                  "attention_vs_mlp": compare(by["attention"], by["mlp"])}  # fmt: skip
@@ -87,11 +73,7 @@ def main() -> None:
         row["matters"] = bool(any(c[k]["ttest_p"] < 0.05 for c in row.values() if isinstance(c, dict)
                                   for k in ("test_accuracy", "test_loss")))  # fmt: skip
         print(f"  allocation matters here (some p < 0.05): {row['matters']}")
-    atomic_write_json(Path(a.out), {
-        "date": datetime.now().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        "command": " ".join(sys.argv), "seconds": time.time() - t0, "seeds": a.seeds, "lr": a.lr,
-        "max_eval": a.max_eval, "steps": out})  # fmt: skip
+    atomic_write_json(Path(a.out), {**header(t0), "seeds": a.seeds, "lr": a.lr, "max_eval": a.max_eval, "steps": out})
     print(f"\n-> {a.out}")
 
 

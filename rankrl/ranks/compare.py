@@ -254,7 +254,7 @@ def write_results(result: dict[str, Any], out: Path) -> None:
 def _print_results(c: BaselinesConfig, table: list[dict[str, Any]], budget: Any) -> None:
     caps = ", ".join(f"{k} {v:,.6g}" for k, v in budget.caps.items())
     tuned = "each method's lr with the lowest dev loss" if c.lrs else "tuned uniform"
-    test = "test_loss" in (table[0] if table else {})
+    test = c.test
     print(f"\n{c.run.model}/{c.run.task}, {c.run.steps} steps, budget {caps}, seeds {list(c.seed_list)} "
           f"(* = {tuned}; eval = dev split{', test = test split' if test else ''})")
     head = f"{'test_loss':>9} {'test_acc':>9} " if test else ""
