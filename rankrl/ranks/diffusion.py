@@ -8,8 +8,16 @@ the module rows, each row seeing its own features, its noisy score, the timestep
 masked mean of all rows (the set context).
 
 * Training (:meth:`RankDiffusion.compute_loss`): epsilon-prediction MSE at a random timestep, each sample weighted
-  ``clamp(1 + w * zscore(reward), 0.1, 10)`` so high-reward vectors are denoised more faithfully; the condition
-  (latent + globals) is dropped with probability ``cond_dropout`` so one network is both conditional and not.
+  ``clamp(1 + w * zscore(reward), 0.1, 10)`` so high-reward vectors are denoised more faithfully (AirLLM's weighting,
+  ``weighting="reward"``); the condition (latent + globals) is dropped with probability ``cond_dropout`` so one
+  network is both conditional and not.
+* ``weighting="advantage"`` (ours, not AirLLM's): advantage-weighted regression (Peng et al. 2019, AWR) instead.
+  AirLLM's z-score is taken over a batch of *different* states (budgets, channels, decision points), so it mostly
+  up-weights states whose reward is high whatever the vector (a big budget), and within one state two vectors'
+  weights differ by ~0.1 x their reward gap / the reward spread across states: the fit is close to cloning the
+  buffer. AWR weights each sample by ``min(exp(zscore(A) / temperature), max_weight)`` with ``A = R - V(s)``: ``R``
+  the TD(lambda) return PPO computed for that step (stored with the entry), ``V`` the coarse PPO's current critic,
+  so a vector is up-weighted for being better *than usual in its state*.
 * Sampling (:meth:`RankDiffusion.predict_action`): ``num_inference_steps`` DDIM steps (eta 0: deterministic given
   the seed's initial noise) with guidance ``eps_u + g (eps_c - eps_u)``; the output is clipped to [-1, 1].
 """
@@ -24,7 +32,11 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["DiffusionConfig", "RankDiffusion", "ReplayBuffer", "RowDenoiser", "reward_weights"]
+__all__ = ["WEIGHTINGS", "DiffusionConfig", "RankDiffusion", "ReplayBuffer", "RowDenoiser", "advantage_weights",
+           "reward_weights"]  # fmt: skip
+
+#: how the refit weights its samples: AirLLM's reward z-score or advantage-weighted regression (module docstring)
+WEIGHTINGS = ("reward", "advantage")
 
 
 @dataclass(frozen=True)
@@ -44,7 +56,14 @@ class DiffusionConfig:
     guidance_scale: float = 1.5
     """eps_u + guidance_scale (eps_c - eps_u) when sampling (1: plain conditional, 0: unconditional)"""
     reward_weight: float = 0.1
-    """w of the sample weight clamp(1 + w * zscore(reward), 0.1, 10)"""
+    """w of the sample weight clamp(1 + w * zscore(reward), 0.1, 10) (weighting 'reward')"""
+    weighting: str = "reward"
+    """'reward' (AirLLM: clamp(1 + w z(reward))) or 'advantage' (AWR: exp(z(return - V(s)) / temperature), with PPO's
+    critic V; see the module docstring)"""
+    temperature: float = 1.0
+    """AWR temperature on the z-scored advantage (weighting 'advantage')"""
+    max_weight: float = 20.0
+    """AWR weights are clipped here (weighting 'advantage')"""
     buffer_size: int = 10_000
     """replay buffer capacity (oldest entries are overwritten)"""
     lr: float = 1e-3
@@ -60,6 +79,10 @@ class DiffusionConfig:
             raise ValueError(f"--cond_dropout must be in [0, 1), got {self.cond_dropout}")
         if not (self.lr > 0 and self.guidance_scale >= 0 and self.reward_weight >= 0):
             raise ValueError("need --lr > 0, --guidance_scale >= 0 and --reward_weight >= 0")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"--weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0 and self.max_weight >= 1):
+            raise ValueError(f"need --temperature > 0 and --max_weight >= 1, got {self.temperature}, {self.max_weight}")
 
 
 def reward_weights(rewards: torch.Tensor, w: float) -> torch.Tensor:
@@ -72,6 +95,19 @@ def reward_weights(rewards: torch.Tensor, w: float) -> torch.Tensor:
     if not torch.isfinite(std) or std < 1e-12:
         return torch.ones_like(rewards)
     return (1 + w * (rewards - rewards.mean()) / std).clamp(0.1, 10.0)
+
+
+def advantage_weights(advantages: torch.Tensor, temperature: float, max_weight: float) -> torch.Tensor:
+    """``min(exp(zscore(advantages) / temperature), max_weight)`` (all ones when the advantages do not vary).
+
+    >>> [round(x, 3) for x in advantage_weights(torch.tensor([-1.0, 0.0, 1.0, 4.0]), 1.0, 20.0).tolist()]
+    [0.343, 0.586, 1.0, 4.971]
+    """
+    std = advantages.std(unbiased=False)
+    if not torch.isfinite(std) or std < 1e-12:
+        return torch.ones_like(advantages)
+    z = (advantages - advantages.mean()) / std
+    return torch.exp(z / temperature).clamp(max=max_weight)
 
 
 def _time_embedding(t: torch.Tensor, dim: int = 16) -> torch.Tensor:
@@ -138,8 +174,9 @@ class RankDiffusion:
 
     # ------------------------------------------------------------------------------------------ training
     def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
-        """Reward-weighted epsilon MSE of ``batch`` (``rows`` (B,R,F), ``mask`` (B,R), ``globals`` (B,G),
-        ``latent`` (B,L), ``x0`` (B,R) in [-1, 1], ``reward`` (B,)) with condition dropout."""
+        """Weighted epsilon MSE of ``batch`` (``rows`` (B,R,F), ``mask`` (B,R), ``globals`` (B,G), ``latent`` (B,L),
+        ``x0`` (B,R) in [-1, 1], ``reward`` (B,); with ``weighting="advantage"`` also ``advantage`` (B,)) with
+        condition dropout."""
         x0, mask = batch["x0"], batch["mask"]
         b = x0.shape[0]
         t = torch.randint(0, self.config.num_train_timesteps, (b,), generator=generator)
@@ -148,7 +185,14 @@ class RankDiffusion:
         keep = (torch.rand(b, generator=generator) >= self.config.cond_dropout).float().unsqueeze(-1)
         eps = self._eps(x_t, t, batch, keep)
         per = ((eps - noise) ** 2 * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        w = reward_weights(batch["reward"].float(), self.config.reward_weight)
+        c = self.config
+        if c.weighting == "advantage":
+            if "advantage" not in batch:
+                raise ValueError("weighting 'advantage' needs each sample's advantage: fit(..., value_fn=) with the "
+                                 "coarse policy's critic")  # fmt: skip
+            w = advantage_weights(batch["advantage"].float(), c.temperature, c.max_weight)
+        else:
+            w = reward_weights(batch["reward"].float(), c.reward_weight)
         return (w * per).sum() / w.sum()
 
     def _eps(self, x_t: torch.Tensor, t: torch.Tensor, batch: dict, keep: torch.Tensor) -> torch.Tensor:
@@ -159,13 +203,22 @@ class RankDiffusion:
         null = self.net(x_t, t, batch["rows"], batch["mask"], None, None)
         return keep * cond + (1 - keep) * null
 
-    def fit(self, buffer: ReplayBuffer, steps: int, batch_size: int = 64, seed: int = 0) -> list[float]:
-        """``steps`` Adam steps on minibatches from ``buffer``; returns the losses."""
+    def fit(self, buffer: ReplayBuffer, steps: int, batch_size: int = 64, seed: int = 0,
+            value_fn: Any = None) -> list[float]:  # fmt: skip
+        """``steps`` Adam steps on minibatches from ``buffer``; returns the losses. ``value_fn(batch) -> (B,)``: the
+        critic's V(s) of a batch's states (``weighting="advantage"``: advantage = the entry's return - V(s))."""
+        if self.config.weighting == "advantage" and value_fn is None:
+            raise ValueError("weighting 'advantage' needs value_fn (the coarse policy's critic)")
         g, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
         self.net.train()
         losses = []
         for _ in range(steps):
-            loss = self.compute_loss(buffer.sample(batch_size, rng), g)
+            batch = buffer.sample(batch_size, rng)
+            if value_fn is not None and self.config.weighting == "advantage":
+                with torch.no_grad():
+                    values = torch.as_tensor(value_fn(batch), dtype=torch.float32).reshape(-1)
+                batch["advantage"] = batch["ret"] - values
+            loss = self.compute_loss(batch, g)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -208,21 +261,33 @@ class RankDiffusion:
 
 
 class ReplayBuffer:
-    """(state, coarse latent, per-module vector, reward) tuples for off-policy refits; oldest overwritten."""
+    """(state, coarse latent, per-module vector, reward, return) tuples for off-policy refits; oldest overwritten.
+    ``ret`` is the entry's TD(lambda) return, set after PPO's rollout by :meth:`set_recent` (until then the reward)."""
 
     def __init__(self, capacity: int, rows: int, n_features: int, n_globals: int, latent_dim: int) -> None:
         self.capacity, self.size, self._next = capacity, 0, 0
         self.data = {"rows": torch.zeros(capacity, rows, n_features), "mask": torch.zeros(capacity, rows),
                      "globals": torch.zeros(capacity, n_globals), "latent": torch.zeros(capacity, latent_dim),
-                     "x0": torch.zeros(capacity, rows), "reward": torch.zeros(capacity)}  # fmt: skip
+                     "x0": torch.zeros(capacity, rows), "reward": torch.zeros(capacity),
+                     "ret": torch.zeros(capacity)}  # fmt: skip
 
     def add(self, obs: dict[str, np.ndarray], latent: np.ndarray, x0: np.ndarray, reward: float) -> None:
         i = self._next
         for key, value in (("rows", obs["rows"]), ("mask", obs["mask"]), ("globals", obs["globals"]),
-                           ("latent", latent), ("x0", np.clip(x0, -1, 1)), ("reward", reward)):  # fmt: skip
+                           ("latent", latent), ("x0", np.clip(x0, -1, 1)), ("reward", reward),
+                           ("ret", reward)):  # fmt: skip
             self.data[key][i] = torch.as_tensor(np.asarray(value, dtype=np.float32))
         self._next = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
+
+    def set_recent(self, key: str, values: np.ndarray) -> None:
+        """Overwrite ``key`` of the ``len(values)`` most recently added entries (oldest first), e.g. the returns of
+        the rollout that added them."""
+        v = torch.as_tensor(np.asarray(values, dtype=np.float32)).reshape(-1)
+        if len(v) > self.size:
+            raise ValueError(f"set_recent: {len(v)} values but only {self.size} entries")
+        idx = (self._next - len(v) + torch.arange(len(v))) % self.capacity
+        self.data[key][idx] = v
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         if self.size == 0:
@@ -240,8 +305,11 @@ class ReplayBuffer:
         return tensors, {"capacity": self.capacity, "size": self.size, "next": self._next}
 
     def load_state(self, tensors: dict[str, torch.Tensor], counters: dict[str, int]) -> None:
-        """Restore a :meth:`state` into a buffer of the same capacity and entry shapes (``ValueError`` otherwise)."""
+        """Restore a :meth:`state` into a buffer of the same capacity and entry shapes (``ValueError`` otherwise).
+        A buffer saved before entries had a return (``ret``) gets each entry's reward as its return."""
         size, nxt = int(counters["size"]), int(counters["next"])
+        if "ret" not in tensors and "reward" in tensors:
+            tensors = {**tensors, "ret": tensors["reward"].clone()}
         if int(counters["capacity"]) != self.capacity or set(tensors) != set(self.data) or not 0 <= nxt < max(
                 self.capacity, 1) or size > self.capacity:  # fmt: skip
             raise ValueError(f"the saved replay buffer ({counters}, {sorted(tensors)}) does not fit this one "

@@ -173,12 +173,19 @@ def _train(config: TrainPolicyConfig, calibration: Any, stop: Any) -> dict[str, 
         save_checkpoint(model, out, config, network=network, extra={"algo": "diffusion", "buffer": counters,
                                                                     "draws": env.draws})  # fmt: skip
 
+    def critic(batch: dict) -> Any:
+        """The coarse PPO's current V(s) of a replay batch's states."""
+        return model.policy.predict_values({k: batch[k] for k in ("rows", "mask", "globals")}).reshape(-1)
+
     t0, losses, last_ckpt = time.time(), [float("nan")], int(model.num_timesteps)
     try:
         while model.num_timesteps < config.timesteps and not stop:
             model.learn(config.n_steps, reset_num_timesteps=False, progress_bar=False)
+            # the rollout's TD(lambda) returns (PPO's GAE targets), one per entry it added, for --diffusion.weighting
+            # advantage (one env: the rollout buffer's order is the replay buffer's)
+            buffer.set_recent("ret", np.asarray(model.rollout_buffer.returns).reshape(-1))
             if config.refit_steps:
-                losses = refiner.fit(buffer, config.refit_steps, seed=int(model.num_timesteps))
+                losses = refiner.fit(buffer, config.refit_steps, seed=int(model.num_timesteps), value_fn=critic)
             step = int(model.num_timesteps)
             ppo = {k: v for k, v in model.logger.name_to_value.items() if k.startswith("train/")}
             eps = env.pop_finished()

@@ -139,3 +139,18 @@ def test_an_interrupted_diffusion_run_exits_130_like_ppo(tmp_path, monkeypatch):
     for summary, status in (({"timesteps": 64, "interrupted": "SIGINT"}, 130), ({"timesteps": 128}, 0)):
         monkeypatch.setattr(latent, "train_diffusion_policy", lambda config, calibration=None, s=summary: s)
         assert main(["train-policy", "--algo", "diffusion", "--out", str(tmp_path / "run")]) == status
+
+
+def test_advantage_weighting_refits_on_the_rollouts_returns(tmp_path):
+    # two decisions per episode: a first decision's TD(lambda) return includes the second's reward, so returns differ
+    # from rewards once the rollout has set them; the refit then weights by return - V(s) from PPO's critic
+    from dataclasses import replace
+
+    cfg = _config(tmp_path / "adv", timesteps=64)
+    cfg = replace(cfg, env=replace(cfg.env, decisions=2), diffusion=replace(cfg.diffusion, weighting="advantage"))
+    summary = train_diffusion_policy(cfg, calibration=SimCalibration.synthetic(r_max=8, run_steps=40))
+    assert np.isfinite(summary["diffusion_loss"])
+    buf = load_file(str(tmp_path / "adv" / CHECKPOINT_BUFFER))
+    assert buf["ret"].shape == buf["reward"].shape == (64,)
+    assert not torch.allclose(buf["ret"], buf["reward"])
+    assert json.loads((tmp_path / "adv" / "policy.json").read_text())["diffusion"]["config"]["weighting"] == "advantage"

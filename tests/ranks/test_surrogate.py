@@ -31,7 +31,7 @@ def _targets(layers: int, mlp: tuple[str, ...] = ("up", "down"), width: int = 32
 
 
 def _rows(truth, *, noise: float = 0.01, seed: int = 0, pairs=(("m1", 3, ("up", "down")), ("m2", 4, ("gate", "up",
-          "down")))) -> list[dict]:  # fmt: skip
+          "down"))), steps: int = 10, top: float = 0.4) -> list[dict]:  # fmt: skip
     """Synthetic dataset rows: log(loss / loss at r_max) = truth(features) + noise, for a few 'models'."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -43,9 +43,8 @@ def _rows(truth, *, noise: float = 0.01, seed: int = 0, pairs=(("m1", 3, ("up", 
             ranks = allocation(ts, s, b, 8)
             r = [ranks[t.name] for t in ts]
             f = dict(zip(FEATURE_NAMES, allocation_features(module_rows(ts), r, 8), strict=True))
-            top = 0.4
             y = 0.0 if (s, b) == ("uniform", 8.0) else truth(f) + noise * rng.standard_normal()
-            rows.append(dict(version=1, model=model, task="t", labels="coarse", seed=0, steps=10, lr=1e-3, r_max=8,
+            rows.append(dict(version=1, model=model, task="t", labels="coarse", seed=0, steps=steps, lr=1e-3, r_max=8,
                              batch_size=8, max_length=32, max_eval=16, max_train=None, alpha=16.0, warmup_steps=0,
                              structure=s, budget_rank=b, modules=[list(m) for m in module_rows(ts)], ranks=r,
                              loss0=0.7, eval_loss=top * math.exp(y), accuracy=1 - top * math.exp(y)))  # fmt: skip
@@ -54,6 +53,34 @@ def _rows(truth, *, noise: float = 0.01, seed: int = 0, pairs=(("m1", 3, ("up", 
 
 def _mlp_matters(f):  # MLP rank helps three times as much as attention rank; everything saturates
     return -0.6 * f["mlp_capacity"] - 0.2 * f["vo_capacity"] - 0.1 * f["qk_capacity"] + 0.5
+
+
+def _attention_matters(f):  # the other way round: attention rank helps most
+    return -0.6 * f["qk_capacity"] - 0.4 * f["vo_capacity"] - 0.1 * f["mlp_capacity"] + 0.5
+
+
+def test_surrogate_reads_the_run_length_where_the_order_of_allocations_flips():
+    # short runs reward MLP rank, long runs attention rank (the order changes with length, as it did on TREC-6)
+    rows = _rows(_mlp_matters, steps=10) + _rows(_attention_matters, steps=40, seed=1, top=0.2)
+    sur = LearnedSurrogate(rows)
+    ts = _targets(3)
+    mods = module_rows(ts)
+    att, mlp = ([allocation(ts, s, 2.0, 8)[t.name] for t in ts] for s in ("attention", "mlp"))
+    short, long_ = sur.predict(mods, [att, mlp], 8, steps=10), sur.predict(mods, [att, mlp], 8, steps=40)
+    assert short[1] < short[0] - 0.1 and long_[0] < long_[1] - 0.1
+    # the reference (uniform r_max) is the run length's own
+    assert sur.top_ratio("m1/t", 10) == pytest.approx(0.4 / 0.7)
+    assert sur.top_ratio("m1/t", 40) == pytest.approx(0.2 / 0.7)
+    assert sur.top_ratio("unseen/t", 40) == pytest.approx(0.2 / 0.7)  # other pairs at that length
+    # a sim built for each length rewards that length's better allocation
+    from rankrl.ranks.features import STATIC_FEATURE_NAMES
+
+    static = np.full((len(ts), len(STATIC_FEATURE_NAMES)), 0.5, dtype=np.float32)
+    for n, better, worse in ((10, mlp, att), (40, att, mlp)):
+        cal = sur.calibration(ts, static, 8, run_steps=n, model="m1", task="t")
+        assert cal.capacity(better) > cal.capacity(worse) + 0.1
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        allocation_features(mods, att, 8, steps=0)
 
 
 def test_features_read_where_the_rank_goes():
