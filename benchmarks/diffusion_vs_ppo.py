@@ -12,8 +12,14 @@ the same JSON (``{"smollm2": {"date", "machine", "config", "summary", "runs"}}``
 its PNG beside it (``diffusion_vs_ppo_smollm2.png``); its PPO runs skip the live check unless ``--live-check`` (two
 more live SmolLM2 fine-tunes per run). The env's ``max_modules`` is raised to the model's module count if needed.
 
-Run: ``.venv/bin/python benchmarks/diffusion_vs_ppo.py [--model smollm2] [--seeds 0 1 2] [--timesteps 1024]``
-(writes ``benchmarks/results/diffusion_vs_ppo.json`` + PNG).
+Algorithms (``--algos``): ``ppo`` (PPO alone on the per-module scores), ``diffusion`` (PPO on the coarse latent + the
+DDIM refiner with AirLLM's reward weighting) and ``diffusion-advantage`` (the same refiner refit with
+advantage-weighted regression, ``--diffusion.weighting advantage``; fixed before it was run: temperature 1, weights
+clipped at 20). Rows of algorithms not in ``--algos`` are kept from the JSON when its run settings (timesteps, seeds,
+transmit deadline) match, so a new algorithm can be added without rerunning the others.
+
+Run: ``.venv/bin/python benchmarks/diffusion_vs_ppo.py [--model smollm2] [--seeds 0 1 2] [--timesteps 1024]
+[--algos ...]`` (writes ``benchmarks/results/diffusion_vs_ppo.json`` + PNG).
 """
 
 from __future__ import annotations
@@ -41,19 +47,41 @@ from rankrl.ranks.train import TrainPolicyConfig, sim_budget_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REGIMES = {"bandwidth-free": {}, "bandwidth-binds": {"snr_range_db": (-5.0, 0.0)}}
+#: --algos: train_policy's algo and the refiner's sample weighting
+ALGOS = {"ppo": ("ppo", None), "diffusion": ("diffusion", "reward"), "diffusion-advantage": ("diffusion", "advantage")}
 
 
 def config_for(regime: str, algo: str, seed: int, timesteps: int, tx_cap: float | None, model: str = "minilm",
                live_check: bool = True, max_modules: int | None = None) -> TrainPolicyConfig:  # fmt: skip
     base = TrainPolicyConfig()
+    algo, weighting = ALGOS[algo] if algo in ALGOS else (algo, None)
+    if weighting is not None:
+        base = replace(base, diffusion=replace(base.diffusion, weighting=weighting))
     env = replace(base.env, run=replace(base.run, model=model, seed=seed, threads=2), **REGIMES[regime])
     if max_modules is not None:
         env = replace(env, max_modules=max_modules)
     if regime == "bandwidth-binds":
         env = replace(env, budget=BudgetSpec(rank=4.0, tx_seconds=tx_cap))
     return replace(base, env=env, algo=algo, timesteps=timesteps, n_steps=128, wandb=False, progress=False,
-                   out=f"/tmp/dvp-{model}-{regime}-{algo}-{seed}", checkpoint_every=0,
+                   out=f"/tmp/dvp-{model}-{regime}-{algo}-{weighting or ''}-{seed}", checkpoint_every=0,
                    live_check=live_check)  # fmt: skip
+
+
+def kept_rows(path: Path, a: argparse.Namespace) -> list[dict]:
+    """Rows of the algorithms not in ``a.algos`` from the model's entry of ``path``, when that entry ran the same
+    timesteps, seeds and transmit deadline (else none: those algorithms are missing from the table)."""
+    if not path.exists() or set(a.algos) == set(ALGOS):
+        return []
+    old = json.loads(path.read_text())
+    old = old if a.model == "minilm" else old.get(a.model, {})
+    cfg = old.get("config", {})
+    if (cfg.get("timesteps"), cfg.get("seeds"), cfg.get("tx_cap")) != (a.timesteps, a.seeds, a.tx_cap):
+        print(f"note: {path} ran other settings ({cfg.get('timesteps')} steps, seeds {cfg.get('seeds')}, deadline "
+              f"{cfg.get('tx_cap')}): its rows are not kept", flush=True)  # fmt: skip
+        return []
+    keep = [r for r in old.get("runs", []) if r["algo"] not in a.algos]
+    print(f"kept {len(keep)} row(s) of {sorted({r['algo'] for r in keep})} from {path}", flush=True)
+    return keep
 
 
 def mean_over_budgets(table: dict, who: str, key: str) -> float:
@@ -84,13 +112,15 @@ def main() -> None:
     ap.add_argument("--tx-cap", type=float, default=0.5, help="transmit deadline (s) of the binding regime")
     ap.add_argument("--live-check", action=argparse.BooleanOptionalAction, default=None,
                     help="PPO runs end with one live fine-tune per allocator (default: on for minilm only)")
+    ap.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS),
+                    help="algorithms to run now; the others' rows are kept from --out when their settings match")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "diffusion_vs_ppo.json"))
     a = ap.parse_args()
     if a.live_check is None:
         a.live_check = a.model == "minilm"
     from rankrl.ranks.train import train_policy
 
-    t_start, rows = time.time(), []
+    t_start, rows = time.time(), kept_rows(Path(a.out), a)
     first = config_for("bandwidth-free", "ppo", a.seeds[0], a.timesteps, a.tx_cap, a.model, a.live_check)
     t0 = time.time()
     # the same calibration for every run (it depends on the run config, the same in all of them but the seed)
@@ -101,7 +131,7 @@ def main() -> None:
           f"max_modules {max_modules}", flush=True)  # fmt: skip
     for regime in REGIMES:
         for seed in a.seeds:
-            for algo in ("ppo", "diffusion"):
+            for algo in a.algos:
                 cfg = config_for(regime, algo, seed, a.timesteps, a.tx_cap, a.model, a.live_check, max_modules)
                 t0 = time.time()
                 if algo == "ppo":
@@ -124,7 +154,7 @@ def main() -> None:
                       f"{mean_over_budgets(table, 'uniform', 'bits'):.4g}), {seconds:.0f}s", flush=True)  # fmt: skip
     summary = {}
     for regime in REGIMES:
-        for algo in ("ppo", "diffusion"):
+        for algo in [x for x in ALGOS if any(r["algo"] == x for r in rows)]:
             runs = [r for r in rows if r["regime"] == regime and r["algo"] == algo]
             rew = [mean_over_budgets(r["by_budget"], "policy", "reward") for r in runs]
 
@@ -136,17 +166,26 @@ def main() -> None:
                 "accuracy_mean": over_runs("policy", "accuracy"), "uniform_reward": over_runs("uniform", "reward"),
                 "bits_mean": over_runs("policy", "bits"), "uniform_bits": over_runs("uniform", "bits"),
                 "seeds": len(runs), "rewards": rew}  # fmt: skip
+            ppo = {r["seed"]: mean_over_budgets(r["by_budget"], "policy", "reward") for r in rows
+                   if r["regime"] == regime and r["algo"] == "ppo"}  # fmt: skip
+            if algo != "ppo" and ppo:  # paired by training seed
+                diff = [x - ppo[r["seed"]] for r, x in zip(runs, rew, strict=True) if r["seed"] in ppo]
+                summary[f"{regime}/{algo}"].update(minus_ppo=float(np.mean(diff)), wins_over_ppo=int(np.sum(
+                    np.array(diff) > 0)), paired_seeds=len(diff))  # fmt: skip
     print(f"\n{a.model} ({n_modules} modules), {a.timesteps} env steps per policy, seeds {a.seeds}")
     print(f"{'regime/algo':<28} {'reward':>16} {'accuracy':>9} {'uniform reward':>15} {'bits/update':>12} "
           f"{'uniform bits':>12}")  # fmt: skip
     for k, s in summary.items():
+        vs = f"  vs PPO {s['minus_ppo']:+.4f} ({s['wins_over_ppo']}/{s['paired_seeds']} seeds)" if "minus_ppo" in s \
+            else ""
         print(f"{k:<28} {s['reward_mean']:>9.4f} +- {s['reward_std']:.4f} {s['accuracy_mean']:>9.3f} "
-              f"{s['uniform_reward']:>15.4f} {s['bits_mean']:>12.4g} {s['uniform_bits']:>12.4g}")
+              f"{s['uniform_reward']:>15.4f} {s['bits_mean']:>12.4g} {s['uniform_bits']:>12.4g}{vs}")
     import torch
 
     out = {"date": datetime.now().isoformat(timespec="seconds"),
            "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__},
-           "config": {**vars(a), "n_modules": n_modules, "max_modules": max_modules}, "summary": summary, "runs": rows,
+           "config": {**vars(a), "n_modules": n_modules, "max_modules": max_modules},
+           "kept_rows_of": sorted({r["algo"] for r in rows} - set(a.algos)), "summary": summary, "runs": rows,
            "seconds": time.time() - t_start}  # fmt: skip
     path = Path(a.out)
     write_results(path, a.model, out)
@@ -166,7 +205,8 @@ def plot(summary: dict, png: Path, title: str = "") -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     keys = list(summary)
     ax.bar(range(len(keys)), [summary[k]["reward_mean"] for k in keys],
-           yerr=[summary[k]["reward_std"] for k in keys], color=["C0", "C1"] * (len(keys) // 2))  # fmt: skip
+           yerr=[summary[k]["reward_std"] for k in keys],
+           color=[f"C{list(ALGOS).index(k.split('/')[1])}" for k in keys])  # fmt: skip
     ax.scatter(range(len(keys)), [summary[k]["uniform_reward"] for k in keys], color="k", zorder=3, label="uniform")
     ax.set_xticks(range(len(keys)), keys, rotation=15, fontsize=7)
     ax.set_ylabel("mean sim reward over budgets 0.5-4")

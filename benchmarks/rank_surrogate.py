@@ -48,6 +48,7 @@ def old_sim_spearman(rows: list[dict], pair: str) -> dict:
 
     mine = [r for r in rows if pair_of(r) == pair
             and not (r["structure"] == "uniform" and r["budget_rank"] == r["r_max"])]  # fmt: skip
+    mine = [r for r in mine if mine and r["steps"] == mine[0]["steps"]]  # one calibration = one run length
     if len(mine) < 3:
         return {"error": f"{len(mine)} runs of {pair}"}
     r0 = mine[0]
@@ -63,25 +64,39 @@ def old_sim_spearman(rows: list[dict], pair: str) -> dict:
             "distinct_predictions": len({round(p, 4) for p in pred})}  # fmt: skip
 
 
+def by_length(rows: list[dict]) -> dict[str, dict[str, dict]]:
+    """Held-out Spearman (the same 5-fold fit over all runs) per pair and run length: ``{pair: {steps: {rho, n}}}``."""
+    from scipy.stats import spearmanr
+
+    kept, y, pred, top = held_out_predictions(rows)
+    pairs, steps = np.array([pair_of(r) for r in kept]), np.array([r["steps"] for r in kept])
+    out: dict[str, dict[str, dict]] = {}
+    for p in sorted(set(pairs)):
+        for n in sorted(set(steps[pairs == p])):
+            m = (pairs == p) & (steps == n) & ~top
+            if m.sum() >= 3:
+                out.setdefault(p, {})[str(n)] = {"rho": float(spearmanr(pred[m], y[m]).statistic), "n": int(m.sum())}
+    return out
+
+
 def matters_table(rows: list[dict]) -> list[dict]:
     out = []
-    for pair in sorted({pair_of(r) for r in rows}):
-        for b in sorted({r["budget_rank"] for r in rows if pair_of(r) == pair}):
-            group = [r for r in rows if pair_of(r) == pair and r["budget_rank"] == b]
-            for seed in sorted({r["seed"] for r in group}):
-                g = {r["structure"]: r for r in group if r["seed"] == seed}
-                if len(g) < 2:
-                    continue
-                best = min(g.values(), key=lambda r: r["eval_loss"])
-                worst = max(g.values(), key=lambda r: r["eval_loss"])
-                order = sorted(g, key=lambda s: g[s]["eval_loss"])
-                out.append({"pair": pair, "budget_rank": b, "seed": seed,
-                            "loss": {s: round(r["eval_loss"], 4) for s, r in g.items()},
-                            "accuracy": {s: round(r["accuracy"], 4) for s, r in g.items()},
-                            "loss0": round(best["loss0"], 4), "best": best["structure"], "worst": worst["structure"],
-                            "spread": round(worst["eval_loss"] - best["eval_loss"], 4),
-                            "uniform_place": order.index("uniform") + 1 if "uniform" in g else None,
-                            "structures": len(g)})  # fmt: skip
+    for pair, n, b in sorted({(pair_of(r), r["steps"], r["budget_rank"]) for r in rows}):
+        group = [r for r in rows if pair_of(r) == pair and r["budget_rank"] == b and r["steps"] == n]
+        for seed in sorted({r["seed"] for r in group}):
+            g = {r["structure"]: r for r in group if r["seed"] == seed}
+            if len(g) < 2:
+                continue
+            best = min(g.values(), key=lambda r: r["eval_loss"])
+            worst = max(g.values(), key=lambda r: r["eval_loss"])
+            order = sorted(g, key=lambda s: g[s]["eval_loss"])
+            out.append({"pair": pair, "steps": n, "budget_rank": b, "seed": seed,
+                        "loss": {s: round(r["eval_loss"], 4) for s, r in g.items()},
+                        "accuracy": {s: round(r["accuracy"], 4) for s, r in g.items()},
+                        "loss0": round(best["loss0"], 4), "best": best["structure"], "worst": worst["structure"],
+                        "spread": round(worst["eval_loss"] - best["eval_loss"], 4),
+                        "uniform_place": order.index("uniform") + 1 if "uniform" in g else None,
+                        "structures": len(g)})  # fmt: skip
     return out
 
 
@@ -129,10 +144,15 @@ def main() -> None:
         print(f"{p:<28}{result['n'].get(p, 0):>6}{result['allocations'].get(p, math.nan):>22.3f}"
               f"{result['pairs'].get(p, math.nan):>15.3f}{o:>10.3f}")  # fmt: skip
     print(f"{'pooled':<28}{sum(result['n'].values()):>6}{result['pooled_allocations']:>22.3f}")
+    lengths = by_length(rows)
+    print("\nheld-out allocations by run length (same fit): " + "; ".join(
+        f"{p} " + ", ".join(f"{n} steps {v['rho']:.3f} (n {v['n']})" for n, v in d.items())
+        for p, d in lengths.items()))  # fmt: skip
     table = matters_table(rows)
     print("\nwhere allocation matters (live eval loss; best / worst structure at equal parameters)")
     for t in table:
-        print(f"{t['pair']:<28} mean rank {t['budget_rank']:>4g} seed {t['seed']}: best {t['best']:<11}"
+        print(f"{t['pair']:<24} {t['steps']:>3} steps, mean rank {t['budget_rank']:>3g} seed {t['seed']}: best "
+              f"{t['best']:<11}"
               f"{t['loss'][t['best']]:.4f}  worst {t['worst']:<11}{t['loss'][t['worst']]:.4f}  spread "
               f"{t['spread']:.4f}  uniform {t['loss'].get('uniform', math.nan):.4f} (place {t['uniform_place']}"
               f"/{t['structures']})")  # fmt: skip
@@ -142,7 +162,8 @@ def main() -> None:
                "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count(),
                            "python": platform.python_version()},
                "command": "python " + " ".join(sys.argv), "dataset": args.dataset, "runs": len(rows),
-               "goal": "Spearman >= 0.8 on held-out allocations", "held_out": result, "old_sim": old,
+               "goal": "Spearman >= 0.8 on held-out allocations", "held_out": result,
+               "held_out_by_length": lengths, "old_sim": old,
                "where_allocation_matters": table}  # fmt: skip
     out.write_text(json.dumps(payload, indent=1))
     print(f"\n-> {out} (+ {out.with_suffix('.png').name})")
