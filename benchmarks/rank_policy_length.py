@@ -19,6 +19,9 @@ Steps, fixed before any number of this script was seen:
    policy's lr is the one with the lowest mean dev loss; it is scored on TREC.test.
 4. The rules and the 40-step policy are the rows of ``benchmarks/rank_policy_tuned.py --steps 120 --budgets 1``
    (its ``rankrl baselines`` folder; same seeds, lrs, data, caps), so every comparison is paired per seed.
+5. At AdaLoRA's parameters: AdaLoRA budgets ranks, not parameters, and ends above the cap (mean final parameters of
+   its tuned rows); the policy and spectrum (the best rule at the cap) run again with that parameter cap
+   (``--budget.params``, same lrs, seeds and protocol) and are compared with AdaLoRA paired per seed.
 
 Run: ``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/rank_policy_length.py`` (~10 min on 2 cores once the 120-step
 baselines folder exists; writes ``benchmarks/results/rank_policy_length.json`` + ``.png``).
@@ -70,6 +73,29 @@ def surrogate_report(rows: list[dict], steps: int, targets, r_max: int) -> dict:
     return {"heldout_spearman_at_steps": by_pair, "runs_at_steps": int(at.sum()),
             "pooled_at_steps": float(spearmanr(pred[at], y[at]).statistic),
             "trec_prediction_rho_40_vs_steps": float(spearmanr(p40, pn).statistic), "fit_pairs": sur.pairs}  # fmt: skip
+
+
+def at_adalora_params(a: argparse.Namespace, policy_dir: Path, old: dict) -> dict:
+    """Step 5: the policy and spectrum at AdaLoRA's mean final parameters vs AdaLoRA, paired per seed."""
+    ada = {r["method"]: r for r in old["table"] if r["tuned"]}.get("adalora")
+    if ada is None:
+        return {}
+    cap = int(round(ada["params"]))
+    res = baselines_results(Path(a.workdir) / f"params{cap}_{a.steps}steps", [
+        "baselines", "--methods", "spectrum", "--policy", str(policy_dir), "--budget.params", str(cap), "--lrs",
+        *a.lrs, "--test", "--run.steps", str(a.steps), "--seeds", *map(str, a.seeds), "--run.task", str(DATA),
+        "--run.labels", "coarse", "--run.max_eval", str(a.max_eval), "--no_wandb"])  # fmt: skip
+    runs = res["runs"] + [r for r in old["runs"] if r["method"] == "adalora"]
+    table = res["table"] + [r for r in old["table"] if r["method"] == "adalora"]
+    row = summarise(runs, table)
+    print(f"\nat AdaLoRA's parameters ({cap:,}; lr tuned on dev):")
+    for m, st in row["methods"].items():
+        vs = row["policy_vs"].get(m)
+        tail = (f"  policy - this: acc {vs['test_accuracy']['mean_diff']:+.4f} (p {vs['test_accuracy']['ttest_p']:.3f})"
+                f", loss {vs['test_loss']['mean_diff']:+.4f} (p {vs['test_loss']['ttest_p']:.3f})") if vs else ""
+        print(f"  {m:<11} {row['lr'][m]:>6.0e} {st['params']:>8,.0f} {st['test_loss']:>9.4f} "
+              f"{st['test_accuracy']:>8.4f} +- {st['test_accuracy_std']:.3f}{tail}")  # fmt: skip
+    return {"params_cap": cap, **row}
 
 
 def main() -> None:
@@ -160,9 +186,10 @@ def main() -> None:
         print(f"  {name} rank mass (qk/vo/mlp | depth thirds) at mean rank 0.5..8: " + "; ".join(
             f"{b}: {m['qk']:.2f}/{m['vo']:.2f}/{m['mlp']:.2f} | {m['depth0']:.2f}/{m['depth1']:.2f}/{m['depth2']:.2f}"
             for b, m in by_b.items()))  # fmt: skip
+    matched = at_adalora_params(a, policy_dir, old)
     result = {**header(t0), "steps": a.steps, "budget": a.budget, "seeds": a.seeds, "lrs": a.lrs,
               "policy": str(policy_dir), "baselines": a.baselines, "surrogate": report, "rank_mass": masses,
-              "result": row}  # fmt: skip
+              "result": row, "at_adalora_params": matched}  # fmt: skip
     path = Path(a.out)
     atomic_write_json(path, result)
     method_bars({f"{a.budget:g}": row}, "test_accuracy", lambda b, r: f"TREC-6 test, {a.steps} steps, mean rank {b}: "
