@@ -89,13 +89,20 @@ def at_adalora_params(a: argparse.Namespace, policy_dir: Path, old: dict) -> dic
     table = res["table"] + [r for r in old["table"] if r["method"] == "adalora"]
     row = summarise(runs, table)
     print(f"\nat AdaLoRA's parameters ({cap:,}; lr tuned on dev):")
-    for m, st in row["methods"].items():
-        vs = row["policy_vs"].get(m)
-        tail = (f"  policy - this: acc {vs['test_accuracy']['mean_diff']:+.4f} (p {vs['test_accuracy']['ttest_p']:.3f})"
-                f", loss {vs['test_loss']['mean_diff']:+.4f} (p {vs['test_loss']['ttest_p']:.3f})") if vs else ""
-        print(f"  {m:<11} {row['lr'][m]:>6.0e} {st['params']:>8,.0f} {st['test_loss']:>9.4f} "
-              f"{st['test_accuracy']:>8.4f} +- {st['test_accuracy_std']:.3f}{tail}")  # fmt: skip
+    print_rows(row)
     return {"params_cap": cap, **row}
+
+
+def print_rows(row: dict) -> None:
+    """One line per method of a :func:`summarise` row: lr, params, test loss / accuracy, the policy's paired tests."""
+    print(f"  {'method':<11} {'lr':>6} {'params':>8} {'test loss':>9} {'test acc':>15}  policy - this: acc (p), "
+          "loss (p)")
+    for m, s in row["methods"].items():
+        vs = row["policy_vs"].get(m)
+        tail = (f"  {vs['test_accuracy']['mean_diff']:+.4f} (p {vs['test_accuracy']['ttest_p']:.3f}), "
+                f"{vs['test_loss']['mean_diff']:+.4f} (p {vs['test_loss']['ttest_p']:.3f})") if vs else ""
+        print(f"  {m:<11} {row['lr'][m]:>6.0e} {s['params']:>8,.0f} {s['test_loss']:>9.4f} {s['test_accuracy']:>8.4f} "
+              f"+- {s['test_accuracy_std']:.3f}{tail}")  # fmt: skip
 
 
 def main() -> None:
@@ -172,14 +179,7 @@ def main() -> None:
     row = summarise(runs, table)
     print(f"\nMiniLM / TREC-6 test split, {a.steps} steps, mean rank {a.budget:g}, seeds {row['seeds']}, lr tuned "
           "on dev")
-    print(f"  {'method':<11} {'lr':>6} {'params':>8} {'test loss':>9} {'test acc':>15}  policy - this: acc (p), "
-          "loss (p)")
-    for m, s in row["methods"].items():
-        vs = row["policy_vs"].get(m)
-        tail = (f"  {vs['test_accuracy']['mean_diff']:+.4f} (p {vs['test_accuracy']['ttest_p']:.3f}), "
-                f"{vs['test_loss']['mean_diff']:+.4f} (p {vs['test_loss']['ttest_p']:.3f})") if vs else ""
-        print(f"  {m:<11} {row['lr'][m]:>6.0e} {s['params']:>8,.0f} {s['test_loss']:>9.4f} {s['test_accuracy']:>8.4f} "
-              f"+- {s['test_accuracy_std']:.3f}{tail}")  # fmt: skip
+    print_rows(row)
     print(f"  best baseline {row['best_baseline']}; policy >= +1 pt over it, significant: "
           f"{row['goal_plus_1pt_significant']}")
     for name, by_b in masses.items():
