@@ -13,10 +13,13 @@ its PNG beside it (``diffusion_vs_ppo_smollm2.png``); its PPO runs skip the live
 more live SmolLM2 fine-tunes per run). The env's ``max_modules`` is raised to the model's module count if needed.
 
 Algorithms (``--algos``): ``ppo`` (PPO alone on the per-module scores), ``diffusion`` (PPO on the coarse latent + the
-DDIM refiner with AirLLM's reward weighting) and ``diffusion-advantage`` (the same refiner refit with
+DDIM refiner with AirLLM's reward weighting), ``diffusion-advantage`` (the same refiner refit with
 advantage-weighted regression, ``--diffusion.weighting advantage``; fixed before it was run: temperature 1, weights
-clipped at 20). Rows of algorithms not in ``--algos`` are kept from the JSON when its run settings (timesteps, seeds,
-transmit deadline) match, so a new algorithm can be added without rerunning the others.
+clipped at 20) and ``diffusion-advantage-noiseless`` (the same with ``--diffusion.init_noise 0``: the sampler starts
+at 0, so the refined vector depends on state and latent only - added after ``diffusion_steering.py`` measured the
+starting noise moving the output 11-33x more than the latent). Rows of algorithms not in ``--algos`` are kept from
+the JSON when its run settings (timesteps, seeds, transmit deadline) match, so a new algorithm can be added without
+rerunning the others.
 
 Run: ``.venv/bin/python benchmarks/diffusion_vs_ppo.py [--model smollm2] [--seeds 0 1 2] [--timesteps 1024]
 [--algos ...]`` (writes ``benchmarks/results/diffusion_vs_ppo.json`` + PNG).
@@ -48,15 +51,18 @@ from rankrl.ranks.train import TrainPolicyConfig, sim_budget_table  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 REGIMES = {"bandwidth-free": {}, "bandwidth-binds": {"snr_range_db": (-5.0, 0.0)}}
 #: --algos: train_policy's algo and the refiner's sample weighting
-ALGOS = {"ppo": ("ppo", None), "diffusion": ("diffusion", "reward"), "diffusion-advantage": ("diffusion", "advantage")}
+ALGOS = {"ppo": ("ppo", None), "diffusion": ("diffusion", "reward"), "diffusion-advantage": ("diffusion", "advantage"),
+         "diffusion-advantage-noiseless": ("diffusion", "advantage-noiseless")}
 
 
 def config_for(regime: str, algo: str, seed: int, timesteps: int, tx_cap: float | None, model: str = "minilm",
                live_check: bool = True, max_modules: int | None = None) -> TrainPolicyConfig:  # fmt: skip
     base = TrainPolicyConfig()
     algo, weighting = ALGOS[algo] if algo in ALGOS else (algo, None)
-    if weighting is not None:
-        base = replace(base, diffusion=replace(base.diffusion, weighting=weighting))
+    if weighting is not None:  # "-noiseless": the sampler starts at 0 (--diffusion.init_noise 0)
+        noise = 0.0 if weighting.endswith("-noiseless") else 1.0
+        base = replace(base, diffusion=replace(base.diffusion, weighting=weighting.removesuffix("-noiseless"),
+                                               init_noise=noise))  # fmt: skip
     env = replace(base.env, run=replace(base.run, model=model, seed=seed, threads=2), **REGIMES[regime])
     if max_modules is not None:
         env = replace(env, max_modules=max_modules)

@@ -20,6 +20,8 @@ masked mean of all rows (the set context).
   so a vector is up-weighted for being better *than usual in its state*.
 * Sampling (:meth:`RankDiffusion.predict_action`): ``num_inference_steps`` DDIM steps (eta 0: deterministic given
   the seed's initial noise) with guidance ``eps_u + g (eps_c - eps_u)``; the output is clipped to [-1, 1].
+  Measured on trained refiners (``benchmarks/diffusion_steering.py``): the starting noise moves the output 11-33x more
+  than PPO's latent does, so ``init_noise`` < 1 scales it down (0: the output is a function of state and latent only).
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ class DiffusionConfig:
     """AWR temperature on the z-scored advantage (weighting 'advantage')"""
     max_weight: float = 20.0
     """AWR weights are clipped here (weighting 'advantage')"""
+    init_noise: float = 1.0
+    """scale of the sampler's starting noise x_T (1: DDIM as trained; 0: every sample starts at 0, so the refined
+    vector is a deterministic function of state and latent and PPO's latent is the only exploration)"""
     buffer_size: int = 10_000
     """replay buffer capacity (oldest entries are overwritten)"""
     lr: float = 1e-3
@@ -81,6 +86,8 @@ class DiffusionConfig:
             raise ValueError("need --lr > 0, --guidance_scale >= 0 and --reward_weight >= 0")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"--weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
+        if not (math.isfinite(self.init_noise) and self.init_noise >= 0):
+            raise ValueError(f"--init_noise must be finite and >= 0, got {self.init_noise}")
         if not (math.isfinite(self.temperature) and self.temperature > 0 and self.max_weight >= 1):
             raise ValueError(f"need --temperature > 0 and --max_weight >= 1, got {self.temperature}, {self.max_weight}")
 
@@ -238,7 +245,7 @@ class RankDiffusion:
         batch = {"rows": rows, "mask": mask, "globals": torch.as_tensor(obs["globals"], dtype=torch.float32)[None],
                  "latent": None if latent is None else torch.as_tensor(latent, dtype=torch.float32)[None]}  # fmt: skip
         gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(mask.shape, generator=gen) * mask
+        x = torch.randn(mask.shape, generator=gen) * mask * self.config.init_noise
         self.scheduler.set_timesteps(self.config.num_inference_steps)
         self.net.eval()
         for t in self.scheduler.timesteps:

@@ -134,3 +134,16 @@ def test_replay_buffer_returns_set_after_the_rollout_and_old_checkpoints_load():
     assert fresh.data["ret"].tolist() == fresh.data["reward"].tolist() == [4.0, 5.0, 2.0, 3.0]
     with pytest.raises(ValueError, match="only 4 entries"):
         buf.set_recent("ret", np.zeros(5))
+
+
+def test_init_noise_zero_makes_the_sample_a_function_of_state_and_latent_only():
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    model = RankDiffusion.with_ddim(replace(CFG, init_noise=0.0), F, G)
+    obs = _obs()
+    a = model.predict_action(obs, np.zeros(L), seed=1)
+    assert np.array_equal(a, model.predict_action(obs, np.zeros(L), seed=2))  # the seed no longer matters
+    assert not np.array_equal(a, model.predict_action(obs, np.ones(L), seed=1))  # the latent does
+    with pytest.raises(ValueError, match="--init_noise"):
+        DiffusionConfig(init_noise=-1.0)
