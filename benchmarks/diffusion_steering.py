@@ -67,15 +67,16 @@ def main() -> None:
         sys.exit("no trained diffusion policies under /tmp/dvp-*: run benchmarks/diffusion_vs_ppo.py first")
     rng = np.random.default_rng(0)
     rows = []
-    print(f"{'policy':<52} {'latent':>7} {'seed':>7} {'state':>7}  latent / seed")
+    print(f"{'policy':<60} {'latent':>7} {'seed':>7} {'state':>7}  latent / seed")
     for f in folders:
         # dvp-<model>-<regime>-diffusion[-<weighting>]-<seed> (runs from before --algos have no weighting: reward)
-        m = re.match(r"dvp-(\w+)-(bandwidth-\w+)-diffusion(?:-(\w+))?-(\d+)$", f.name)
+        m = re.match(r"dvp-(\w+)-(bandwidth-\w+)-diffusion(?:-([\w-]+?))?-(\d+)$", f.name)
         if not m:
             continue
         s = spreads(f, rng)
         rows.append({"model": m[1], "regime": m[2], "weighting": m[3] or "reward", "seed": int(m[4]), **s})
-        print(f"{f.name:<52} {s['latent']:>7.4f} {s['seed']:>7.4f} {s['state']:>7.4f}  {s['latent'] / s['seed']:.2f}")
+        ratio = f"{s['latent'] / s['seed']:.2f}" if s["seed"] > 0 else "- (no starting noise)"
+        print(f"{f.name:<60} {s['latent']:>7.4f} {s['seed']:>7.4f} {s['state']:>7.4f}  {ratio}")
     summary = {}
     for key in sorted({(r["model"], r["regime"], r["weighting"]) for r in rows}):
         rs = [r for r in rows if (r["model"], r["regime"], r["weighting"]) == key]
