@@ -17,7 +17,7 @@ DDIM refiner with AirLLM's reward weighting), ``diffusion-advantage`` (the same 
 advantage-weighted regression, ``--diffusion.weighting advantage``; fixed before it was run: temperature 1, weights
 clipped at 20) and ``diffusion-advantage-noiseless`` (the same with ``--diffusion.init_noise 0``: the sampler starts
 at 0, so the refined vector depends on state and latent only - added after ``diffusion_steering.py`` measured the
-starting noise moving the output 11-33x more than the latent). Rows of algorithms not in ``--algos`` are kept from
+starting noise moving the output 12-27x more than the latent). Rows of algorithms not in ``--algos`` are kept from
 the JSON when its run settings (timesteps, seeds, transmit deadline) match, so a new algorithm can be added without
 rerunning the others.
 

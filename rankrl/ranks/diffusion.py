@@ -20,7 +20,7 @@ masked mean of all rows (the set context).
   so a vector is up-weighted for being better *than usual in its state*.
 * Sampling (:meth:`RankDiffusion.predict_action`): ``num_inference_steps`` DDIM steps (eta 0: deterministic given
   the seed's initial noise) with guidance ``eps_u + g (eps_c - eps_u)``; the output is clipped to [-1, 1].
-  Measured on trained refiners (``benchmarks/diffusion_steering.py``): the starting noise moves the output 11-33x more
+  Measured on trained refiners (``benchmarks/diffusion_steering.py``): the starting noise moves the output 12-27x more
   than PPO's latent does, so ``init_noise`` < 1 scales it down (0: the output is a function of state and latent only).
 """
 
