@@ -50,26 +50,24 @@ from rankrl.ranks.train import TrainPolicyConfig, sim_budget_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REGIMES = {"bandwidth-free": {}, "bandwidth-binds": {"snr_range_db": (-5.0, 0.0)}}
-#: --algos: train_policy's algo and the refiner's sample weighting
-ALGOS = {"ppo": ("ppo", None), "diffusion": ("diffusion", "reward"), "diffusion-advantage": ("diffusion", "advantage"),
-         "diffusion-advantage-noiseless": ("diffusion", "advantage-noiseless")}
+#: --algos: train_policy's algo and the refiner's settings (DiffusionConfig fields)
+ALGOS = {"ppo": ("ppo", {}), "diffusion": ("diffusion", {}),
+         "diffusion-advantage": ("diffusion", {"weighting": "advantage"}),
+         "diffusion-advantage-noiseless": ("diffusion", {"weighting": "advantage", "init_noise": 0.0})}  # fmt: skip
 
 
 def config_for(regime: str, algo: str, seed: int, timesteps: int, tx_cap: float | None, model: str = "minilm",
                live_check: bool = True, max_modules: int | None = None) -> TrainPolicyConfig:  # fmt: skip
     base = TrainPolicyConfig()
-    algo, weighting = ALGOS[algo] if algo in ALGOS else (algo, None)
-    if weighting is not None:  # "-noiseless": the sampler starts at 0 (--diffusion.init_noise 0)
-        noise = 0.0 if weighting.endswith("-noiseless") else 1.0
-        base = replace(base, diffusion=replace(base.diffusion, weighting=weighting.removesuffix("-noiseless"),
-                                               init_noise=noise))  # fmt: skip
+    name, (algo, refiner) = algo, ALGOS[algo]
+    base = replace(base, diffusion=replace(base.diffusion, **refiner))
     env = replace(base.env, run=replace(base.run, model=model, seed=seed, threads=2), **REGIMES[regime])
     if max_modules is not None:
         env = replace(env, max_modules=max_modules)
     if regime == "bandwidth-binds":
         env = replace(env, budget=BudgetSpec(rank=4.0, tx_seconds=tx_cap))
     return replace(base, env=env, algo=algo, timesteps=timesteps, n_steps=128, wandb=False, progress=False,
-                   out=f"/tmp/dvp-{model}-{regime}-{algo}-{weighting or ''}-{seed}", checkpoint_every=0,
+                   out=f"/tmp/dvp-{model}-{regime}-{name}-{seed}", checkpoint_every=0,
                    live_check=live_check)  # fmt: skip
 
 

@@ -36,8 +36,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from benchmarks.rank_policy_learned import mass, run_config  # noqa: E402
@@ -57,21 +55,17 @@ def surrogate_report(rows: list[dict], steps: int, targets, r_max: int) -> dict:
     from scipy.stats import spearmanr
 
     from rankrl.ranks.runs import STRUCTURES, allocation
-    from rankrl.ranks.surrogate import LearnedSurrogate, held_out_predictions, module_rows, pair_of
+    from rankrl.ranks.surrogate import LearnedSurrogate, held_out_spearman, module_rows, pair_of
 
-    fit_rows = [r for r in rows if pair_of(r) != HELDOUT]
-    kept, y, pred, is_top = held_out_predictions(fit_rows)
-    at = np.array([r["steps"] == steps for r in kept]) & ~is_top
-    pairs = np.array([pair_of(r) for r in kept])
-    by_pair = {p: float(spearmanr(pred[at & (pairs == p)], y[at & (pairs == p)]).statistic)
-               for p in sorted(set(pairs[at]))}  # fmt: skip
+    held = held_out_spearman([r for r in rows if pair_of(r) != HELDOUT])
+    at = {p: d[str(steps)] for p, d in held["by_length"].items() if str(steps) in d}
     sur = LearnedSurrogate(rows, exclude_pairs=[HELDOUT])
     allocs = [[allocation(targets, s, b, r_max)[t.name] for t in targets]
               for s in (*STRUCTURES, "random-0", "random-1") for b in (0.5, 1.0, 2.0, 4.0)]  # fmt: skip
     p40 = sur.predict(module_rows(targets), allocs, r_max, 40)
     pn = sur.predict(module_rows(targets), allocs, r_max, steps)
-    return {"heldout_spearman_at_steps": by_pair, "runs_at_steps": int(at.sum()),
-            "pooled_at_steps": float(spearmanr(pred[at], y[at]).statistic),
+    return {"heldout_spearman_at_steps": {p: v["rho"] for p, v in at.items()},
+            "runs_at_steps": sum(v["n"] for v in at.values()), "pooled_at_steps": held["pooled_by_length"][str(steps)],
             "trec_prediction_rho_40_vs_steps": float(spearmanr(p40, pn).statistic), "fit_pairs": sur.pairs}  # fmt: skip
 
 

@@ -64,21 +64,6 @@ def old_sim_spearman(rows: list[dict], pair: str) -> dict:
             "distinct_predictions": len({round(p, 4) for p in pred})}  # fmt: skip
 
 
-def by_length(rows: list[dict]) -> dict[str, dict[str, dict]]:
-    """Held-out Spearman (the same 5-fold fit over all runs) per pair and run length: ``{pair: {steps: {rho, n}}}``."""
-    from scipy.stats import spearmanr
-
-    kept, y, pred, top = held_out_predictions(rows)
-    pairs, steps = np.array([pair_of(r) for r in kept]), np.array([r["steps"] for r in kept])
-    out: dict[str, dict[str, dict]] = {}
-    for p in sorted(set(pairs)):
-        for n in sorted(set(steps[pairs == p])):
-            m = (pairs == p) & (steps == n) & ~top
-            if m.sum() >= 3:
-                out.setdefault(p, {})[str(n)] = {"rho": float(spearmanr(pred[m], y[m]).statistic), "n": int(m.sum())}
-    return out
-
-
 def matters_table(rows: list[dict]) -> list[dict]:
     out = []
     for pair, n, b in sorted({(pair_of(r), r["steps"], r["budget_rank"]) for r in rows}):
@@ -144,7 +129,7 @@ def main() -> None:
         print(f"{p:<28}{result['n'].get(p, 0):>6}{result['allocations'].get(p, math.nan):>22.3f}"
               f"{result['pairs'].get(p, math.nan):>15.3f}{o:>10.3f}")  # fmt: skip
     print(f"{'pooled':<28}{sum(result['n'].values()):>6}{result['pooled_allocations']:>22.3f}")
-    lengths = by_length(rows)
+    lengths = result["by_length"]
     print("\nheld-out allocations by run length (same fit): " + "; ".join(
         f"{p} " + ", ".join(f"{n} steps {v['rho']:.3f} (n {v['n']})" for n, v in d.items())
         for p, d in lengths.items()))  # fmt: skip

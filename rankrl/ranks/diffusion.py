@@ -221,7 +221,7 @@ class RankDiffusion:
         losses = []
         for _ in range(steps):
             batch = buffer.sample(batch_size, rng)
-            if value_fn is not None and self.config.weighting == "advantage":
+            if self.config.weighting == "advantage":
                 with torch.no_grad():
                     values = torch.as_tensor(value_fn(batch), dtype=torch.float32).reshape(-1)
                 batch["advantage"] = batch["ret"] - values

@@ -252,6 +252,12 @@ def held_out_predictions(rows: Sequence[Mapping[str, Any]], *, folds: int = 5,
     """``(rows kept, live targets, held-out predictions, is_reference)``: every run but the reference runs (uniform
     r_max, always fitted on; their prediction is NaN) is predicted by a fit on the ``folds - 1`` other folds."""
     X, y, kept = _prepared(rows)
+    return (kept, y, *_held_out(X, y, kept, folds, seed))
+
+
+def _held_out(X: np.ndarray, y: np.ndarray, kept: Sequence[Mapping[str, Any]], folds: int,
+              seed: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """``(held-out predictions, is_reference)`` of prepared features and targets (see :func:`held_out_predictions`)."""
     is_top = np.array([r["structure"] == "uniform" and r["budget_rank"] == r["r_max"] for r in kept])
     fold = np.random.default_rng(seed).permutation(len(kept)) % folds
     fold[is_top] = -1
@@ -260,23 +266,26 @@ def held_out_predictions(rows: Sequence[Mapping[str, Any]], *, folds: int = 5,
         test = fold == f
         if test.any():
             pred[test] = _fit(X[~test], y[~test]).predict(X[test])
-    return kept, y, pred, is_top
+    return pred, is_top
 
 
 def held_out_spearman(rows: Sequence[Mapping[str, Any]], *, folds: int = 5, seed: int = 0) -> dict[str, Any]:
     """Spearman between predicted and live eval losses on runs the fit did not see.
 
-    Returns ``{"allocations": {pair: rho}, "pairs": {pair: rho}, "n": {pair: runs}, "pooled_allocations": rho}``:
-    ``allocations`` pools each pair's held-out predictions over ``folds`` random folds of all runs (every pair's
-    runs spread over the folds); ``pairs`` fits on every other pair and predicts the left-out one. The reference
-    runs (uniform r_max) are in every fit and excluded from the correlations (their target is 0 by construction).
+    Returns ``{"allocations": {pair: rho}, "pairs": {pair: rho}, "n": {pair: runs}, "pooled_allocations": rho,
+    "by_length": {pair: {steps: {"rho", "n"}}}, "pooled_by_length": {steps: rho}}``: ``allocations`` pools each
+    pair's held-out predictions over ``folds`` random folds of all runs (every pair's runs spread over the folds);
+    ``by_length`` splits the same predictions by run length; ``pairs`` fits on every other pair and predicts the
+    left-out one. The reference runs (uniform r_max) are in every fit and excluded from the correlations (their
+    target is 0 by construction).
     """
     from scipy.stats import spearmanr
 
-    kept, y, pred, is_top = held_out_predictions(rows, folds=folds, seed=seed)
-    X = np.stack([allocation_features(r["modules"], r["ranks"], r["r_max"], r["steps"]) for r in kept])
+    X, y, kept = _prepared(rows)
+    pred, is_top = _held_out(X, y, kept, folds, seed)
     pairs = np.array([pair_of(r) for r in kept])
-    out: dict[str, Any] = {"allocations": {}, "pairs": {}, "n": {}}
+    steps = np.array([r["steps"] for r in kept])
+    out: dict[str, Any] = {"allocations": {}, "pairs": {}, "n": {}, "by_length": {}, "pooled_by_length": {}}
     for p in sorted(set(pairs)):
         m = (pairs == p) & ~is_top
         out["n"][p] = int(m.sum())
@@ -285,7 +294,16 @@ def held_out_spearman(rows: Sequence[Mapping[str, Any]], *, folds: int = 5, seed
         train = pairs != p
         if len(set(pairs)) >= 2 and m.sum() >= 3:
             out["pairs"][p] = float(spearmanr(_fit(X[train], y[train]).predict(X[m]), y[m]).statistic)
+        for n in sorted(set(steps[pairs == p])):
+            mn = m & (steps == n)
+            if mn.sum() >= 3:
+                out["by_length"].setdefault(p, {})[str(n)] = {"rho": float(spearmanr(pred[mn], y[mn]).statistic),
+                                                              "n": int(mn.sum())}  # fmt: skip
     out["pooled_allocations"] = float(spearmanr(pred[~is_top], y[~is_top]).statistic)
+    for n in sorted(set(steps)):
+        mn = (steps == n) & ~is_top
+        if mn.sum() >= 3:
+            out["pooled_by_length"][str(n)] = float(spearmanr(pred[mn], y[mn]).statistic)
     return out
 
 

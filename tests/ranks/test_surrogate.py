@@ -81,6 +81,10 @@ def test_surrogate_reads_the_run_length_where_the_order_of_allocations_flips():
         assert cal.capacity(better) > cal.capacity(worse) + 0.1
     with pytest.raises(ValueError, match="steps must be >= 1"):
         allocation_features(mods, att, 8, steps=0)
+    # the held-out check reports each run length apart (and knows each length's better allocation)
+    held = held_out_spearman(rows)
+    assert set(held["by_length"]["m1/t"]) == set(held["pooled_by_length"]) == {"10", "40"}
+    assert min(v["rho"] for d in held["by_length"].values() for v in d.values()) > 0.8
 
 
 def test_features_read_where_the_rank_goes():
