@@ -17,7 +17,11 @@ DDIM refiner with AirLLM's reward weighting), ``diffusion-advantage`` (the same 
 advantage-weighted regression, ``--diffusion.weighting advantage``; fixed before it was run: temperature 1, weights
 clipped at 20) and ``diffusion-advantage-noiseless`` (the same with ``--diffusion.init_noise 0``: the sampler starts
 at 0, so the refined vector depends on state and latent only - added after ``diffusion_steering.py`` measured the
-starting noise moving the output 12-27x more than the latent). Rows of algorithms not in ``--algos`` are kept from
+starting noise moving the output 12-27x more than the latent); ``coarse-linear`` (``--diffusion.decoding linear``:
+PPO's latent is one weight per module-row feature and each module's score is ``tanh(standardised row . latent)``; the
+refiner is never refit, so it adds nothing: PPO acting in a coarse space whose size does not grow with the model) and
+``diffusion-linear`` (the same decoding with the residual DDIM refit by advantage weighting; training rollouts add
+Gaussian noise of std 0.1 to the vector so the refiner sees residuals it did not make; fixed before running). Rows of algorithms not in ``--algos`` are kept from
 the JSON when its run settings (timesteps, seeds, transmit deadline) match, so a new algorithm can be added without
 rerunning the others.
 
@@ -50,17 +54,20 @@ from rankrl.ranks.train import TrainPolicyConfig, sim_budget_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REGIMES = {"bandwidth-free": {}, "bandwidth-binds": {"snr_range_db": (-5.0, 0.0)}}
-#: --algos: train_policy's algo and the refiner's settings (DiffusionConfig fields)
-ALGOS = {"ppo": ("ppo", {}), "diffusion": ("diffusion", {}),
-         "diffusion-advantage": ("diffusion", {"weighting": "advantage"}),
-         "diffusion-advantage-noiseless": ("diffusion", {"weighting": "advantage", "init_noise": 0.0})}  # fmt: skip
+#: --algos: train_policy's algo, the refiner's settings (DiffusionConfig fields) and other TrainPolicyConfig fields
+_LINEAR = {"decoding": "linear", "init_noise": 0.0}
+ALGOS = {"ppo": ("ppo", {}, {}), "diffusion": ("diffusion", {}, {}),
+         "diffusion-advantage": ("diffusion", {"weighting": "advantage"}, {}),
+         "diffusion-advantage-noiseless": ("diffusion", {"weighting": "advantage", "init_noise": 0.0}, {}),
+         "coarse-linear": ("diffusion", _LINEAR, {"refit_steps": 0}),
+         "diffusion-linear": ("diffusion", {**_LINEAR, "weighting": "advantage", "explore_noise": 0.1}, {})}  # fmt: skip
 
 
 def config_for(regime: str, algo: str, seed: int, timesteps: int, tx_cap: float | None, model: str = "minilm",
                live_check: bool = True, max_modules: int | None = None) -> TrainPolicyConfig:  # fmt: skip
     base = TrainPolicyConfig()
-    name, (algo, refiner) = algo, ALGOS[algo]
-    base = replace(base, diffusion=replace(base.diffusion, **refiner))
+    name, (algo, refiner, extra) = algo, ALGOS[algo]
+    base = replace(base, diffusion=replace(base.diffusion, **refiner), **extra)
     env = replace(base.env, run=replace(base.run, model=model, seed=seed, threads=2), **REGIMES[regime])
     if max_modules is not None:
         env = replace(env, max_modules=max_modules)

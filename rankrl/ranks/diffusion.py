@@ -22,6 +22,14 @@ masked mean of all rows (the set context).
   the seed's initial noise) with guidance ``eps_u + g (eps_c - eps_u)``; the output is clipped to [-1, 1].
   Measured on trained refiners (``benchmarks/diffusion_steering.py``): the starting noise moves the output 12-27x more
   than PPO's latent does, so ``init_noise`` < 1 scales it down (0: the output is a function of state and latent only).
+* ``decoding="linear"`` (ours, not AirLLM's): a residual refiner around a per-module decoding of the latent. PPO's
+  latent is one weight per module-row feature and each module's base score is ``tanh(z_i . latent)`` (``z_i``: the
+  row's features standardised over the model's modules, :func:`linear_decoding`), so PPO alone already chooses a
+  whole allocation (e.g. "more rank where the gradient sensitivity is high, less on MLP") in a space whose size does
+  not grow with the model. The DDIM denoises only the residual ``vector - base`` (its output layer starts at zero,
+  so with ``init_noise`` 0 the untrained refiner adds nothing and the two-level policy starts as the decoding).
+  ``explore_noise`` adds Gaussian noise to the vector in training rollouts, the residual exploration the
+  advantage-weighted refit learns from (with ``init_noise`` 0 the refiner otherwise only sees its own outputs).
 """
 
 from __future__ import annotations
@@ -34,11 +42,13 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["WEIGHTINGS", "DiffusionConfig", "RankDiffusion", "ReplayBuffer", "RowDenoiser", "advantage_weights",
-           "reward_weights"]  # fmt: skip
+__all__ = ["DECODINGS", "WEIGHTINGS", "DiffusionConfig", "RankDiffusion", "ReplayBuffer", "RowDenoiser", "advantage_weights",
+           "linear_decoding", "reward_weights"]  # fmt: skip
 
 #: how the refit weights its samples: AirLLM's reward z-score or advantage-weighted regression (module docstring)
 WEIGHTINGS = ("reward", "advantage")
+#: what PPO's latent is: AirLLM's free condition of the DDIM, or the weights of a linear per-module decoding (docstring)
+DECODINGS = ("none", "linear")
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,7 @@ class DiffusionConfig:
     """The refiner's shape, schedule, guidance and off-policy training (AirLLM's defaults)."""
 
     latent_dim: int = 16
-    """size of PPO's coarse latent"""
+    """size of PPO's coarse latent (decoding 'none'; with 'linear' the latent has one weight per module-row feature)"""
     hidden: int = 64
     """width of the per-row denoiser"""
     num_train_timesteps: int = 1000
@@ -69,6 +79,11 @@ class DiffusionConfig:
     init_noise: float = 1.0
     """scale of the sampler's starting noise x_T (1: DDIM as trained; 0: every sample starts at 0, so the refined
     vector is a deterministic function of state and latent and PPO's latent is the only exploration)"""
+    decoding: str = "none"
+    """'none' (AirLLM: the DDIM turns latent + state into the whole vector) or 'linear' (the latent weights the
+    standardised row features into a base score per module; the DDIM refines the residual; module docstring)"""
+    explore_noise: float = 0.0
+    """std of Gaussian noise added to the refined vector in training rollouts (never when the policy is applied)"""
     buffer_size: int = 10_000
     """replay buffer capacity (oldest entries are overwritten)"""
     lr: float = 1e-3
@@ -88,6 +103,10 @@ class DiffusionConfig:
             raise ValueError(f"--weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
         if not (math.isfinite(self.init_noise) and self.init_noise >= 0):
             raise ValueError(f"--init_noise must be finite and >= 0, got {self.init_noise}")
+        if self.decoding not in DECODINGS:
+            raise ValueError(f"--decoding must be one of {', '.join(DECODINGS)}, got {self.decoding!r}")
+        if not (math.isfinite(self.explore_noise) and self.explore_noise >= 0):
+            raise ValueError(f"--explore_noise must be finite and >= 0, got {self.explore_noise}")
         if not (math.isfinite(self.temperature) and self.temperature > 0 and self.max_weight >= 1):
             raise ValueError(f"need --temperature > 0 and --max_weight >= 1, got {self.temperature}, {self.max_weight}")
 
@@ -115,6 +134,22 @@ def advantage_weights(advantages: torch.Tensor, temperature: float, max_weight: 
         return torch.ones_like(advantages)
     z = (advantages - advantages.mean()) / std
     return torch.exp(z / temperature).clamp(max=max_weight)
+
+
+def linear_decoding(rows: torch.Tensor, mask: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+    """Base score per module ``tanh(z_i . latent)``: ``rows`` (B,R,F) standardised per feature over each sample's real
+    rows (``mask`` (B,R); a feature constant over the modules reads 0), weighted by ``latent`` (B,F); padding is 0.
+
+    >>> rows = torch.tensor([[[0.0, 1.0], [2.0, 1.0], [4.0, 1.0]]])
+    >>> [round(x, 3) for x in linear_decoding(rows, torch.ones(1, 3), torch.tensor([[0.5, 9.0]]))[0].tolist()]
+    [-0.546, 0.0, 0.546]
+    """
+    m = mask.unsqueeze(-1)
+    n = m.sum(1, keepdim=True).clamp_min(1.0)
+    mean = (rows * m).sum(1, keepdim=True) / n
+    std = (((rows - mean) ** 2 * m).sum(1, keepdim=True) / n).sqrt()
+    z = torch.where(std > 1e-6, (rows - mean) / std.clamp_min(1e-6), torch.zeros_like(rows)) * m
+    return torch.tanh((z * latent.unsqueeze(1)).sum(-1)) * mask
 
 
 def _time_embedding(t: torch.Tensor, dim: int = 16) -> torch.Tensor:
@@ -168,7 +203,12 @@ class RankDiffusion:
             raise ValueError(f"the scheduler has {scheduler.config.num_train_timesteps} training timesteps, the "
                              f"config {config.num_train_timesteps}")  # fmt: skip
         self.config, self.scheduler = config, scheduler
-        self.net = RowDenoiser(n_features, n_globals, config.latent_dim, config.hidden)
+        #: size of PPO's latent: ``config.latent_dim``, or one weight per row feature with ``decoding="linear"``
+        self.latent_dim = n_features if config.decoding == "linear" else config.latent_dim
+        self.net = RowDenoiser(n_features, n_globals, self.latent_dim, config.hidden)
+        if config.decoding == "linear":  # the residual starts at 0: the untrained two-level policy is the decoding
+            nn.init.zeros_(self.net.out[-1].weight)
+            nn.init.zeros_(self.net.out[-1].bias)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
 
     @classmethod
@@ -185,6 +225,8 @@ class RankDiffusion:
         ``x0`` (B,R) in [-1, 1], ``reward`` (B,); with ``weighting="advantage"`` also ``advantage`` (B,)) with
         condition dropout."""
         x0, mask = batch["x0"], batch["mask"]
+        if self.config.decoding == "linear":  # the DDIM models the residual around the latent's decoding
+            x0 = (x0 - linear_decoding(batch["rows"], mask, batch["latent"])).clamp(-1.0, 1.0) * mask
         b = x0.shape[0]
         t = torch.randint(0, self.config.num_train_timesteps, (b,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator) * mask
@@ -236,9 +278,10 @@ class RankDiffusion:
     # ------------------------------------------------------------------------------------------ sampling
     @torch.no_grad()
     def predict_action(self, obs: dict[str, np.ndarray], latent: np.ndarray | None, *, seed: int = 0,
-                       guidance_scale: float | None = None) -> np.ndarray:  # fmt: skip
+                       guidance_scale: float | None = None, explore: bool = False) -> np.ndarray:  # fmt: skip
         """The refined per-row scores in [-1, 1] for one observation (``rows``, ``mask``, ``globals``) and PPO's
-        coarse ``latent`` (None: unconditional); deterministic for a seed (DDIM, eta 0)."""
+        coarse ``latent`` (None: unconditional); deterministic for a seed (DDIM, eta 0). ``explore``: add the
+        config's ``explore_noise`` (training rollouts)."""
         g = self.config.guidance_scale if guidance_scale is None else guidance_scale
         rows = torch.as_tensor(obs["rows"], dtype=torch.float32)[None]
         mask = torch.as_tensor(obs["mask"], dtype=torch.float32)[None]
@@ -257,6 +300,10 @@ class RankDiffusion:
                 eps_u = self.net(x, tt, rows, mask, None, None)
                 eps = eps_u + g * (eps_c - eps_u)
             x = self.scheduler.step(eps, t, x, eta=0.0).prev_sample * mask
+        if self.config.decoding == "linear" and batch["latent"] is not None:
+            x = x + linear_decoding(rows, mask, batch["latent"])
+        if explore and self.config.explore_noise > 0:
+            x = x + torch.randn(mask.shape, generator=gen) * mask * self.config.explore_noise
         return x[0].clamp(-1.0, 1.0).numpy()
 
     # -------------------------------------------------------------------------------------------- files

@@ -1,5 +1,6 @@
 """``rankrl train-policy --algo diffusion``: AirLLM's two-level rank policy on the LoRARank env. PPO acts in a coarse
-latent (a Gaussian over ``diffusion.latent_dim`` numbers; PPO's log-probability covers only the latent), the DDIM
+latent (a Gaussian over ``diffusion.latent_dim`` numbers, or one weight per row feature with ``--diffusion.decoding
+linear``; PPO's log-probability covers only the latent), the DDIM
 refiner (:mod:`rankrl.ranks.diffusion`) turns latent + state into every module's score, and after every PPO rollout
 the refiner is refit off-policy on the replay buffer (reward-weighted), alternating.
 
@@ -53,7 +54,7 @@ class LatentRefinerEnv(gym.Wrapper):
     def __init__(self, env: gym.Env, refiner: RankDiffusion, buffer: ReplayBuffer, seed: int = 0) -> None:
         super().__init__(env)
         self.refiner, self.buffer, self.draws = refiner, buffer, seed
-        self.action_space = spaces.Box(-1.0, 1.0, (refiner.config.latent_dim,), dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (refiner.latent_dim,), dtype=np.float32)
         self._obs: Any = None
         self._running: list[dict] = []
         #: :func:`rankrl.ranks.episodes.episode_summary` of every episode finished since the last :meth:`pop_finished`
@@ -71,7 +72,7 @@ class LatentRefinerEnv(gym.Wrapper):
     def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
         latent = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
         self.draws += 1  # the sampler's seed: saved in checkpoints, so a resumed run draws on
-        scores = self.refiner.predict_action(self._obs, latent, seed=self.draws)
+        scores = self.refiner.predict_action(self._obs, latent, seed=self.draws, explore=True)
         obs, reward, terminated, truncated, info = self.env.step(scores.astype(np.float32))
         self.buffer.add(self._obs, latent, scores, float(reward))
         self._obs = obs
@@ -148,7 +149,7 @@ def _train(config: TrainPolicyConfig, calibration: Any, stop: Any) -> dict[str, 
     n_globals = obs_space["globals"].shape[0]
     dc = config.diffusion
     refiner = RankDiffusion.with_ddim(dc, n_features, n_globals)
-    buffer = ReplayBuffer(dc.buffer_size, n_rows, n_features, n_globals, dc.latent_dim)
+    buffer = ReplayBuffer(dc.buffer_size, n_rows, n_features, n_globals, refiner.latent_dim)
     env = LatentRefinerEnv(base, refiner, buffer, seed=config.run.seed)
     vec = DummyVecEnv([lambda: env])
     vec.seed(config.run.seed)

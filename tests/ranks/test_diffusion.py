@@ -147,3 +147,55 @@ def test_init_noise_zero_makes_the_sample_a_function_of_state_and_latent_only():
     assert not np.array_equal(a, model.predict_action(obs, np.ones(L), seed=1))  # the latent does
     with pytest.raises(ValueError, match="--init_noise"):
         DiffusionConfig(init_noise=-1.0)
+
+
+LINEAR = DiffusionConfig(hidden=48, num_train_timesteps=100, num_inference_steps=20, lr=3e-3, decoding="linear",
+                         init_noise=0.0, explore_noise=0.2)  # fmt: skip
+
+
+def test_linear_decoding_starts_as_the_latents_scorer_and_explores_only_in_training_rollouts():
+    torch.manual_seed(0)
+    model = RankDiffusion.with_ddim(LINEAR, F, G)
+    assert model.latent_dim == F  # one weight per row feature, whatever latent_dim says
+    obs = _obs()
+    flagged = np.array([1.0, 0.0], np.float32)  # weight on the "flagged" feature only
+    a = model.predict_action(obs, flagged, seed=1)
+    base = D.linear_decoding(torch.as_tensor(obs["rows"])[None], torch.ones(1, R), torch.as_tensor(flagged)[None])
+    assert np.allclose(a, base[0].numpy(), atol=1e-6)  # untrained: the residual is exactly 0
+    assert np.all(a[list(FLAGGED)] > 0.5) and np.all(np.delete(a, FLAGGED) < -0.3)
+    b = model.predict_action(obs, -flagged, seed=1)
+    assert np.allclose(a, -b, atol=1e-6)  # the decision follows PPO's latent
+    assert np.array_equal(a, model.predict_action(obs, flagged, seed=2))  # deterministic when applied
+    e1, e2 = (model.predict_action(obs, flagged, seed=s, explore=True) for s in (1, 2))
+    assert not np.allclose(e1, e2) and 0.05 < np.abs(e1 - a).mean() < 0.3  # explore_noise 0.2 in training rollouts
+    with pytest.raises(ValueError, match="--decoding"):
+        DiffusionConfig(decoding="mlp")
+    with pytest.raises(ValueError, match="--explore_noise"):
+        DiffusionConfig(explore_noise=-0.1)
+
+
+def test_the_residual_refiner_learns_a_correction_the_decoding_cannot_express():
+    # the buffer's vectors are the decoding of their latent plus +0.6 on module 0 and -0.6 on module 7, which no latent
+    # (weights on "flagged" and depth) gives; the fitted refiner adds that correction, the untrained one does not
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model = RankDiffusion.with_ddim(LINEAR, F, G)
+    obs = _obs()
+    rows, mask = torch.as_tensor(obs["rows"])[None], torch.ones(1, R)
+    delta = np.zeros(R, np.float32)
+    delta[0], delta[-1] = 0.6, -0.6
+    buf = ReplayBuffer(2000, R, F, G, F)
+    for _ in range(400):
+        z = rng.uniform(-0.5, 0.5, F).astype(np.float32)
+        base = D.linear_decoding(rows, mask, torch.as_tensor(z)[None])[0].numpy()
+        buf.add(obs, z, np.clip(base + delta + rng.normal(0, 0.03, R), -1, 1), 1.0)
+
+    def correction(m, z):
+        base = D.linear_decoding(rows, mask, torch.as_tensor(z)[None])[0].numpy()
+        return m.predict_action(obs, z, seed=0) - base
+
+    z = np.array([0.3, -0.2], np.float32)
+    assert np.abs(correction(model, z)).max() < 1e-6
+    model.fit(buf, 600, batch_size=64)
+    c = correction(model, z)
+    assert c[0] > 0.3 and c[-1] < -0.3 and np.abs(c[1:-1]).mean() < 0.15, c

@@ -154,3 +154,24 @@ def test_advantage_weighting_refits_on_the_rollouts_returns(tmp_path):
     assert buf["ret"].shape == buf["reward"].shape == (64,)
     assert not torch.allclose(buf["ret"], buf["reward"])
     assert json.loads((tmp_path / "adv" / "policy.json").read_text())["diffusion"]["config"]["weighting"] == "advantage"
+
+
+def test_linear_decoding_trains_saves_and_applies_with_one_latent_weight_per_row_feature(tmp_path):
+    from dataclasses import replace
+
+    from rankrl.ranks.features import FEATURE_NAMES
+
+    cfg = _config(tmp_path / "lin", timesteps=64)
+    cfg = replace(cfg, diffusion=replace(cfg.diffusion, decoding="linear", init_noise=0.0, explore_noise=0.1,
+                                         weighting="advantage"))  # fmt: skip
+    cal = SimCalibration.synthetic(r_max=8, run_steps=40)
+    train_diffusion_policy(cfg, calibration=cal)
+    meta = json.loads((tmp_path / "lin" / "policy.json").read_text())
+    assert meta["diffusion"]["coarse"]["action_space"]["shape"] == [len(FEATURE_NAMES)]
+    assert load_file(str(tmp_path / "lin" / CHECKPOINT_BUFFER))["latent"].shape == (64, len(FEATURE_NAMES))
+    loaded = load_policy(tmp_path / "lin")
+    assert isinstance(loaded.policy, LatentRefinerPolicy) and loaded.policy.refiner.latent_dim == len(FEATURE_NAMES)
+    allocs = {r: allocate(loaded, cal.targets, cal.static, BudgetSpec(rank=r)) for r in (1.0, 4.0)}
+    for a in allocs.values():
+        assert a.metrics["budget/violation"] == 0.0 and a.metrics["budget/used_params"] > 0.9
+    assert sum(allocs[1.0].ranks.values()) < sum(allocs[4.0].ranks.values())

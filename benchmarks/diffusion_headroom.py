@@ -1,0 +1,145 @@
+"""How much reward is left above PPO alone on the calibrated LoRARank sim: a black-box search per budget.
+
+``diffusion_vs_ppo.py`` compares policies trained for 1,024 env steps. This script asks what the best *fixed* action
+earns at each evaluation budget: the cross-entropy method (CEM, written here: a few lines, and neither SB3 nor
+Gymnasium ships one) searches directly on the evaluation episodes (the same budgets and channels as ``sim_budget_table``,
+and its episode seeds of the three training seeds) over
+
+* ``scores``: one score per module (the env's action: the space PPO alone acts in), and
+* ``linear``: one weight per module-row feature, decoded per module by ``tanh(standardised row . latent)`` at every
+  decision (:func:`rankrl.ranks.diffusion.linear_decoding`: the coarse space of ``--diffusion.decoding linear``).
+
+It optimises on the evaluation episodes themselves, so it is an optimistic reference for a fixed action, not a
+policy (a policy can still do better where the best action depends on the state, e.g. the channel drawn). The table
+puts it next to the trained policies' rows of ``benchmarks/results/diffusion_vs_ppo.json`` (same model key).
+
+Run: ``.venv/bin/python benchmarks/diffusion_headroom.py [--model smollm2] [--iters 30] [--pop 32]``
+(writes ``benchmarks/results/diffusion_headroom.json``; the entry of the model, others kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from diffusion_vs_ppo import REGIMES, config_for, mean_over_budgets  # noqa: E402
+
+from rankrl.ranks.episodes import rollout_episode  # noqa: E402
+from rankrl.ranks.sim import calibrate  # noqa: E402
+from rankrl.ranks.train import EVAL_BUDGET_RANKS, fixed_budget, make_env  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+#: sim_budget_table scores a policy trained with seed t on episode seeds t+1, t+2, t+3; the trained rows average
+#: training seeds 0, 1, 2, so the search's objective is the mean over the same nine episodes
+EPISODE_SEEDS = tuple(t + s for t in (0, 1, 2) for s in (1, 2, 3))
+
+
+def cem(objective, dim: int, iters: int, pop: int, elite: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """Maximise ``objective`` over ``[-1, 1]^dim``: Gaussian proposals, refit to the ``elite`` best each iteration
+    (std floored at 0.02); returns the best point seen and its value."""
+    mu, sd = np.zeros(dim), np.full(dim, 0.5)
+    best, best_v = mu.copy(), objective(mu)
+    for _ in range(iters):
+        xs = np.clip(mu + sd * rng.standard_normal((pop, dim)), -1, 1)
+        vs = np.array([objective(x) for x in xs])
+        top = xs[np.argsort(vs)[-elite:]]
+        mu, sd = top.mean(0), np.maximum(top.std(0), 0.02)
+        if vs.max() > best_v:
+            best, best_v = xs[int(np.argmax(vs))].copy(), float(vs.max())
+    return best, best_v
+
+
+def main() -> None:
+    import torch
+
+    from rankrl.ranks.diffusion import linear_decoding
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--pop", type=int, default=32)
+    ap.add_argument("--tx-cap", type=float, default=0.5, help="transmit deadline (s) of the binding regime")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "diffusion_headroom.json"))
+    a = ap.parse_args()
+    t_start = time.time()
+    first = config_for("bandwidth-free", "ppo", 0, 1024, a.tx_cap, a.model, False)
+    cal = calibrate(first.env, first.probes, first.probe_steps or first.run.steps, probe_evals=first.probe_evals)
+    n = len(cal.targets)
+    max_modules = max(first.env.max_modules, n)
+    result: dict = {}
+    for regime in REGIMES:
+        cfg = config_for(regime, "ppo", 0, 1024, a.tx_cap, a.model, False, max_modules)
+        for r in EVAL_BUDGET_RANKS:
+            env = make_env(cfg, "sim", cal, fixed_budget(cfg, r))
+
+            def episode_reward(act) -> float:
+                return float(np.mean([sum(i["reward/total"] for i in rollout_episode(env, act, s))
+                                      for s in EPISODE_SEEDS]))  # fmt: skip
+
+            def scores(x: np.ndarray) -> float:
+                action = np.zeros(max_modules, np.float32)
+                action[:n] = x
+                return episode_reward(lambda obs, _env: action)
+
+            def linear(z: np.ndarray) -> float:
+                def act(obs, _env):
+                    rows, mask = (torch.as_tensor(obs[k], dtype=torch.float32)[None] for k in ("rows", "mask"))
+                    return linear_decoding(rows, mask, torch.as_tensor(z, dtype=torch.float32)[None])[0].numpy()
+
+                return episode_reward(act)
+
+            n_feat = env.observation_space["rows"].shape[1]
+            row = {}
+            for name, fn, dim in (("scores", scores, n), ("linear", linear, n_feat)):
+                t0 = time.time()
+                _, value = cem(fn, dim, a.iters, a.pop, max(2, a.pop // 4), np.random.default_rng(0))
+                row[name] = {"reward": value, "dim": dim, "seconds": time.time() - t0}
+            row["zero"] = {"reward": scores(np.zeros(n))}  # equal scores: equal cost shares (the env's uniform)
+            result.setdefault(regime, {})[str(r)] = row
+            print(f"{regime} mean rank {r}: best fixed scores {row['scores']['reward']:.4f}, best fixed linear "
+                  f"latent {row['linear']['reward']:.4f}, equal scores {row['zero']['reward']:.4f}", flush=True)
+    policies = {}
+    dvp = ROOT / "benchmarks" / "results" / "diffusion_vs_ppo.json"
+    if dvp.exists():
+        d = json.loads(dvp.read_text())
+        d = d if a.model == "minilm" else d.get(a.model, {})
+        for run in d.get("runs", []):
+            policies.setdefault(f"{run['regime']}/{run['algo']}", []).append(
+                mean_over_budgets(run["by_budget"], "policy", "reward"))
+    print(f"\n{a.model} ({n} modules): mean reward over budgets {EVAL_BUDGET_RANKS}")
+    summary = {}
+    for regime in REGIMES:
+        for name in ("scores", "linear", "zero"):
+            v = float(np.mean([row[name]["reward"] for row in result[regime].values()]))
+            summary[f"{regime}/search-{name}"] = v
+            print(f"  {regime:<16} best fixed {name:<8} {v:.4f}")
+        for k, vals in policies.items():
+            if k.startswith(regime + "/"):
+                summary[k] = float(np.mean(vals))
+                print(f"  {regime:<16} trained {k.split('/')[1]:<30} {np.mean(vals):.4f} (seeds {len(vals)})")
+    out = Path(a.out)
+    old = json.loads(out.read_text()) if out.exists() else {}
+    old[a.model] = {"date": datetime.now().isoformat(timespec="seconds"),
+                    "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
+                    "config": {**vars(a), "n_modules": n, "episode_seeds": EPISODE_SEEDS}, "by_budget": result,
+                    "summary": summary, "seconds": time.time() - t_start}  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(old, indent=1, default=str))
+    os.replace(tmp, out)
+    print(f"-> {out} ({time.time() - t_start:.0f}s)")
+
+
+if __name__ == "__main__":
+    main()
