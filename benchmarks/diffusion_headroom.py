@@ -2,18 +2,22 @@
 
 ``diffusion_vs_ppo.py`` compares policies trained for 1,024 env steps. This script asks what the best *fixed* action
 earns at each evaluation budget: the cross-entropy method (CEM, written here: a few lines, and neither SB3 nor
-Gymnasium ships one) searches directly on the evaluation episodes (the same budgets and channels as ``sim_budget_table``,
-and its episode seeds of the three training seeds) over
+Gymnasium ships one) searches directly on the evaluation episodes (the same budgets and channels as
+``sim_budget_table``, and its episode seeds of the three training seeds) over
 
 * ``scores``: one score per module (the env's action: the space PPO alone acts in), and
 * ``linear``: one weight per module-row feature, decoded per module by ``tanh(standardised row . latent)`` at every
   decision (:func:`rankrl.ranks.diffusion.linear_decoding`: the coarse space of ``--diffusion.decoding linear``).
 
-It optimises on the evaluation episodes themselves, so it is an optimistic reference for a fixed action, not a
+``--parts ablation`` asks the other question, on the ``diffusion-linear`` policies ``diffusion_vs_ppo.py`` left in
+``/tmp/dvp-<model>-<regime>-diffusion-linear-<seed>``: their sim reward with the refiner's residual (the policy as
+trained) and with the decoding of the same PPO latent alone (residual dropped), per training seed.
+
+The search optimises on the evaluation episodes themselves, so it is an optimistic reference for a fixed action, not a
 policy (a policy can still do better where the best action depends on the state, e.g. the channel drawn). The table
 puts it next to the trained policies' rows of ``benchmarks/results/diffusion_vs_ppo.json`` (same model key).
 
-Run: ``.venv/bin/python benchmarks/diffusion_headroom.py [--model smollm2] [--iters 30] [--pop 32]``
+Run: ``.venv/bin/python benchmarks/diffusion_headroom.py [--model smollm2] [--iters 12] [--pop 16]`` (~12 min)
 (writes ``benchmarks/results/diffusion_headroom.json``; the entry of the model, others kept).
 """
 
@@ -45,10 +49,11 @@ ROOT = Path(__file__).resolve().parents[1]
 EPISODE_SEEDS = tuple(t + s for t in (0, 1, 2) for s in (1, 2, 3))
 
 
-def cem(objective, dim: int, iters: int, pop: int, elite: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """Maximise ``objective`` over ``[-1, 1]^dim``: Gaussian proposals, refit to the ``elite`` best each iteration
-    (std floored at 0.02); returns the best point seen and its value."""
-    mu, sd = np.zeros(dim), np.full(dim, 0.5)
+def cem(objective, dim: int, iters: int, pop: int, elite: int, rng: np.random.Generator,
+        start: np.ndarray | None = None) -> tuple[np.ndarray, float]:  # fmt: skip
+    """Maximise ``objective`` over ``[-1, 1]^dim`` from ``start`` (default 0): Gaussian proposals, refit to the
+    ``elite`` best each iteration (std floored at 0.02); returns the best point seen and its value."""
+    mu, sd = (np.zeros(dim) if start is None else np.asarray(start, np.float64)), np.full(dim, 0.5)
     best, best_v = mu.copy(), objective(mu)
     for _ in range(iters):
         xs = np.clip(mu + sd * rng.standard_normal((pop, dim)), -1, 1)
@@ -60,6 +65,40 @@ def cem(objective, dim: int, iters: int, pop: int, elite: int, rng: np.random.Ge
     return best, best_v
 
 
+def residual_ablation(a: argparse.Namespace, cal, max_modules: int) -> dict:
+    """Mean sim reward over the budgets of each trained diffusion-linear policy with and without its residual."""
+    import torch
+
+    from rankrl.ranks.diffusion import linear_decoding
+    from rankrl.ranks.policy import load_policy
+    from rankrl.ranks.train import sim_budget_table
+
+    out = {}
+    for regime in REGIMES:
+        for seed in (0, 1, 2):
+            folder = Path(f"/tmp/dvp-{a.model}-{regime}-diffusion-linear-{seed}")
+            if not (folder / "policy.json").exists():
+                print(f"{folder}: not there (run diffusion_vs_ppo.py --algos diffusion-linear first)")
+                continue
+            cfg = config_for(regime, "diffusion-linear", seed, 1024, a.tx_cap, a.model, False, max_modules)
+            policy = load_policy(folder).policy
+
+            def with_residual(obs, _env, policy=policy):
+                return policy.predict(obs)[0]
+
+            def decoding_only(obs, _env, policy=policy):
+                latent, _ = policy.coarse.predict(obs, deterministic=True)
+                rows, mask = (torch.as_tensor(obs[k], dtype=torch.float32)[None] for k in ("rows", "mask"))
+                return linear_decoding(rows, mask, torch.as_tensor(latent, dtype=torch.float32)[None])[0].numpy()
+
+            table = sim_budget_table(cfg, cal, {"with_residual": with_residual, "decoding_only": decoding_only})
+            out[f"{regime}/{seed}"] = {k: mean_over_budgets(table, k, "reward") for k in ("with_residual",
+                                                                                          "decoding_only")}
+            print(f"{regime} seed {seed}: with the residual {out[f'{regime}/{seed}']['with_residual']:.4f}, decoding "
+                  f"alone {out[f'{regime}/{seed}']['decoding_only']:.4f}", flush=True)  # fmt: skip
+    return out
+
+
 def main() -> None:
     import torch
 
@@ -67,23 +106,25 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--iters", type=int, default=30)
-    ap.add_argument("--pop", type=int, default=32)
+    ap.add_argument("--iters", type=int, default=12, help="CEM iterations per (regime, budget, space)")
+    ap.add_argument("--pop", type=int, default=16, help="CEM proposals per iteration (a quarter are the elite)")
     ap.add_argument("--tx-cap", type=float, default=0.5, help="transmit deadline (s) of the binding regime")
+    ap.add_argument("--parts", default="search", help="comma-separated: search, ablation")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "diffusion_headroom.json"))
     a = ap.parse_args()
+    parts = set(a.parts.split(","))
     t_start = time.time()
     first = config_for("bandwidth-free", "ppo", 0, 1024, a.tx_cap, a.model, False)
     cal = calibrate(first.env, first.probes, first.probe_steps or first.run.steps, probe_evals=first.probe_evals)
     n = len(cal.targets)
     max_modules = max(first.env.max_modules, n)
     result: dict = {}
-    for regime in REGIMES:
+    for regime in REGIMES if "search" in parts else ():
         cfg = config_for(regime, "ppo", 0, 1024, a.tx_cap, a.model, False, max_modules)
         for r in EVAL_BUDGET_RANKS:
             env = make_env(cfg, "sim", cal, fixed_budget(cfg, r))
 
-            def episode_reward(act) -> float:
+            def episode_reward(act, env=env) -> float:
                 return float(np.mean([sum(i["reward/total"] for i in rollout_episode(env, act, s))
                                       for s in EPISODE_SEEDS]))  # fmt: skip
 
@@ -101,10 +142,18 @@ def main() -> None:
 
             n_feat = env.observation_space["rows"].shape[1]
             row = {}
-            for name, fn, dim in (("scores", scores, n), ("linear", linear, n_feat)):
-                t0 = time.time()
-                _, value = cem(fn, dim, a.iters, a.pop, max(2, a.pop // 4), np.random.default_rng(0))
-                row[name] = {"reward": value, "dim": dim, "seconds": time.time() - t0}
+            t0 = time.time()
+            z, value = cem(linear, n_feat, a.iters, a.pop, max(2, a.pop // 4), np.random.default_rng(0))
+            row["linear"] = {"reward": value, "dim": n_feat, "seconds": time.time() - t0}
+            # the per-module search starts from the best latent's decoding of the first observation, so it can only
+            # add what a per-module vector gives beyond the coarse space (with this few proposals for 210 numbers
+            # a search from 0 finds less)
+            obs0, _ = env.unwrapped.reset(seed=EPISODE_SEEDS[0])
+            start = linear_decoding(*(torch.as_tensor(obs0[k], dtype=torch.float32)[None] for k in ("rows", "mask")),
+                                    torch.as_tensor(z, dtype=torch.float32)[None])[0].numpy()[:n]  # fmt: skip
+            t0 = time.time()
+            _, value = cem(scores, n, a.iters, a.pop, max(2, a.pop // 4), np.random.default_rng(0), start)
+            row["scores"] = {"reward": value, "dim": n, "seconds": time.time() - t0}
             row["zero"] = {"reward": scores(np.zeros(n))}  # equal scores: equal cost shares (the env's uniform)
             result.setdefault(regime, {})[str(r)] = row
             print(f"{regime} mean rank {r}: best fixed scores {row['scores']['reward']:.4f}, best fixed linear "
@@ -119,7 +168,7 @@ def main() -> None:
                 mean_over_budgets(run["by_budget"], "policy", "reward"))
     print(f"\n{a.model} ({n} modules): mean reward over budgets {EVAL_BUDGET_RANKS}")
     summary = {}
-    for regime in REGIMES:
+    for regime in REGIMES if "search" in parts else ():
         for name in ("scores", "linear", "zero"):
             v = float(np.mean([row[name]["reward"] for row in result[regime].values()]))
             summary[f"{regime}/search-{name}"] = v
@@ -130,10 +179,16 @@ def main() -> None:
                 print(f"  {regime:<16} trained {k.split('/')[1]:<30} {np.mean(vals):.4f} (seeds {len(vals)})")
     out = Path(a.out)
     old = json.loads(out.read_text()) if out.exists() else {}
-    old[a.model] = {"date": datetime.now().isoformat(timespec="seconds"),
-                    "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
-                    "config": {**vars(a), "n_modules": n, "episode_seeds": EPISODE_SEEDS}, "by_budget": result,
-                    "summary": summary, "seconds": time.time() - t_start}  # fmt: skip
+    entry = old.get(a.model, {})
+    if "search" in parts:
+        entry.update({"date": datetime.now().isoformat(timespec="seconds"),
+                      "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
+                      "config": {**vars(a), "n_modules": n, "episode_seeds": EPISODE_SEEDS}, "by_budget": result,
+                      "summary": summary, "seconds": time.time() - t_start})  # fmt: skip
+    if "ablation" in parts:
+        entry["residual_ablation"] = {"date": datetime.now().isoformat(timespec="seconds"),
+                                      "runs": residual_ablation(a, cal, max_modules)}  # fmt: skip
+    old[a.model] = entry
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(old, indent=1, default=str))

@@ -21,9 +21,9 @@ starting noise moving the output 12-27x more than the latent); ``coarse-linear``
 PPO's latent is one weight per module-row feature and each module's score is ``tanh(standardised row . latent)``; the
 refiner is never refit, so it adds nothing: PPO acting in a coarse space whose size does not grow with the model) and
 ``diffusion-linear`` (the same decoding with the residual DDIM refit by advantage weighting; training rollouts add
-Gaussian noise of std 0.1 to the vector so the refiner sees residuals it did not make; fixed before running). Rows of algorithms not in ``--algos`` are kept from
-the JSON when its run settings (timesteps, seeds, transmit deadline) match, so a new algorithm can be added without
-rerunning the others.
+Gaussian noise of std 0.1 to the vector so the refiner sees residuals it did not make; fixed before running).
+Rows of algorithms not in ``--algos`` are kept from the JSON when its run settings (timesteps, seeds, transmit
+deadline) match, so a new algorithm can be added without rerunning the others.
 
 Run: ``.venv/bin/python benchmarks/diffusion_vs_ppo.py [--model smollm2] [--seeds 0 1 2] [--timesteps 1024]
 [--algos ...]`` (writes ``benchmarks/results/diffusion_vs_ppo.json`` + PNG).
@@ -60,7 +60,8 @@ ALGOS = {"ppo": ("ppo", {}, {}), "diffusion": ("diffusion", {}, {}),
          "diffusion-advantage": ("diffusion", {"weighting": "advantage"}, {}),
          "diffusion-advantage-noiseless": ("diffusion", {"weighting": "advantage", "init_noise": 0.0}, {}),
          "coarse-linear": ("diffusion", _LINEAR, {"refit_steps": 0}),
-         "diffusion-linear": ("diffusion", {**_LINEAR, "weighting": "advantage", "explore_noise": 0.1}, {})}  # fmt: skip
+         "diffusion-linear": ("diffusion", {**_LINEAR, "weighting": "advantage", "explore_noise": 0.1},
+                              {})}  # fmt: skip
 
 
 def config_for(regime: str, algo: str, seed: int, timesteps: int, tx_cap: float | None, model: str = "minilm",

@@ -42,8 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["DECODINGS", "WEIGHTINGS", "DiffusionConfig", "RankDiffusion", "ReplayBuffer", "RowDenoiser", "advantage_weights",
-           "linear_decoding", "reward_weights"]  # fmt: skip
+__all__ = ["DECODINGS", "WEIGHTINGS", "DiffusionConfig", "RankDiffusion", "ReplayBuffer", "RowDenoiser",
+           "advantage_weights", "linear_decoding", "reward_weights"]  # fmt: skip
 
 #: how the refit weights its samples: AirLLM's reward z-score or advantage-weighted regression (module docstring)
 WEIGHTINGS = ("reward", "advantage")
