@@ -23,13 +23,17 @@ masked mean of all rows (the set context).
   Measured on trained refiners (``benchmarks/diffusion_steering.py``): the starting noise moves the output 12-27x more
   than PPO's latent does, so ``init_noise`` < 1 scales it down (0: the output is a function of state and latent only).
 * ``decoding="linear"`` (ours, not AirLLM's): a residual refiner around a per-module decoding of the latent. PPO's
-  latent is one weight per module-row feature and each module's base score is ``tanh(z_i . latent)`` (``z_i``: the
-  row's features standardised over the model's modules, :func:`linear_decoding`), so PPO alone already chooses a
-  whole allocation (e.g. "more rank where the gradient sensitivity is high, less on MLP") in a space whose size does
-  not grow with the model. The DDIM denoises only the residual ``vector - base`` (its output layer starts at zero,
-  so with ``init_noise`` 0 the untrained refiner adds nothing and the two-level policy starts as the decoding).
-  ``explore_noise`` adds Gaussian noise to the vector in training rollouts, the residual exploration the
-  advantage-weighted refit learns from (with ``init_noise`` 0 the refiner otherwise only sees its own outputs).
+  latent is one weight per module-row feature and each module's score is ``tanh(z_i . latent + r_i)`` (``z_i``: the
+  row's features standardised over the model's modules, :func:`linear_logits`), so PPO alone already chooses a whole
+  allocation (e.g. "more rank where the gradient sensitivity is high, less on MLP") in a space whose size does not
+  grow with the model. The DDIM generates only the residual ``r`` in [-1, 1], added before the tanh (its output
+  layer starts at zero, so with ``init_noise`` 0 the untrained refiner adds nothing and the two-level policy starts
+  as the decoding); the replay buffer stores that residual, not the action (:meth:`RankDiffusion.sample`).
+  ``explore_noise`` adds Gaussian noise to the residual in training rollouts, the residual exploration the
+  advantage-weighted refit learns from (with ``init_noise`` 0 the refiner otherwise only sees its own outputs). A
+  first version added the residual after the tanh, clipped the action to [-1, 1] and refit on ``action - base``:
+  for a module decoded near -1 the clip keeps only upward noise, the targets were biased up and the refit learned
+  to switch such modules on (measured in ``benchmarks/diffusion_headroom.py --parts ablation``).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import torch
 from torch import nn
 
 __all__ = ["DECODINGS", "WEIGHTINGS", "DiffusionConfig", "RankDiffusion", "ReplayBuffer", "RowDenoiser",
-           "advantage_weights", "linear_decoding", "reward_weights"]  # fmt: skip
+           "advantage_weights", "linear_decoding", "linear_logits", "reward_weights"]  # fmt: skip
 
 #: how the refit weights its samples: AirLLM's reward z-score or advantage-weighted regression (module docstring)
 WEIGHTINGS = ("reward", "advantage")
@@ -136,20 +140,25 @@ def advantage_weights(advantages: torch.Tensor, temperature: float, max_weight: 
     return torch.exp(z / temperature).clamp(max=max_weight)
 
 
-def linear_decoding(rows: torch.Tensor, mask: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-    """Base score per module ``tanh(z_i . latent)``: ``rows`` (B,R,F) standardised per feature over each sample's real
-    rows (``mask`` (B,R); a feature constant over the modules reads 0), weighted by ``latent`` (B,F); padding is 0.
-
-    >>> rows = torch.tensor([[[0.0, 1.0], [2.0, 1.0], [4.0, 1.0]]])
-    >>> [round(x, 3) for x in linear_decoding(rows, torch.ones(1, 3), torch.tensor([[0.5, 9.0]]))[0].tolist()]
-    [-0.546, 0.0, 0.546]
-    """
+def linear_logits(rows: torch.Tensor, mask: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+    """``z_i . latent`` per module: ``rows`` (B,R,F) standardised per feature over each sample's real rows (``mask``
+    (B,R); a feature constant over the modules reads 0), weighted by ``latent`` (B,F); padding is 0."""
     m = mask.unsqueeze(-1)
     n = m.sum(1, keepdim=True).clamp_min(1.0)
     mean = (rows * m).sum(1, keepdim=True) / n
     std = (((rows - mean) ** 2 * m).sum(1, keepdim=True) / n).sqrt()
     z = torch.where(std > 1e-6, (rows - mean) / std.clamp_min(1e-6), torch.zeros_like(rows)) * m
-    return torch.tanh((z * latent.unsqueeze(1)).sum(-1)) * mask
+    return (z * latent.unsqueeze(1)).sum(-1) * mask
+
+
+def linear_decoding(rows: torch.Tensor, mask: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+    """Score per module ``tanh(z_i . latent)`` (:func:`linear_logits`; the decoding with no residual).
+
+    >>> rows = torch.tensor([[[0.0, 1.0], [2.0, 1.0], [4.0, 1.0]]])
+    >>> [round(x, 3) for x in linear_decoding(rows, torch.ones(1, 3), torch.tensor([[0.5, 9.0]]))[0].tolist()]
+    [-0.546, 0.0, 0.546]
+    """
+    return torch.tanh(linear_logits(rows, mask, latent)) * mask
 
 
 def _time_embedding(t: torch.Tensor, dim: int = 16) -> torch.Tensor:
@@ -222,11 +231,9 @@ class RankDiffusion:
     # ------------------------------------------------------------------------------------------ training
     def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
         """Weighted epsilon MSE of ``batch`` (``rows`` (B,R,F), ``mask`` (B,R), ``globals`` (B,G), ``latent`` (B,L),
-        ``x0`` (B,R) in [-1, 1], ``reward`` (B,); with ``weighting="advantage"`` also ``advantage`` (B,)) with
-        condition dropout."""
+        ``x0`` (B,R) in [-1, 1]: the scores or the residual, :meth:`sample`, ``reward`` (B,); with
+        ``weighting="advantage"`` also ``advantage`` (B,)) with condition dropout."""
         x0, mask = batch["x0"], batch["mask"]
-        if self.config.decoding == "linear":  # the DDIM models the residual around the latent's decoding
-            x0 = (x0 - linear_decoding(batch["rows"], mask, batch["latent"])).clamp(-1.0, 1.0) * mask
         b = x0.shape[0]
         t = torch.randint(0, self.config.num_train_timesteps, (b,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator) * mask
@@ -278,10 +285,18 @@ class RankDiffusion:
     # ------------------------------------------------------------------------------------------ sampling
     @torch.no_grad()
     def predict_action(self, obs: dict[str, np.ndarray], latent: np.ndarray | None, *, seed: int = 0,
-                       guidance_scale: float | None = None, explore: bool = False) -> np.ndarray:  # fmt: skip
+                       guidance_scale: float | None = None) -> np.ndarray:  # fmt: skip
         """The refined per-row scores in [-1, 1] for one observation (``rows``, ``mask``, ``globals``) and PPO's
-        coarse ``latent`` (None: unconditional); deterministic for a seed (DDIM, eta 0). ``explore``: add the
-        config's ``explore_noise`` (training rollouts)."""
+        coarse ``latent`` (None: unconditional); deterministic for a seed (DDIM, eta 0)."""
+        return self.sample(obs, latent, seed=seed, guidance_scale=guidance_scale)[0]
+
+    @torch.no_grad()
+    def sample(self, obs: dict[str, np.ndarray], latent: np.ndarray | None, *, seed: int = 0,
+               guidance_scale: float | None = None, explore: bool = False
+               ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """``(scores, x0)``: :meth:`predict_action`'s scores and what the replay buffer stores for them, the DDIM's
+        own sample (decoding 'none': the scores; 'linear': the residual in [-1, 1]). ``explore``: the config's
+        ``explore_noise`` is added to that sample first (training rollouts)."""
         g = self.config.guidance_scale if guidance_scale is None else guidance_scale
         rows = torch.as_tensor(obs["rows"], dtype=torch.float32)[None]
         mask = torch.as_tensor(obs["mask"], dtype=torch.float32)[None]
@@ -300,11 +315,13 @@ class RankDiffusion:
                 eps_u = self.net(x, tt, rows, mask, None, None)
                 eps = eps_u + g * (eps_c - eps_u)
             x = self.scheduler.step(eps, t, x, eta=0.0).prev_sample * mask
-        if self.config.decoding == "linear" and batch["latent"] is not None:
-            x = x + linear_decoding(rows, mask, batch["latent"])
         if explore and self.config.explore_noise > 0:
             x = x + torch.randn(mask.shape, generator=gen) * mask * self.config.explore_noise
-        return x[0].clamp(-1.0, 1.0).numpy()
+        x = x.clamp(-1.0, 1.0)
+        if self.config.decoding == "linear":  # the residual is added before the tanh: the scores never clip
+            logits = linear_logits(rows, mask, batch["latent"]) if batch["latent"] is not None else 0.0
+            return (torch.tanh(logits + x) * mask)[0].numpy(), x[0].numpy()
+        return x[0].numpy(), x[0].numpy()
 
     # -------------------------------------------------------------------------------------------- files
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -315,7 +332,8 @@ class RankDiffusion:
 
 
 class ReplayBuffer:
-    """(state, coarse latent, per-module vector, reward, return) tuples for off-policy refits; oldest overwritten.
+    """(state, coarse latent, the DDIM's per-module sample ``x0``: the scores, or with ``decoding="linear"`` the
+    residual, reward, return) tuples for off-policy refits; oldest overwritten.
     ``ret`` is the entry's TD(lambda) return, set after PPO's rollout by :meth:`set_recent` (until then the reward)."""
 
     def __init__(self, capacity: int, rows: int, n_features: int, n_globals: int, latent_dim: int) -> None:

@@ -72,9 +72,9 @@ class LatentRefinerEnv(gym.Wrapper):
     def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
         latent = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
         self.draws += 1  # the sampler's seed: saved in checkpoints, so a resumed run draws on
-        scores = self.refiner.predict_action(self._obs, latent, seed=self.draws, explore=True)
+        scores, x0 = self.refiner.sample(self._obs, latent, seed=self.draws, explore=True)
         obs, reward, terminated, truncated, info = self.env.step(scores.astype(np.float32))
-        self.buffer.add(self._obs, latent, scores, float(reward))
+        self.buffer.add(self._obs, latent, x0, float(reward))
         self._obs = obs
         self._running.append(info)
         if terminated or truncated:

@@ -166,8 +166,17 @@ def test_linear_decoding_starts_as_the_latents_scorer_and_explores_only_in_train
     b = model.predict_action(obs, -flagged, seed=1)
     assert np.allclose(a, -b, atol=1e-6)  # the decision follows PPO's latent
     assert np.array_equal(a, model.predict_action(obs, flagged, seed=2))  # deterministic when applied
-    e1, e2 = (model.predict_action(obs, flagged, seed=s, explore=True) for s in (1, 2))
-    assert not np.allclose(e1, e2) and 0.05 < np.abs(e1 - a).mean() < 0.3  # explore_noise 0.2 in training rollouts
+    (e1, r1), (e2, _) = (model.sample(obs, flagged, seed=s, explore=True) for s in (1, 2))
+    assert not np.allclose(e1, e2) and 0.02 < np.abs(e1 - a).mean() < 0.3  # explore_noise 0.2 in training rollouts
+    assert 0.1 < r1.std() < 0.3  # the buffer gets the residual (here the noise alone), not the scores
+    logits = D.linear_logits(torch.as_tensor(obs["rows"])[None], torch.ones(1, R), torch.as_tensor(flagged)[None])[0]
+    assert np.allclose(e1, np.tanh(logits.numpy() + r1), atol=1e-6)  # added before the tanh: the scores never clip
+    # modules decoded at -1: the stored residuals stay unbiased (clipping scores - base would keep only upward noise)
+    strong = np.array([3.0, 0.0], np.float32)
+    draws = [model.sample(obs, strong, seed=s, explore=True) for s in range(40)]
+    off = np.delete(np.arange(R), FLAGGED)
+    assert abs(np.mean([x0[off] for _, x0 in draws])) < 0.03
+    assert np.all(np.array([sc[off] for sc, _ in draws]) < -0.9)
     with pytest.raises(ValueError, match="--decoding"):
         DiffusionConfig(decoding="mlp")
     with pytest.raises(ValueError, match="--explore_noise"):
@@ -175,8 +184,8 @@ def test_linear_decoding_starts_as_the_latents_scorer_and_explores_only_in_train
 
 
 def test_the_residual_refiner_learns_a_correction_the_decoding_cannot_express():
-    # the buffer's vectors are the decoding of their latent plus +0.6 on module 0 and -0.6 on module 7, which no latent
-    # (weights on "flagged" and depth) gives; the fitted refiner adds that correction, the untrained one does not
+    # the buffer's residuals are +0.6 on module 0 and -0.6 on module 7 (plus noise) whatever the latent, a correction no
+    # latent (weights on "flagged" and depth) gives; the fitted refiner adds it, the untrained one does not
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     model = RankDiffusion.with_ddim(LINEAR, F, G)
@@ -186,13 +195,11 @@ def test_the_residual_refiner_learns_a_correction_the_decoding_cannot_express():
     delta[0], delta[-1] = 0.6, -0.6
     buf = ReplayBuffer(2000, R, F, G, F)
     for _ in range(400):
-        z = rng.uniform(-0.5, 0.5, F).astype(np.float32)
-        base = D.linear_decoding(rows, mask, torch.as_tensor(z)[None])[0].numpy()
-        buf.add(obs, z, np.clip(base + delta + rng.normal(0, 0.03, R), -1, 1), 1.0)
+        buf.add(obs, rng.uniform(-0.5, 0.5, F).astype(np.float32), delta + rng.normal(0, 0.03, R), 1.0)
 
-    def correction(m, z):
-        base = D.linear_decoding(rows, mask, torch.as_tensor(z)[None])[0].numpy()
-        return m.predict_action(obs, z, seed=0) - base
+    def correction(m, z):  # what the refiner adds to the decoding's logits
+        logits = D.linear_logits(rows, mask, torch.as_tensor(z)[None])[0].numpy()
+        return np.arctanh(np.clip(m.predict_action(obs, z, seed=0), -0.999999, 0.999999)) - logits
 
     z = np.array([0.3, -0.2], np.float32)
     assert np.abs(correction(model, z)).max() < 1e-6
