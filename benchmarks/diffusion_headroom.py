@@ -11,7 +11,8 @@ Gymnasium ships one) searches directly on the evaluation episodes (the same budg
 
 ``--parts ablation`` asks the other question, on the ``diffusion-linear`` policies ``diffusion_vs_ppo.py`` left in
 ``/tmp/dvp-<model>-<regime>-diffusion-linear-<seed>``: their sim reward with the refiner's residual (the policy as
-trained) and with the decoding of the same PPO latent alone (residual dropped), per training seed.
+trained) and with the decoding of the same PPO latent alone (residual dropped), per training seed, next to equal
+scores (every module the same share of the cap), with sim accuracy and bits sent per update.
 
 The search optimises on the evaluation episodes themselves, so it is an optimistic reference for a fixed action, not a
 policy (a policy can still do better where the best action depends on the state, e.g. the channel drawn). The table
@@ -91,9 +92,14 @@ def residual_ablation(a: argparse.Namespace, cal, max_modules: int) -> dict:
                 rows, mask = (torch.as_tensor(obs[k], dtype=torch.float32)[None] for k in ("rows", "mask"))
                 return linear_decoding(rows, mask, torch.as_tensor(latent, dtype=torch.float32)[None])[0].numpy()
 
-            table = sim_budget_table(cfg, cal, {"with_residual": with_residual, "decoding_only": decoding_only})
-            out[f"{regime}/{seed}"] = {k: mean_over_budgets(table, k, "reward") for k in ("with_residual",
-                                                                                          "decoding_only")}
+            def equal_scores(obs, _env):  # every module the same share of the cap (the env's uniform)
+                return np.zeros_like(obs["mask"])
+
+            who = {"with_residual": with_residual, "decoding_only": decoding_only, "equal_scores": equal_scores}
+            table = sim_budget_table(cfg, cal, who)
+            out[f"{regime}/{seed}"] = {k: mean_over_budgets(table, k, "reward") for k in who}
+            out[f"{regime}/{seed}"].update({f"{k}_{m}": mean_over_budgets(table, k, m) for k in who
+                                            for m in ("accuracy", "bits")})  # fmt: skip
             print(f"{regime} seed {seed}: with the residual {out[f'{regime}/{seed}']['with_residual']:.4f}, decoding "
                   f"alone {out[f'{regime}/{seed}']['decoding_only']:.4f}", flush=True)  # fmt: skip
     return out
