@@ -16,6 +16,10 @@ losses / ties and seconds per query (document embeddings are computed once per c
 ``$RANKRL_CACHE/encoder-docs``; that one-off cost is excluded, for the zero-shot and the trained rows alike).
 Per T, the unseen collections' queries are also pooled into one paired test.
 
+Leave one collection out: ``--train cisi-med`` trains one policy on two collections at once (``rerank train-encoder
+--data cisi,med``: read as one collection, ids prefixed by collection, the default 2/3 split of their judged queries,
+the same committed defaults) and evaluates it on the third; its rows are keyed ``cisi-med``.
+
 Parts (``--parts``, comma-separated; every part is small enough for one < 10 min locked job on 2 CPU threads):
 
 * ``train``  train the policy on each ``--train`` collection (skipped when the cached model exists:
@@ -74,12 +78,27 @@ def tag_of(name: str, variant: str) -> str:
 
 
 def base_of(tag: str) -> str:
-    """The training collection of a results key.
+    """The training collection(s) of a results key.
 
-    >>> base_of("cisi+docs"), base_of("med")
-    ('cisi', 'med')
+    >>> base_of("cisi+docs"), base_of("med"), base_of("cisi-med")
+    ('cisi', 'med', 'cisi-med')
     """
     return tag.split("+", 1)[0]
+
+
+def sources(tag: str) -> list[str]:
+    """The collections a results key was trained on.
+
+    >>> sources("cisi-med"), sources("cranfield+docs")
+    (['cisi', 'med'], ['cranfield'])
+    """
+    return base_of(tag).split("-")
+
+
+def trained_tags(results: Mapping) -> list[str]:
+    """Every training key: the single collections x variants first, then the multi-collection ones trained so far."""
+    singles = [tag_of(c, v) for c in COLLECTIONS for v in VARIANTS]
+    return singles + sorted(t for t in results.get("trained", {}) if t not in singles)
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -150,7 +169,8 @@ def train_args(name: str, data: Path, output_dir: str, threads: int | None, vari
     intermediate evals."""
     from rankrl.rerank.encoder import EncoderGRPOArgs
 
-    return EncoderGRPOArgs(data=str(data / name), output_dir=output_dir, report_to="none", eval_every=0,
+    return EncoderGRPOArgs(data=",".join(str(data / n) for n in name.split("-")), output_dir=output_dir,
+                           report_to="none", eval_every=0,
                            threads=threads, **VARIANTS[variant])  # fmt: skip
 
 
@@ -229,7 +249,7 @@ def evaluate_pair(train_name: str, eval_name: str, data: Path, k: int, threads: 
 def pooled(results: dict, train_name: str) -> dict | None:
     """Every unseen collection's judged queries of ``train_name``'s rows (a :func:`tag_of` key) as one paired test
     (None until all ran)."""
-    unseen = [e for e in COLLECTIONS if e != base_of(train_name) and f"{train_name}->{e}" in results["transfer"]]
+    unseen = [e for e in COLLECTIONS if e not in sources(train_name) and f"{train_name}->{e}" in results["transfer"]]
     if not unseen:
         return None
     get = {  # row -> pooled per-query nDCG@10
@@ -261,7 +281,7 @@ def table(results: dict) -> str:
              "GRPO vs zero-shot (d, W/L/T, p t, p Wilcoxon) | GRPO vs BM25 (d, W/L/T, p t, p Wilcoxon) | "
              "RR@10 BM25 / zero-shot / GRPO | s/query BM25 / zero-shot / GRPO |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for t in (tag_of(c, v) for c in COLLECTIONS for v in VARIANTS):
+    for t in trained_tags(results):
         for e in COLLECTIONS:
             row = results["transfer"].get(f"{t}->{e}")
             if row is None:
@@ -290,8 +310,7 @@ def plot(results: dict, out: Path) -> Path | None:
 
     from rankrl.atomic import atomic_write
 
-    pairs = [p for p in (f"{tag_of(t, v)}->{e}" for t in COLLECTIONS for v in VARIANTS for e in COLLECTIONS)
-             if p in results["transfer"]]  # fmt: skip
+    pairs = [p for p in (f"{t}->{e}" for t in trained_tags(results) for e in COLLECTIONS) if p in results["transfer"]]
     if not pairs:
         return None
     fig, ax = plt.subplots(figsize=(max(7.0, 2 + 1.6 * len(pairs)), 4.2))
@@ -321,7 +340,8 @@ def load_results(path: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="train,eval,table", help="comma-separated: train, eval, table")
-    ap.add_argument("--train", default="cranfield", help=f"comma-separated training collections of {COLLECTIONS}")
+    ap.add_argument("--train", default="cranfield", help=f"comma-separated training collections of {COLLECTIONS}; "
+                    "a-b trains one policy on both a and b")  # fmt: skip
     ap.add_argument("--data", type=Path, default=DATA, help="folder holding cranfield/, cisi/ and med/")
     ap.add_argument("--k", type=int, default=20, help="BM25 candidates reranked at evaluation")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -333,8 +353,8 @@ def main() -> None:
     if parts - {"train", "eval", "table"}:
         ap.error(f"unknown parts {sorted(parts - {'train', 'eval', 'table'})}")
     trains = [t.strip() for t in a.train.split(",") if t.strip()]
-    if set(trains) - set(COLLECTIONS):
-        ap.error(f"--train must name collections of {COLLECTIONS}")
+    if any(set(t.split("-")) - set(COLLECTIONS) or len(set(t.split("-"))) != len(t.split("-")) for t in trains):
+        ap.error(f"--train must name collections of {COLLECTIONS} (a-b: one policy trained on both)")
     if a.threads:
         import torch
 
@@ -355,7 +375,7 @@ def main() -> None:
         "excludes the one-off cached document embedding (zero-shot and trained alike)")
 
     def save() -> None:
-        for t in (tag_of(c, v) for c in COLLECTIONS for v in VARIANTS):
+        for t in trained_tags(results):
             p = pooled(results, t)
             if p:
                 results["pooled"][t] = p
@@ -377,7 +397,7 @@ def main() -> None:
                     raise SystemExit(f"no trained model for {tag}: run --parts train --train {t} --variant {var} first")
                 results["trained"][tag] = record
             for e in COLLECTIONS:
-                if e != t:
+                if e not in t.split("-"):
                     print(f"[eval] {tag} -> {e}", flush=True)
                     evaluate_pair(t, e, a.data, a.k, a.threads, results, var)
                     save()

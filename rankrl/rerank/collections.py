@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +51,7 @@ __all__ = [
     "SmartLayout",
     "candidates",
     "load_collection",
+    "merge_collections",
     "read_beir",
     "read_cranfield",
     "read_irds",
@@ -377,11 +378,34 @@ def _finish(root: Path, docs: dict, queries: dict, qrels: Qrels) -> Collection:
     return Collection(docs=docs, queries=queries, qrels=qrels, name=root.resolve().name)
 
 
+def merge_collections(collections: Sequence[Collection]) -> Collection:
+    """Several collections as one (training on more than one): every query and document id becomes
+    ``<collection name>/<id>`` so nothing collides, and judgments stay within their collection.
+
+    >>> a = Collection({"1": "wing lift"}, {"1": "lift"}, {"1": {"1": 1}}, name="cran")
+    >>> b = Collection({"1": "blood cells"}, {"1": "cells"}, {"1": {"1": 2}}, name="med")
+    >>> m = merge_collections([a, b])
+    >>> m.name, sorted(m.docs), m.qrels["med/1"]
+    ('cran+med', ['cran/1', 'med/1'], {'med/1': 2})
+    """
+    names = [c.name for c in collections]
+    if len(set(names)) != len(names):
+        raise CollectionFormatError(f"collections to merge need distinct names (their folders' names), got {names}")
+    docs = {f"{c.name}/{d}": text for c in collections for d, text in c.docs.items()}
+    queries = {f"{c.name}/{q}": text for c in collections for q, text in c.queries.items()}
+    qrels = {f"{c.name}/{q}": {f"{c.name}/{d}": g for d, g in judged.items()}
+             for c in collections for q, judged in c.qrels.items()}  # fmt: skip
+    return Collection(docs=docs, queries=queries, qrels=qrels, name="+".join(names))
+
+
 def load_collection(path: str | os.PathLike, *, split: str = "test", drop_unknown: bool = False) -> Collection:
     """Read a collection, detecting the layout: ``irds:<id>`` (``ir_datasets``' local cache), SMART (Cranfield
     ``cran.all.1400``, CISI ``CISI.ALL``, MED ``MED.ALL``), BEIR (``corpus.jsonl``) or TREC (topics + documents +
     qrels; TSV or SGML). ``split`` only matters for BEIR. ``drop_unknown``: judgments naming a query or document the
-    collection lacks are dropped, counted and reported (one warning) instead of refused."""
+    collection lacks are dropped, counted and reported (one warning) instead of refused. Several paths separated by
+    commas are read as one collection (:func:`merge_collections`: ids prefixed by each collection's name)."""
+    if len(parts := [x.strip() for x in str(path).split(",") if x.strip()]) > 1:
+        return merge_collections([load_collection(x, split=split, drop_unknown=drop_unknown) for x in parts])
     if str(path).startswith("irds:"):
         return read_irds(str(path)[len("irds:") :], drop_unknown=drop_unknown)
     root = Path(path)
