@@ -196,3 +196,15 @@ def test_med_counts_and_bm25_match_its_readme():
     run = BM25Retriever(coll).search(coll.judged_qids, k=1000)
     got = evaluate(run, coll.qrels, ("nDCG@10",), qids=coll.judged_qids)
     assert got["nDCG@10"] == pytest.approx(0.670, abs=0.0005)
+
+
+def test_comma_separated_paths_read_as_one_collection_with_prefixed_ids(tmp_path):
+    cisi, other = tiny_cisi(tmp_path / "cisi"), tiny_cisi(tmp_path / "other")
+    merged = load_collection(f"{cisi},{other}")
+    assert merged.name == "cisi+other" and len(merged.docs) == 6 and len(merged.queries) == 6
+    assert merged.qrels["other/2"] == {"other/2": 1, "other/3": 1}  # judgments stay within their collection
+    assert merged.judged_qids == ["cisi/1", "cisi/2", "other/1", "other/2"]
+    ranked = BM25Retriever(merged).search(["cisi/2"], k=2)["cisi/2"]
+    assert "cisi/2" in ranked or "other/2" in ranked  # one index over both
+    with pytest.raises(CollectionFormatError, match="distinct names"):
+        load_collection(f"{cisi},{cisi}")
