@@ -263,6 +263,24 @@ def pooled(results: dict, train_name: str) -> dict | None:
             "zero_shot_vs_bm25": paired(get["minilm-bi"], get["bm25"])}  # fmt: skip
 
 
+def leave_one_out(results: dict) -> dict | None:
+    """Every collection reranked by the policy trained on the other two (``a-b`` keys), pooled into one paired test
+    over all judged queries (None until every such row ran)."""
+    rows = {}
+    for e in COLLECTIONS:
+        tag = "-".join(c for c in COLLECTIONS if c != e)
+        if f"{tag}->{e}" not in results["transfer"]:
+            return None
+        rows[e] = results["transfer"][f"{tag}->{e}"]["per_query_nDCG@10"]
+    names = list(rows)
+    get = {"trained": pool([rows[e] for e in names], names),
+           **{r: pool([results["baselines"][e][r]["per_query_nDCG@10"] for e in names], names)
+              for r in ("bm25", "minilm-bi")}}  # fmt: skip
+    return {"collections": names, "n_queries": len(get["bm25"]),
+            **{f"nDCG@10_{r}": float(np.mean(list(v.values()))) for r, v in get.items()},
+            "vs_zero_shot": paired(get["trained"], get["minilm-bi"]), "vs_bm25": paired(get["trained"], get["bm25"])}
+
+
 # ---------------------------------------------------------------------------------------------- output
 def fmt_p(p) -> str:
     return "-" if p is None else f"{p:.2g}"
@@ -281,7 +299,7 @@ def table(results: dict) -> str:
              "GRPO vs zero-shot (d, W/L/T, p t, p Wilcoxon) | GRPO vs BM25 (d, W/L/T, p t, p Wilcoxon) | "
              "RR@10 BM25 / zero-shot / GRPO | s/query BM25 / zero-shot / GRPO |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for t in trained_tags(results):
+    for t in [*trained_tags(results), "leave-one-out"]:
         for e in COLLECTIONS:
             row = results["transfer"].get(f"{t}->{e}")
             if row is None:
@@ -294,7 +312,7 @@ def table(results: dict) -> str:
                 f"{b['bm25']['sec_per_query']:.4f} / {b['minilm-bi']['sec_per_query']:.3f} / "
                 f"{row['sec_per_query']:.3f} |")  # fmt: skip
         p = results.get("pooled", {}).get(t)
-        if p and len(p["collections"]) > 1:
+        if p and (len(p["collections"]) > 1 or t == "leave-one-out"):
             lines.append(f"| {t} -> {' + '.join(p['collections'])} pooled ({p['n_queries']}) | "
                          f"{p['nDCG@10_bm25']:.3f} | {p['nDCG@10_minilm-bi']:.3f} | **{p['nDCG@10_trained']:.3f}** | "
                          f"{fmt_pair(p['vs_zero_shot'])} | {fmt_pair(p['vs_bm25'])} | | |")  # fmt: skip
@@ -379,6 +397,8 @@ def main() -> None:
             p = pooled(results, t)
             if p:
                 results["pooled"][t] = p
+        if loo := leave_one_out(results):
+            results["pooled"]["leave-one-out"] = loo
         atomic_write_text(a.out, json.dumps(results, indent=1))
 
     var = a.variant
