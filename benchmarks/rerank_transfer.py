@@ -387,8 +387,9 @@ def main() -> None:
     results.setdefault("trained", {})
     results.setdefault("pooled", {})
     results["description"] = (
-        "encoder GRPO reranker (rankrl rerank train-encoder, committed defaults) trained on one collection (its "
-        "default 2/3 train split of judged queries), evaluated on every other collection's judged queries: BM25 "
+        "encoder GRPO reranker (rankrl rerank train-encoder, committed defaults) trained on one collection or two "
+        "merged (their default 2/3 train split of judged queries), evaluated on every other collection's judged "
+        "queries: BM25 "
         f"top-{a.k} reranked; paired tests over queries on per-query nDCG@10 (scipy ttest_rel, wilcoxon); s/query "
         "excludes the one-off cached document embedding (zero-shot and trained alike)")
 
