@@ -1,0 +1,95 @@
+"""Live check of the 210-module policies of ``diffusion_vs_ppo.py`` where bandwidth binds: one live SmolLM2 episode
+per allocator (the real 40-step LoRA fine-tune, each round's update sent over that round's channel; an update that
+misses the 0.5 s deadline is lost), at the binding regime's budget (mean rank 4, deadline 0.5 s). For each
+training seed (0, 1, 2: the run seed of the fine-tune too) and episode seed (1, 2: the channel draws), every allocator
+gets the same episode, so the comparison is paired (6 pairs; paired t-test on eval loss and accuracy).
+
+Allocators: the trained policies left in ``/tmp/dvp-smollm2-bandwidth-binds-<algo>-<seed>`` (``ppo``,
+``coarse-linear``, ``diffusion-linear``; run ``diffusion_vs_ppo.py --model smollm2`` first) and equal scores (every
+module the same share of the cap: the untrained linear policy).
+
+Run: ``.venv/bin/python benchmarks/diffusion_live.py`` (~35 s per episode, 24 episodes, on 2 CPU threads; writes
+``benchmarks/results/diffusion_live.json``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from diffusion_vs_ppo import config_for  # noqa: E402
+
+from benchmarks.rank_policy_trec import header  # noqa: E402
+from rankrl.atomic import atomic_write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ALGOS = ("ppo", "coarse-linear", "diffusion-linear")
+
+
+def main() -> None:
+    from scipy.stats import ttest_rel
+
+    from rankrl.ranks.episodes import episode_summary, rollout_episode
+    from rankrl.ranks.policy import load_policy
+    from rankrl.ranks.train import fixed_budget, make_env
+
+    t0 = time.time()
+    regime = "bandwidth-binds"
+    rows = []
+    for seed in (0, 1, 2):
+        acts = {}
+        for algo in ALGOS:
+            folder = Path(f"/tmp/dvp-smollm2-{regime}-{algo}-{seed}")
+            if not (folder / "policy.json").exists():
+                sys.exit(f"{folder}: not there; run benchmarks/diffusion_vs_ppo.py --model smollm2 first")
+            policy = load_policy(folder).policy
+
+            def act(obs, _env, policy=policy):
+                return policy.predict(obs, deterministic=True)[0]
+
+            acts[algo] = act
+        acts["equal-scores"] = lambda obs, _env: np.zeros_like(obs["mask"])
+        max_modules = load_policy(f"/tmp/dvp-smollm2-{regime}-ppo-{seed}").meta["env_config"]["max_modules"]
+        cfg = config_for(regime, "ppo", seed, 1024, 0.5, "smollm2", True, max_modules)
+        env = make_env(cfg, "live", None, fixed_budget(cfg))
+        for episode_seed in (1, 2):
+            for name, act in acts.items():
+                t = time.time()
+                s = episode_summary(rollout_episode(env, act, episode_seed))
+                rows.append({"allocator": name, "training_seed": seed, "episode_seed": episode_seed,
+                             **{k: s[k] for k in ("reward", "accuracy", "eval_loss", "bits", "params", "lost_rounds")},
+                             "seconds": time.time() - t})  # fmt: skip
+                print(f"seed {seed}/{episode_seed} {name:<18} reward {s['reward']:.4f}  accuracy {s['accuracy']:.3f}  "
+                      f"eval loss {s['eval_loss']:.4f}  bits/update {s['bits']:.4g}  lost rounds {s['lost_rounds']}  "
+                      f"{time.time() - t:.0f}s", flush=True)  # fmt: skip
+    names = [*ALGOS, "equal-scores"]
+    summary = {n: {k: float(np.mean([r[k] for r in rows if r["allocator"] == n]))
+                   for k in ("reward", "accuracy", "eval_loss", "bits", "lost_rounds")} for n in names}  # fmt: skip
+    paired = {}
+    for a, b in (("coarse-linear", "ppo"), ("diffusion-linear", "ppo"), ("diffusion-linear", "coarse-linear"),
+                 ("coarse-linear", "equal-scores"), ("ppo", "equal-scores")):  # fmt: skip
+        for k in ("eval_loss", "accuracy"):
+            x, y = ([r[k] for r in rows if r["allocator"] == n] for n in (a, b))
+            d = np.array(x) - np.array(y)
+            paired[f"{a} - {b} {k}"] = {"mean_diff": float(d.mean()), "wins": int((d > 0).sum()),
+                                        "losses": int((d < 0).sum()), "n": len(d),
+                                        "ttest_p": float(ttest_rel(x, y).pvalue) if np.any(d != 0) else None}
+    print("\nmean over 6 paired episodes:")
+    for n, v in summary.items():
+        print(f"  {n:<18} " + "  ".join(f"{k} {x:.4g}" for k, x in v.items()))
+    for k, v in paired.items():
+        print(f"  {k:<40} {v['mean_diff']:+.4f}  ({v['wins']}/{v['losses']} of {v['n']}, p {v['ttest_p']})")
+    out = ROOT / "benchmarks" / "results" / "diffusion_live.json"
+    atomic_write_json(out, {**header(t0), "regime": regime, "budget": {"rank": 4.0, "tx_seconds": 0.5},
+                            "summary": summary, "paired": paired, "rows": rows})  # fmt: skip
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
