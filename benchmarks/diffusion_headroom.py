@@ -105,6 +105,45 @@ def residual_ablation(a: argparse.Namespace, cal, max_modules: int) -> dict:
     return out
 
 
+def plot(entry: dict, dvp: dict, model: str, path: Path) -> Path | None:
+    """Per regime, mean sim reward per budget: the best fixed action found, equal scores and each trained algorithm
+    (mean over its seeds in ``diffusion_vs_ppo.json``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rankrl.atomic import atomic_write
+
+    if "by_budget" not in entry:
+        return None
+    algos = ["ppo", "coarse-linear", "diffusion-linear"]
+    fig, axes = plt.subplots(1, len(REGIMES), figsize=(6.5 * len(REGIMES), 3.8), squeeze=False)
+    for ax, regime in zip(axes[0], REGIMES, strict=True):
+        budgets = list(entry["by_budget"][regime])
+        series = {"best fixed (search)": [entry["by_budget"][regime][b]["scores"]["reward"] for b in budgets],
+                  "equal scores": [entry["by_budget"][regime][b]["zero"]["reward"] for b in budgets]}  # fmt: skip
+        for algo in algos:
+            runs = [r for r in dvp.get("runs", []) if r["regime"] == regime and r["algo"] == algo]
+            if runs:
+                series[algo] = [float(np.mean([r["by_budget"][b]["policy"]["reward"] for r in runs])) for b in budgets]
+        x, w = np.arange(len(budgets)), 0.8 / len(series)
+        for i, (name, vals) in enumerate(series.items()):
+            ax.bar(x + (i - (len(series) - 1) / 2) * w, vals, w, label=name)
+        vals = [v for vs in series.values() for v in vs]
+        ax.set_ylim(min(vals) - 0.02, max(vals) + 0.01)  # the differences are small next to the level
+        ax.set_xticks(x, [f"mean rank {b}" for b in budgets])
+        ax.set_ylabel("sim reward")
+        ax.set_title(f"{model}, {regime}", fontsize=9)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
+
+
 def main() -> None:
     import torch
 
@@ -115,10 +154,18 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=12, help="CEM iterations per (regime, budget, space)")
     ap.add_argument("--pop", type=int, default=16, help="CEM proposals per iteration (a quarter are the elite)")
     ap.add_argument("--tx-cap", type=float, default=0.5, help="transmit deadline (s) of the binding regime")
-    ap.add_argument("--parts", default="search", help="comma-separated: search, ablation")
+    ap.add_argument("--parts", default="search", help="comma-separated: search, ablation, plot (from the JSONs)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "diffusion_headroom.json"))
     a = ap.parse_args()
     parts = set(a.parts.split(","))
+    dvp_path = ROOT / "benchmarks" / "results" / "diffusion_vs_ppo.json"
+    if parts == {"plot"}:
+        d = json.loads(dvp_path.read_text()) if dvp_path.exists() else {}
+        entry = json.loads(Path(a.out).read_text()).get(a.model, {})
+        png = plot(entry, d if a.model == "minilm" else d.get(a.model, {}), a.model,
+                   Path(a.out).with_name(f"diffusion_headroom_{a.model}.png"))  # fmt: skip
+        print(f"-> {png}")
+        return
     t_start = time.time()
     first = config_for("bandwidth-free", "ppo", 0, 1024, a.tx_cap, a.model, False)
     cal = calibrate(first.env, first.probes, first.probe_steps or first.run.steps, probe_evals=first.probe_evals)
@@ -165,9 +212,8 @@ def main() -> None:
             print(f"{regime} mean rank {r}: best fixed scores {row['scores']['reward']:.4f}, best fixed linear "
                   f"latent {row['linear']['reward']:.4f}, equal scores {row['zero']['reward']:.4f}", flush=True)
     policies = {}
-    dvp = ROOT / "benchmarks" / "results" / "diffusion_vs_ppo.json"
-    if dvp.exists():
-        d = json.loads(dvp.read_text())
+    if dvp_path.exists():
+        d = json.loads(dvp_path.read_text())
         d = d if a.model == "minilm" else d.get(a.model, {})
         for run in d.get("runs", []):
             policies.setdefault(f"{run['regime']}/{run['algo']}", []).append(
@@ -195,6 +241,10 @@ def main() -> None:
         entry["residual_ablation"] = {"date": datetime.now().isoformat(timespec="seconds"),
                                       "runs": residual_ablation(a, cal, max_modules)}  # fmt: skip
     old[a.model] = entry
+    if "search" in parts and dvp_path.exists():
+        d = json.loads(dvp_path.read_text())
+        plot(entry, d if a.model == "minilm" else d.get(a.model, {}), a.model,
+             Path(a.out).with_name(f"diffusion_headroom_{a.model}.png"))  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(old, indent=1, default=str))

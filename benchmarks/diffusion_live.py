@@ -9,11 +9,12 @@ Allocators: the trained policies left in ``/tmp/dvp-smollm2-bandwidth-binds-<alg
 module the same share of the cap: the untrained linear policy).
 
 Run: ``.venv/bin/python benchmarks/diffusion_live.py`` (~35 s per episode, 24 episodes, on 2 CPU threads; writes
-``benchmarks/results/diffusion_live.json``).
+``benchmarks/results/diffusion_live.json`` + ``.png``; ``--plot-only`` redraws the PNG from the JSON).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -32,7 +33,38 @@ ROOT = Path(__file__).resolve().parents[1]
 ALGOS = ("ppo", "coarse-linear", "diffusion-linear")
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Live eval loss and accuracy per allocator: mean over the paired episodes, one line per episode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rankrl.atomic import atomic_write
+
+    names = list(dict.fromkeys(r["allocator"] for r in rows))
+    episodes = sorted({(r["training_seed"], r["episode_seed"]) for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key in zip(axes, ("eval_loss", "accuracy"), strict=True):
+        by = {n: {(r["training_seed"], r["episode_seed"]): r[key] for r in rows if r["allocator"] == n} for n in names}
+        ax.bar(names, [np.mean(list(by[n].values())) for n in names], color=["C2", "C3", "C4", "C1"][: len(names)])
+        for e in episodes:
+            ax.plot(names, [by[n][e] for n in names], color="k", alpha=0.25, marker=".")
+        ax.set_ylim(min(r[key] for r in rows) - 0.02, max(r[key] for r in rows) + 0.01)
+        ax.set_title(f"live {key.replace('_', ' ')} (SmolLM2, bandwidth binds, equal bits)", fontsize=9)
+        ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
+
+
 def main() -> None:
+    out = ROOT / "benchmarks" / "results" / "diffusion_live.json"
+    if "--plot-only" in sys.argv:  # redraw the PNG from the committed JSON
+        plot(json.loads(out.read_text())["rows"], out.with_suffix(".png"))
+        return
     from scipy.stats import ttest_rel
 
     from rankrl.ranks.episodes import episode_summary, rollout_episode
@@ -85,10 +117,10 @@ def main() -> None:
         print(f"  {n:<18} " + "  ".join(f"{k} {x:.4g}" for k, x in v.items()))
     for k, v in paired.items():
         print(f"  {k:<40} {v['mean_diff']:+.4f}  ({v['wins']}/{v['losses']} of {v['n']}, p {v['ttest_p']})")
-    out = ROOT / "benchmarks" / "results" / "diffusion_live.json"
     atomic_write_json(out, {**header(t0), "regime": regime, "budget": {"rank": 4.0, "tx_seconds": 0.5},
                             "summary": summary, "paired": paired, "rows": rows})  # fmt: skip
-    print(f"-> {out}")
+    plot(rows, out.with_suffix(".png"))
+    print(f"-> {out}, {out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

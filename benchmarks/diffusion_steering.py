@@ -17,6 +17,7 @@ Run: ``.venv/bin/python benchmarks/diffusion_steering.py`` (seconds; writes
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -71,8 +72,9 @@ def main() -> None:
     for f in folders:
         # dvp-<model>-<regime>-diffusion[-<weighting>]-<seed> (runs from before --algos have no weighting: reward)
         m = re.match(r"dvp-(\w+)-(bandwidth-\w+)-diffusion(?:-([\w-]+?))?-(\d+)$", f.name)
-        if not m:
-            continue
+        decoding = json.loads((f / "policy.json").read_text())["diffusion"]["config"].get("decoding", "none")
+        if not m or decoding != "none":
+            continue  # the question is about AirLLM's decoding; the linear one's latent is the decoding itself
         s = spreads(f, rng)
         rows.append({"model": m[1], "regime": m[2], "weighting": m[3] or "reward", "seed": int(m[4]), **s})
         ratio = f"{s['latent'] / s['seed']:.2f}" if s["seed"] > 0 else "- (no starting noise)"
