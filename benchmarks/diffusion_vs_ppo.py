@@ -75,7 +75,8 @@ def config_for(regime: str, algo: str, seed: int, timesteps: int, tx_cap: float 
     if regime == "bandwidth-binds":
         env = replace(env, budget=BudgetSpec(rank=4.0, tx_seconds=tx_cap))
     return replace(base, env=env, algo=algo, timesteps=timesteps, n_steps=128, wandb=False, progress=False,
-                   out=f"/tmp/dvp-{model}-{regime}-{name}-{seed}", checkpoint_every=0,
+                   out=f"/tmp/dvp-{model}-{regime}-{name}-{seed}" + ("" if timesteps == 1024 else f"-{timesteps}"),
+                   checkpoint_every=0,
                    live_check=live_check)  # fmt: skip
 
 
@@ -126,6 +127,8 @@ def main() -> None:
                     help="PPO runs end with one live fine-tune per allocator (default: on for minilm only)")
     ap.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS),
                     help="algorithms to run now; the others' rows are kept from --out when their settings match")
+    ap.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES),
+                    help="channel regimes to run (a partial run is best written to its own --out)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "diffusion_vs_ppo.json"))
     a = ap.parse_args()
     if a.live_check is None:
@@ -141,7 +144,7 @@ def main() -> None:
     max_modules = max(first.env.max_modules, n_modules)
     print(f"calibration of {a.model}/{first.run.task}: {n_modules} modules, {time.time() - t0:.0f}s; "
           f"max_modules {max_modules}", flush=True)  # fmt: skip
-    for regime in REGIMES:
+    for regime in a.regimes:
         for seed in a.seeds:
             for algo in a.algos:
                 cfg = config_for(regime, algo, seed, a.timesteps, a.tx_cap, a.model, a.live_check, max_modules)
@@ -165,7 +168,7 @@ def main() -> None:
                       f"{mean_over_budgets(table, 'policy', 'bits'):.4g} (uniform "
                       f"{mean_over_budgets(table, 'uniform', 'bits'):.4g}), {seconds:.0f}s", flush=True)  # fmt: skip
     summary = {}
-    for regime in REGIMES:
+    for regime in a.regimes:
         for algo in [x for x in ALGOS if any(r["algo"] == x for r in rows)]:
             runs = [r for r in rows if r["regime"] == regime and r["algo"] == algo]
             rew = [mean_over_budgets(r["by_budget"], "policy", "reward") for r in runs]
