@@ -108,12 +108,9 @@ def residual_ablation(a: argparse.Namespace, cal, max_modules: int) -> dict:
 def plot(entry: dict, dvp: dict, model: str, path: Path) -> Path | None:
     """Per regime, mean sim reward per budget: the best fixed action found, equal scores and each trained algorithm
     (mean over its seeds in ``diffusion_vs_ppo.json``)."""
-    import matplotlib
+    from rankrl.plots import pyplot, save_fig
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rankrl.atomic import atomic_write
+    plt = pyplot()
 
     if "by_budget" not in entry:
         return None
@@ -138,10 +135,7 @@ def plot(entry: dict, dvp: dict, model: str, path: Path) -> Path | None:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
+    return save_fig(fig, path, dpi=100)
 
 
 def main() -> None:

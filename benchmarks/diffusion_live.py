@@ -35,12 +35,9 @@ ALGOS = ("ppo", "coarse-linear", "diffusion-linear")
 
 def plot(rows: list[dict], path: Path) -> None:
     """Live eval loss and accuracy per allocator: mean over the paired episodes, one line per episode."""
-    import matplotlib
+    from rankrl.plots import pyplot, save_fig
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rankrl.atomic import atomic_write
+    plt = pyplot()
 
     names = list(dict.fromkeys(r["allocator"] for r in rows))
     episodes = sorted({(r["training_seed"], r["episode_seed"]) for r in rows})
@@ -54,10 +51,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_title(f"live {key.replace('_', ' ')} (SmolLM2, bandwidth binds, equal bits)", fontsize=9)
         ax.tick_params(axis="x", rotation=20)
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
+    save_fig(fig, path, dpi=100)
 
 
 def main() -> None:

@@ -14,7 +14,8 @@ from typing import Any
 from rankrl.atomic import atomic_write
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the non-interactive Agg backend (imported on first use: it is slow to import)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,7 +26,7 @@ def _pyplot() -> Any:
 
 def save_fig(fig: Any, out: str | os.PathLike, dpi: int = 110) -> Path:
     """Write ``fig`` as a PNG atomically and close it."""
-    plt = _pyplot()
+    plt = pyplot()
     try:
         return atomic_write(Path(out), lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     finally:
@@ -39,7 +40,7 @@ def annotated_heatmap(grid: Any, row_labels: Sequence[str], col_labels: Sequence
     max), every finite cell annotated with its value; atomic PNG."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     grid = np.asarray(grid, dtype=float)
     fig, ax = plt.subplots(figsize=(1.5 + cell[0] * len(col_labels), 1.2 + cell[1] * len(row_labels)))
     top = float(vmax or max(np.nanmax(grid) if np.isfinite(grid).any() else 0.0, 1.0))
@@ -62,7 +63,7 @@ def plot_curves(
     rows: Iterable[Mapping[str, Any]], keys: Iterable[str], out: str | os.PathLike, title: str = ""
 ) -> Path:
     """One subplot per metric key against ``step``; written atomically as a PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     rows, keys = list(rows), [k for k in keys]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
