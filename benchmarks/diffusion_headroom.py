@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -38,8 +37,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diffusion_vs_ppo import REGIMES, config_for, mean_over_budgets  # noqa: E402
+from diffusion_vs_ppo import REGIMES, config_for, mean_over_budgets, model_entry  # noqa: E402
 
+from rankrl.atomic import atomic_write_json  # noqa: E402
 from rankrl.ranks.episodes import rollout_episode  # noqa: E402
 from rankrl.ranks.sim import calibrate  # noqa: E402
 from rankrl.ranks.train import EVAL_BUDGET_RANKS, fixed_budget, make_env  # noqa: E402
@@ -66,11 +66,18 @@ def cem(objective, dim: int, iters: int, pop: int, elite: int, rng: np.random.Ge
     return best, best_v
 
 
-def residual_ablation(a: argparse.Namespace, cal, max_modules: int) -> dict:
-    """Mean sim reward over the budgets of each trained diffusion-linear policy with and without its residual."""
+def decode(obs: dict, latent: np.ndarray) -> np.ndarray:
+    """:func:`rankrl.ranks.diffusion.linear_decoding` of one observation (numpy in, numpy out)."""
     import torch
 
     from rankrl.ranks.diffusion import linear_decoding
+
+    rows, mask, z = (torch.as_tensor(x, dtype=torch.float32)[None] for x in (obs["rows"], obs["mask"], latent))
+    return linear_decoding(rows, mask, z)[0].numpy()
+
+
+def residual_ablation(a: argparse.Namespace, cal, max_modules: int) -> dict:
+    """Mean sim reward over the budgets of each trained diffusion-linear policy with and without its residual."""
     from rankrl.ranks.policy import load_policy
     from rankrl.ranks.train import sim_budget_table
 
@@ -88,9 +95,7 @@ def residual_ablation(a: argparse.Namespace, cal, max_modules: int) -> dict:
                 return policy.predict(obs)[0]
 
             def decoding_only(obs, _env, policy=policy):
-                latent, _ = policy.coarse.predict(obs, deterministic=True)
-                rows, mask = (torch.as_tensor(obs[k], dtype=torch.float32)[None] for k in ("rows", "mask"))
-                return linear_decoding(rows, mask, torch.as_tensor(latent, dtype=torch.float32)[None])[0].numpy()
+                return decode(obs, policy.coarse.predict(obs, deterministic=True)[0])
 
             def equal_scores(obs, _env):  # every module the same share of the cap (the env's uniform)
                 return np.zeros_like(obs["mask"])
@@ -141,8 +146,6 @@ def plot(entry: dict, dvp: dict, model: str, path: Path) -> Path | None:
 def main() -> None:
     import torch
 
-    from rankrl.ranks.diffusion import linear_decoding
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--iters", type=int, default=12, help="CEM iterations per (regime, budget, space)")
@@ -153,11 +156,10 @@ def main() -> None:
     a = ap.parse_args()
     parts = set(a.parts.split(","))
     dvp_path = ROOT / "benchmarks" / "results" / "diffusion_vs_ppo.json"
+    dvp = model_entry(json.loads(dvp_path.read_text()) if dvp_path.exists() else {}, a.model)
+    png_path = Path(a.out).with_name(f"diffusion_headroom_{a.model}.png")
     if parts == {"plot"}:
-        d = json.loads(dvp_path.read_text()) if dvp_path.exists() else {}
-        entry = json.loads(Path(a.out).read_text()).get(a.model, {})
-        png = plot(entry, d if a.model == "minilm" else d.get(a.model, {}), a.model,
-                   Path(a.out).with_name(f"diffusion_headroom_{a.model}.png"))  # fmt: skip
+        png = plot(json.loads(Path(a.out).read_text()).get(a.model, {}), dvp, a.model, png_path)
         print(f"-> {png}")
         return
     t_start = time.time()
@@ -181,11 +183,7 @@ def main() -> None:
                 return episode_reward(lambda obs, _env: action)
 
             def linear(z: np.ndarray) -> float:
-                def act(obs, _env):
-                    rows, mask = (torch.as_tensor(obs[k], dtype=torch.float32)[None] for k in ("rows", "mask"))
-                    return linear_decoding(rows, mask, torch.as_tensor(z, dtype=torch.float32)[None])[0].numpy()
-
-                return episode_reward(act)
+                return episode_reward(lambda obs, _env: decode(obs, z))
 
             n_feat = env.observation_space["rows"].shape[1]
             row = {}
@@ -196,8 +194,7 @@ def main() -> None:
             # add what a per-module vector gives beyond the coarse space (with this few proposals for 210 numbers
             # a search from 0 finds less)
             obs0, _ = env.unwrapped.reset(seed=EPISODE_SEEDS[0])
-            start = linear_decoding(*(torch.as_tensor(obs0[k], dtype=torch.float32)[None] for k in ("rows", "mask")),
-                                    torch.as_tensor(z, dtype=torch.float32)[None])[0].numpy()[:n]  # fmt: skip
+            start = decode(obs0, z)[:n]
             t0 = time.time()
             _, value = cem(scores, n, a.iters, a.pop, max(2, a.pop // 4), np.random.default_rng(0), start)
             row["scores"] = {"reward": value, "dim": n, "seconds": time.time() - t0}
@@ -206,12 +203,9 @@ def main() -> None:
             print(f"{regime} mean rank {r}: best fixed scores {row['scores']['reward']:.4f}, best fixed linear "
                   f"latent {row['linear']['reward']:.4f}, equal scores {row['zero']['reward']:.4f}", flush=True)
     policies = {}
-    if dvp_path.exists():
-        d = json.loads(dvp_path.read_text())
-        d = d if a.model == "minilm" else d.get(a.model, {})
-        for run in d.get("runs", []):
-            policies.setdefault(f"{run['regime']}/{run['algo']}", []).append(
-                mean_over_budgets(run["by_budget"], "policy", "reward"))
+    for run in dvp.get("runs", []):
+        policies.setdefault(f"{run['regime']}/{run['algo']}", []).append(
+            mean_over_budgets(run["by_budget"], "policy", "reward"))
     print(f"\n{a.model} ({n} modules): mean reward over budgets {EVAL_BUDGET_RANKS}")
     summary = {}
     for regime in REGIMES if "search" in parts else ():
@@ -235,14 +229,9 @@ def main() -> None:
         entry["residual_ablation"] = {"date": datetime.now().isoformat(timespec="seconds"),
                                       "runs": residual_ablation(a, cal, max_modules)}  # fmt: skip
     old[a.model] = entry
-    if "search" in parts and dvp_path.exists():
-        d = json.loads(dvp_path.read_text())
-        plot(entry, d if a.model == "minilm" else d.get(a.model, {}), a.model,
-             Path(a.out).with_name(f"diffusion_headroom_{a.model}.png"))  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(old, indent=1, default=str))
-    os.replace(tmp, out)
+    if "search" in parts and dvp:
+        plot(entry, dvp, a.model, png_path)
+    atomic_write_json(out, old)
     print(f"-> {out} ({time.time() - t_start:.0f}s)")
 
 

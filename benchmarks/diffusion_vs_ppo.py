@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -45,6 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from rankrl.atomic import atomic_write_json  # noqa: E402
 from rankrl.ranks.budgets import BudgetSpec  # noqa: E402
 from rankrl.ranks.episodes import uniform_allocator  # noqa: E402
 from rankrl.ranks.latent import train_diffusion_policy  # noqa: E402
@@ -80,13 +80,21 @@ def config_for(regime: str, algo: str, seed: int, timesteps: int, tx_cap: float 
                    live_check=live_check)  # fmt: skip
 
 
+def model_entry(results: dict, model: str) -> dict:
+    """The part of this benchmark's JSON that holds ``model``'s run: the top level for MiniLM, else ``results[model]``.
+
+    >>> model_entry({"runs": [1], "smollm2": {"runs": [2]}}, "smollm2"), model_entry({"runs": [1]}, "minilm")
+    ({'runs': [2]}, {'runs': [1]})
+    """
+    return results if model == "minilm" else results.get(model, {})
+
+
 def kept_rows(path: Path, a: argparse.Namespace) -> list[dict]:
     """Rows of the algorithms not in ``a.algos`` from the model's entry of ``path``, when that entry ran the same
     timesteps, seeds and transmit deadline (else none: those algorithms are missing from the table)."""
     if not path.exists() or set(a.algos) == set(ALGOS):
         return []
-    old = json.loads(path.read_text())
-    old = old if a.model == "minilm" else old.get(a.model, {})
+    old = model_entry(json.loads(path.read_text()), a.model)
     cfg = old.get("config", {})
     if (cfg.get("timesteps"), cfg.get("seeds"), cfg.get("tx_cap")) != (a.timesteps, a.seeds, a.tx_cap):
         print(f"note: {path} ran other settings ({cfg.get('timesteps')} steps, seeds {cfg.get('seeds')}, deadline "
@@ -105,16 +113,13 @@ def mean_over_budgets(table: dict, who: str, key: str) -> float:
 
 def write_results(path: Path, model: str, result: dict) -> None:
     """MiniLM: the top level of ``path`` (other models' keys kept); another model: ``path[model]``, the rest kept.
-    Written atomically (temp file + os.replace)."""
+    Written atomically."""
     old = json.loads(path.read_text()) if path.exists() else {}
     if model == "minilm":
         new = {**{k: v for k, v in old.items() if isinstance(v, dict) and "summary" in v}, **result}
     else:
         new = {**old, model: result}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(new, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write_json(path, new)
 
 
 def main() -> None:
