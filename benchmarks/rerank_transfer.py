@@ -246,21 +246,28 @@ def evaluate_pair(train_name: str, eval_name: str, data: Path, k: int, threads: 
           f"(vs zero-shot {row['vs_zero_shot']['mean_diff']:+.4f}, p {row['vs_zero_shot']['ttest_p']})", flush=True)
 
 
+def pooled_test(results: dict, trained: Mapping[str, Mapping[str, float]], zero_shot_vs_bm25: bool = True) -> dict:
+    """One paired test over the judged queries of several collections: ``trained`` maps each collection to the
+    trained row's per-query nDCG@10 on it; BM25 and zero-shot come from the baselines of the same collections."""
+    names = list(trained)
+    get = {"trained": pool([trained[e] for e in names], names),  # row -> pooled per-query nDCG@10
+           **{r: pool([results["baselines"][e][r]["per_query_nDCG@10"] for e in names], names)
+              for r in ("bm25", "minilm-bi")}}  # fmt: skip
+    out = {"collections": names, "n_queries": len(get["bm25"]),
+           **{f"nDCG@10_{r}": float(np.mean(list(v.values()))) for r, v in get.items()},
+           "vs_zero_shot": paired(get["trained"], get["minilm-bi"]), "vs_bm25": paired(get["trained"], get["bm25"])}
+    if zero_shot_vs_bm25:
+        out["zero_shot_vs_bm25"] = paired(get["minilm-bi"], get["bm25"])
+    return out
+
+
 def pooled(results: dict, train_name: str) -> dict | None:
     """Every unseen collection's judged queries of ``train_name``'s rows (a :func:`tag_of` key) as one paired test
     (None until all ran)."""
     unseen = [e for e in COLLECTIONS if e not in sources(train_name) and f"{train_name}->{e}" in results["transfer"]]
     if not unseen:
         return None
-    get = {  # row -> pooled per-query nDCG@10
-        "trained": pool([results["transfer"][f"{train_name}->{e}"]["per_query_nDCG@10"] for e in unseen], unseen),
-        **{r: pool([results["baselines"][e][r]["per_query_nDCG@10"] for e in unseen], unseen)
-           for r in ("bm25", "minilm-bi")},
-    }  # fmt: skip
-    return {"collections": unseen, "n_queries": len(get["bm25"]),
-            **{f"nDCG@10_{r}": float(np.mean(list(v.values()))) for r, v in get.items()},
-            "vs_zero_shot": paired(get["trained"], get["minilm-bi"]), "vs_bm25": paired(get["trained"], get["bm25"]),
-            "zero_shot_vs_bm25": paired(get["minilm-bi"], get["bm25"])}  # fmt: skip
+    return pooled_test(results, {e: results["transfer"][f"{train_name}->{e}"]["per_query_nDCG@10"] for e in unseen})
 
 
 def leave_one_out(results: dict) -> dict | None:
@@ -272,13 +279,7 @@ def leave_one_out(results: dict) -> dict | None:
         if f"{tag}->{e}" not in results["transfer"]:
             return None
         rows[e] = results["transfer"][f"{tag}->{e}"]["per_query_nDCG@10"]
-    names = list(rows)
-    get = {"trained": pool([rows[e] for e in names], names),
-           **{r: pool([results["baselines"][e][r]["per_query_nDCG@10"] for e in names], names)
-              for r in ("bm25", "minilm-bi")}}  # fmt: skip
-    return {"collections": names, "n_queries": len(get["bm25"]),
-            **{f"nDCG@10_{r}": float(np.mean(list(v.values()))) for r, v in get.items()},
-            "vs_zero_shot": paired(get["trained"], get["minilm-bi"]), "vs_bm25": paired(get["trained"], get["bm25"])}
+    return pooled_test(results, rows, zero_shot_vs_bm25=False)
 
 
 # ---------------------------------------------------------------------------------------------- output
