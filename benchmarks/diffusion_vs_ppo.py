@@ -62,6 +62,26 @@ ALGOS = {"ppo": ("ppo", {}, {}), "diffusion": ("diffusion", {}, {}),
          "coarse-linear": ("diffusion", _LINEAR, {"refit_steps": 0}),
          "diffusion-linear": ("diffusion", {**_LINEAR, "weighting": "advantage", "explore_noise": 0.1},
                               {})}  # fmt: skip
+#: the same algorithms with the env's spend entry (``--env.spend_action``): the policy also decides how much of the
+#: budget to spend
+SPEND = "-spend"
+ALGOS.update({name + SPEND: ALGOS[name] for name in ("ppo", "coarse-linear", "diffusion-linear")})
+
+
+def constant_spend(a: float):
+    """Equal scores (every module the same share) and spend entry ``a``: with ``a = 0`` what every untrained
+    policy here does (set policy: scores and spend near 0; linear decoding of the latent 0: scores 0)."""
+
+    def act(obs: dict, env) -> np.ndarray:
+        action = np.zeros(env.action_space.shape, np.float32)
+        action[-1] = a
+        return action
+
+    return act
+
+
+#: next to each -spend policy: equal shares at constant spend entries (fractions 1, 1/2, 1/4, 1/8, 1/16 of the cap)
+CONSTANT_SPENDS = {f"equal-spend{a:+.1f}": constant_spend(a) for a in (1.0, 0.5, 0.0, -0.5, -1.0)}
 
 
 def config_for(regime: str, algo: str, seed: int, timesteps: int, tx_cap: float | None, model: str = "minilm",
@@ -69,7 +89,8 @@ def config_for(regime: str, algo: str, seed: int, timesteps: int, tx_cap: float 
     base = TrainPolicyConfig()
     name, (algo, refiner, extra) = algo, ALGOS[algo]
     base = replace(base, diffusion=replace(base.diffusion, **refiner), **extra)
-    env = replace(base.env, run=replace(base.run, model=model, seed=seed, threads=2), **REGIMES[regime])
+    env = replace(base.env, run=replace(base.run, model=model, seed=seed, threads=2), **REGIMES[regime],
+                  spend_action=name.endswith(SPEND))  # fmt: skip
     if max_modules is not None:
         env = replace(env, max_modules=max_modules)
     if regime == "bandwidth-binds":
@@ -154,7 +175,7 @@ def main() -> None:
             for algo in a.algos:
                 cfg = config_for(regime, algo, seed, a.timesteps, a.tx_cap, a.model, a.live_check, max_modules)
                 t0 = time.time()
-                if algo == "ppo":
+                if ALGOS[algo][0] == "ppo":
                     train_policy(replace(cfg, env_id="rankrl/LoRARank-Sim-v1"), calibration=cal)
                     loaded = load_policy(cfg.out)
 
@@ -166,6 +187,9 @@ def main() -> None:
                     summary = train_diffusion_policy(cfg, calibration=cal)
                     table = {r: {("policy" if k == "diffusion" else k): v for k, v in row.items()}
                              for r, row in summary["sim_by_budget"].items()}  # fmt: skip
+                if algo.endswith(SPEND):  # the simplest rules in the same action space, on the same episodes
+                    for r, row in sim_budget_table(cfg, cal, CONSTANT_SPENDS).items():
+                        table[r].update(row)
                 seconds = time.time() - t0
                 rows.append({"regime": regime, "algo": algo, "seed": seed, "seconds": seconds, "by_budget": table})
                 print(f"{regime} {algo} seed {seed}: mean reward {mean_over_budgets(table, 'policy', 'reward'):.4f} "
@@ -186,9 +210,15 @@ def main() -> None:
                 "accuracy_mean": over_runs("policy", "accuracy"), "uniform_reward": over_runs("uniform", "reward"),
                 "bits_mean": over_runs("policy", "bits"), "uniform_bits": over_runs("uniform", "bits"),
                 "seeds": len(runs), "rewards": rew}  # fmt: skip
+            if algo.endswith(SPEND):  # untrained = equal shares at spend entry 0; best constant: per budget, oracle
+                summary[f"{regime}/{algo}"].update(
+                    untrained_reward=over_runs("equal-spend+0.0", "reward"),
+                    best_constant_reward=float(np.mean([np.mean([max(row[k]["reward"] for k in CONSTANT_SPENDS)
+                                                                 for row in r["by_budget"].values()]) for r in runs])))
+            base = "ppo" + SPEND if algo.endswith(SPEND) else "ppo"  # PPO alone in the same action space
             ppo = {r["seed"]: mean_over_budgets(r["by_budget"], "policy", "reward") for r in rows
-                   if r["regime"] == regime and r["algo"] == "ppo"}  # fmt: skip
-            if algo != "ppo" and ppo:  # paired by training seed
+                   if r["regime"] == regime and r["algo"] == base}  # fmt: skip
+            if algo != base and ppo:  # paired by training seed
                 diff = [x - ppo[r["seed"]] for r, x in zip(runs, rew, strict=True) if r["seed"] in ppo]
                 summary[f"{regime}/{algo}"].update(minus_ppo=float(np.mean(diff)), wins_over_ppo=int(np.sum(
                     np.array(diff) > 0)), paired_seeds=len(diff))  # fmt: skip
@@ -198,6 +228,8 @@ def main() -> None:
     for k, s in summary.items():
         vs = f"  vs PPO {s['minus_ppo']:+.4f} ({s['wins_over_ppo']}/{s['paired_seeds']} seeds)" if "minus_ppo" in s \
             else ""
+        if "untrained_reward" in s:
+            vs += f"  untrained {s['untrained_reward']:.4f}, best constant spend {s['best_constant_reward']:.4f}"
         print(f"{k:<28} {s['reward_mean']:>9.4f} +- {s['reward_std']:.4f} {s['accuracy_mean']:>9.3f} "
               f"{s['uniform_reward']:>15.4f} {s['bits_mean']:>12.4g} {s['uniform_bits']:>12.4g}{vs}")
     import torch

@@ -95,8 +95,9 @@ class SetEncoder(BaseFeaturesExtractor):
 class SetLatentNet(nn.Module):
     """SB3 ``mlp_extractor`` for :class:`SetEncoder` features.
 
-    ``forward_actor`` applies one shared MLP to every row encoding and returns ``[row latents (R*D), mask]``;
-    ``forward_critic`` applies an MLP to ``[pooled encodings, globals]``.
+    ``forward_actor`` applies one shared MLP to every row encoding and returns ``[row latents (R*D), mask (R),
+    pooled encodings, globals]`` (the last two feed the global actions, if any); ``forward_critic`` applies an MLP
+    to ``[pooled encodings, globals]``.
     """
 
     def __init__(self, rows: int, hidden: int, n_globals: int, pi: list[int], vf: list[int], activation: type):
@@ -105,7 +106,7 @@ class SetLatentNet(nn.Module):
         self.policy_net = _mlp([hidden, *pi], activation)
         self.value_net = _mlp([hidden + n_globals, *vf], activation)
         self.row_dim = pi[-1] if pi else hidden
-        self.latent_dim_pi = rows * self.row_dim + rows
+        self.latent_dim_pi = rows * self.row_dim + rows + hidden + n_globals
         self.latent_dim_vf = vf[-1] if vf else hidden + n_globals
 
     def _unpack(self, features: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
@@ -115,8 +116,8 @@ class SetLatentNet(nn.Module):
         return z, mask, features[:, r * h + r :]
 
     def forward_actor(self, features: th.Tensor) -> th.Tensor:
-        z, mask, _ = self._unpack(features)
-        return th.cat([self.policy_net(z).flatten(1), mask], dim=1)
+        z, mask, context = self._unpack(features)
+        return th.cat([self.policy_net(z).flatten(1), mask, context], dim=1)
 
     def forward_critic(self, features: th.Tensor) -> th.Tensor:
         return self.value_net(self._unpack(features)[2])
@@ -126,17 +127,22 @@ class SetLatentNet(nn.Module):
 
 
 class RowHead(nn.Module):
-    """Action net: one ``Linear(D, 1)`` shared by all rows; padded rows get mean 0."""
+    """Action net: one ``Linear(D, 1)`` shared by all rows (padded rows get mean 0), then ``n_global`` actions
+    from ``Linear(context, n_global)`` on the pooled encodings and globals (e.g. how much of the budget to spend)."""
 
-    def __init__(self, rows: int, row_dim: int):
+    def __init__(self, rows: int, row_dim: int, n_global: int = 0, context_dim: int = 0):
         super().__init__()
-        self.rows, self.row_dim = rows, row_dim
+        self.rows, self.row_dim, self.n_global = rows, row_dim, n_global
         self.linear = nn.Linear(row_dim, 1)
+        if n_global:
+            self.global_linear = nn.Linear(context_dim, n_global)
 
     def forward(self, latent_pi: th.Tensor) -> th.Tensor:
         r, d = self.rows, self.row_dim
-        mean = self.linear(latent_pi[:, : r * d].reshape(-1, r, d)).squeeze(-1)
-        return mean * latent_pi[:, r * d :]
+        mean = self.linear(latent_pi[:, : r * d].reshape(-1, r, d)).squeeze(-1) * latent_pi[:, r * d : r * d + r]
+        if not self.n_global:
+            return mean
+        return th.cat([mean, self.global_linear(latent_pi[:, r * d + r :])], dim=1)
 
 
 class MaskedDiagGaussian(DiagGaussianDistribution):
@@ -162,7 +168,8 @@ class SetActorCriticPolicy(ActorCriticPolicy):
 
     Extra keyword arguments (via ``policy_kwargs``): ``hidden`` and ``context`` / ``n_heads`` of
     :class:`SetEncoder`; ``net_arch=dict(pi=[...], vf=[...])`` sizes the per-row actor MLP and the critic MLP
-    (default ``pi=[64], vf=[64, 64]``). Only Box actions of shape (R,) and ``use_sde=False`` are supported.
+    (default ``pi=[64], vf=[64, 64]``). Box actions of shape (R + k,): R per-row actions, then k >= 0 global ones
+    (:class:`RowHead`); only ``use_sde=False`` is supported.
     """
 
     def __init__(
@@ -177,8 +184,10 @@ class SetActorCriticPolicy(ActorCriticPolicy):
         **kwargs: Any,
     ):
         rows, _, _ = _split_obs_space(observation_space)
-        if not isinstance(action_space, spaces.Box) or action_space.shape != (rows,):
-            raise ValueError(f"set policies need a Box action of shape ({rows},), got {action_space}")
+        if not (isinstance(action_space, spaces.Box) and len(action_space.shape) == 1
+                and action_space.shape[0] >= rows):  # fmt: skip
+            raise ValueError(f"set policies need a Box action of shape ({rows} + k,), got {action_space}")
+        self.n_global = action_space.shape[0] - rows
         if kwargs.get("use_sde"):
             raise ValueError("gSDE is not supported by SetActorCriticPolicy")
         if isinstance(net_arch, list):
@@ -218,7 +227,8 @@ class SetActorCriticPolicy(ActorCriticPolicy):
         # after the swap so it sees the right parameters.
         self.action_dist = MaskedDiagGaussian(self.action_space.shape[0])
         self._build_mlp_extractor()
-        self.action_net = RowHead(self.mlp_extractor.rows, self.mlp_extractor.row_dim)
+        net = self.mlp_extractor
+        self.action_net = RowHead(net.rows, net.row_dim, self.n_global, net.hidden + net.n_globals)
         self.log_std = nn.Parameter(th.full((1,), float(self.log_std_init)))
         self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)
         if self.ortho_init:
@@ -231,7 +241,11 @@ class SetActorCriticPolicy(ActorCriticPolicy):
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
     def _get_action_dist_from_latent(self, latent_pi: th.Tensor) -> MaskedDiagGaussian:
-        mask = latent_pi[:, -self.mlp_extractor.rows :]
+        net = self.mlp_extractor
+        start = net.rows * net.row_dim
+        mask = latent_pi[:, start : start + net.rows]
+        if self.n_global:  # the global actions are always real
+            mask = th.cat([mask, mask.new_ones(mask.shape[0], self.n_global)], dim=1)
         return self.action_dist.proba_distribution(self.action_net(latent_pi), self.log_std, mask)
 
 

@@ -17,7 +17,7 @@ from rankrl.set_policy import SetActorCriticPolicy
 ROWS, FEATS, GLOBS = 8, 5, 3
 
 
-def _policy(**kwargs) -> SetActorCriticPolicy:
+def _policy(n_global: int = 0, **kwargs) -> SetActorCriticPolicy:
     th.manual_seed(0)
     obs_space = spaces.Dict(
         {
@@ -26,9 +26,12 @@ def _policy(**kwargs) -> SetActorCriticPolicy:
             "globals": spaces.Box(-np.inf, np.inf, (GLOBS,), dtype=np.float32),
         }
     )
-    policy = SetActorCriticPolicy(obs_space, spaces.Box(-1, 1, (ROWS,), np.float32), lambda _: 1e-3, **kwargs)
+    action_space = spaces.Box(-1, 1, (ROWS + n_global,), np.float32)
+    policy = SetActorCriticPolicy(obs_space, action_space, lambda _: 1e-3, **kwargs)
     with th.no_grad():  # SB3 initialises the head near 0; scale it up so the checks are not trivially met
         policy.action_net.linear.weight.mul_(100.0)
+        if n_global:
+            policy.action_net.global_linear.weight.mul_(100.0)
     return policy.eval()
 
 
@@ -82,6 +85,35 @@ def test_padded_rows_do_not_change_real_rows(context):
     for n in (1, 5, ROWS):
         mean, value = _outputs(policy, _obs(n, seed=n))
         assert th.isfinite(mean).all() and th.isfinite(value).all() and value.shape == (2, 1)
+
+
+def test_a_global_action_follows_the_rows_reads_the_whole_set_and_counts_in_the_likelihood():
+    from rankrl.ranks.policy import widen_policy
+
+    policy = _policy(n_global=1)
+    n_real = 3
+    base = _obs(n_real)
+    noisy = dict(base, rows=base["rows"].clone())
+    noisy["rows"][:, n_real:] = th.randn(2, ROWS - n_real, FEATS) * 10
+    m0, m1 = _outputs(policy, base)[0], _outputs(policy, noisy)[0]
+    assert m0.shape == (2, ROWS + 1) and th.allclose(m0, m1, atol=1e-5)  # padding changes nothing, the spend too
+    assert (m1[:, n_real:ROWS] == 0).all() and (m0[:, -1].abs() > 1e-3).all()
+    moved = dict(base, rows=base["rows"].clone())
+    moved["rows"][:, 0] += 1.0  # another real row: the global action (a function of the whole set) moves
+    assert not th.allclose(_outputs(policy, moved)[0][:, -1], m0[:, -1])
+    actions = th.randn(2, ROWS + 1)
+    other = actions.clone()
+    other[:, -1] += 1.0
+    _, lp0, ent0 = policy.evaluate_actions(base, actions)
+    _, lp1, ent1 = policy.evaluate_actions(base, other)
+    assert not th.allclose(lp0, lp1)  # the global action is a real action, unlike a padded row
+    assert th.allclose(ent0 * (ROWS + 1) / (n_real + 1), policy.evaluate_actions(_obs(ROWS), actions)[2])
+    wide = widen_policy(policy, ROWS + 4)  # a model with more modules: the global action stays last
+    assert wide.action_space.shape == (ROWS + 5,)
+    pad = {"rows": th.cat([base["rows"], th.zeros(2, 4, FEATS)], 1), "mask": th.cat([base["mask"], th.zeros(2, 4)], 1),
+           "globals": base["globals"]}  # fmt: skip
+    mw = _outputs(wide, pad)[0]
+    assert th.allclose(mw[:, :n_real], m0[:, :n_real], atol=1e-5) and th.allclose(mw[:, -1], m0[:, -1], atol=1e-5)
 
 
 def test_policy_rejects_wrong_spaces():

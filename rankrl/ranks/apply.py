@@ -150,7 +150,8 @@ def apply_policy(config: ApplyConfig) -> ApplyResult:
         print(f"  {t.name:<48} {t.kind:<5} {t.layer_index:>5} {alloc.ranks[t.name]:>5}")
     caps = ", ".join(f"{k} {v:,.6g}" for k, v in alloc.budget.caps.items()) or "none"
     uni_r = next(iter(alloc.uniform.values()))
-    print(f"budget: {caps} | used {alloc.metrics['cost/params']:,.0f} params, violation "
+    spent = "" if alloc.spend == 1.0 else f" (the policy chose to spend {alloc.spend:.0%} of it)"
+    print(f"budget: {caps} | used {alloc.metrics['cost/params']:,.0f} params{spent}, violation "
           f"{alloc.metrics['budget/violation']:.3g} | uniform at this budget: rank {uni_r} everywhere")
     result = ApplyResult(alloc, lora, out)
     if config.finetune:
@@ -179,7 +180,7 @@ def apply_policy(config: ApplyConfig) -> ApplyResult:
                   f"{after['quality/eval_loss']:.4f}); lower --lr (now {ft.lr:g}) or check the task")  # fmt: skip
         print(f"fine-tuned adapter -> {out / 'finetuned'}")
     summary = {"policy": str(loaded.path), "model": config.model, "task": task, "budget": alloc.budget.caps,
-               "channel": alloc.channel, **alloc.metrics,
+               "channel": alloc.channel, **alloc.metrics, "spend": alloc.spend,
                "uniform_rank": uni_r, "finetune": result.finetune}  # fmt: skip
     atomic_write_json(out / "apply.json", summary)
     print(f"adapter_config.json (PEFT LoraConfig), ranks.json/.csv, {png.name} -> {out}")

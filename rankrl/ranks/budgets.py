@@ -120,6 +120,30 @@ class Budget:
         values = (self.max_params, self.max_flops, self.max_bits, self.max_optimizer_bytes, self.max_tx_seconds)
         return {name: float(v) for name, v in zip(CONSTRAINTS, values, strict=True) if v is not None}
 
+    def scaled(self, fraction: float) -> Budget:
+        """The same budget with every cap times ``fraction`` in (0, 1] (integer caps floored, at least 1): what a
+        policy that chose to spend only part of its budget is allocated under.
+
+        >>> Budget(max_params=1000, max_flops=10.0).scaled(0.25).caps
+        {'params': 250.0, 'flops': 2.5}
+
+        Raises:
+            ValueError: when ``fraction`` is not in (0, 1].
+        """
+        if not (isinstance(fraction, Real) and math.isfinite(fraction) and 0 < fraction <= 1):
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+        if fraction == 1:
+            return self
+
+        def cut(v: float | None, integer: bool) -> float | None:
+            if v is None:
+                return None
+            return max(1, math.floor(v * fraction + 1e-9)) if integer else v * fraction
+
+        return dataclasses.replace(self, max_params=cut(self.max_params, True), max_flops=cut(self.max_flops, False),
+                       max_bits=cut(self.max_bits, False), max_optimizer_bytes=cut(self.max_optimizer_bytes, True),
+                       max_tx_seconds=cut(self.max_tx_seconds, False))  # fmt: skip
+
     @classmethod
     def uniform_equivalent(
         cls,

@@ -18,6 +18,7 @@ live probes of the same (model, task) (``rankrl/LoRARank-Sim-v1``, :mod:`rankrl.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -68,6 +69,11 @@ class LoRARankConfig:
     """action decoding: module i's share of the budget is proportional to exp(share_scale * score_i)"""
     off_share: float = 0.05
     """action decoding: a module whose share is below off_share x an even share (1 / modules) is off (rank 0)"""
+    spend_action: bool = False
+    """the action gains a last entry: the fraction of the round's budget to spend, min_spend ** ((1 - a) / 2)
+    (a = 1: all of it; a = -1: min_spend), so the policy, not the rounding, decides how much of the cap to use"""
+    min_spend: float = 1 / 16
+    """the smallest fraction of the budget the spend entry can ask for (spend_action)"""
     snr_range_db: tuple[float, float] = (0.0, 20.0)
     """each round's average SNR is drawn uniformly from this range, in dB"""
     bandwidth_range_hz: tuple[float, float] = (1e6, 1e6)
@@ -118,6 +124,8 @@ class LoRARankConfig:
             raise ValueError(f"share_scale must be finite and > 0, got {self.share_scale}")
         if not 0 <= self.off_share < 1:
             raise ValueError(f"off_share must be in [0, 1), got {self.off_share}")
+        if not (math.isfinite(self.min_spend) and 0 < self.min_spend <= 1):
+            raise ValueError(f"min_spend must be in (0, 1], got {self.min_spend}")
         for name in ("snr_range_db", "bandwidth_range_hz"):
             lo, hi = getattr(self, name)
             if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
@@ -154,6 +162,12 @@ class LoRARankEnv(gym.Env):
     modules get higher ranks than uniform LoRA would give them). :meth:`step_allocation` takes a
     ``{module: rank}`` request directly (baselines); it is projected onto the budget
     (:func:`rankrl.ranks.rounding.project`: never above the request).
+
+    With ``spend_action=True`` the action is ``Box(-1, 1, (max_modules + 1,))``: the last entry ``a`` is the
+    fraction of the round's budget to spend, ``min_spend ** ((1 - a) / 2)`` (:meth:`spend_fraction`; 1 at
+    ``a = 1``), and the shares split that part of every cap. Without it the only way to spend less than the cap is
+    to switch so many modules off that the rest hit ``r_max``: the rounding, not the policy, would decide how much
+    is spent. ``info["budget/spend"]`` reports the fraction asked for.
 
     ## Observation Space
     ``Dict(rows=Box(0, 10, (max_modules, 22)), mask=Box(0, 1, (max_modules,)), globals=Box(0, high, (6,)))``,
@@ -216,7 +230,8 @@ class LoRARankEnv(gym.Env):
       the cap) instead of a grid rank projected onto it; the observation gains the ``budget`` global and the
       ``cost_share`` row column; ``budget_rank_range`` draws the budget per episode. Later: ``deadline_s`` (a lost
       update is not applied) and ``w_lost``; with ``deadline_s=None`` (the default) every step is as before, channel
-      draws included, and the new ``reward/lost`` term is 0, so the id stays v1.
+      draws included, and the new ``reward/lost`` term is 0, so the id stays v1. Later: ``spend_action`` (off by
+      default: the action space and every step are as before, so the id stays v1).
     """
 
     metadata = {"render_modes": []}
@@ -283,7 +298,7 @@ class LoRARankEnv(gym.Env):
         self._set_budget(cfg.budget if cfg.budget_rank_range is None else self._spec(float(np.sqrt(
             np.prod(cfg.budget_rank_range)))))  # until the first reset draws one  # fmt: skip
         rows, n_feat = cfg.max_modules, len(FEATURE_NAMES)
-        self.action_space = spaces.Box(-1.0, 1.0, (rows,), dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (rows + int(cfg.spend_action),), dtype=np.float32)
         glob_high = np.array([1.0, 1.0, 1.0, 1.0, 1.0, LOSS_HIGH], dtype=np.float32)
         self.observation_space = spaces.Dict({
             "rows": spaces.Box(0.0, ROW_HIGH, (rows, n_feat), dtype=np.float32),
@@ -392,21 +407,50 @@ class LoRARankEnv(gym.Env):
         share /= share.sum()
         return {t.name: float(x) for t, x in zip(self.targets, share, strict=True)}
 
+    def spend_fraction(self, action: np.ndarray) -> float:
+        """The fraction of the round's budget an action asks to spend: 1 without ``spend_action``, else
+        ``min_spend ** ((1 - a) / 2)`` of its last entry ``a`` (clipped to [-1, 1]): log-scaled like the budgets
+        themselves, all of it at ``a = 1``, ``min_spend`` at ``a = -1``."""
+        cfg = self.config
+        if not cfg.spend_action:
+            return 1.0
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape[0] != cfg.max_modules + 1:
+            raise ValueError(f"with spend_action the action has max_modules + 1 = {cfg.max_modules + 1} entries (the "
+                             f"last is the spend), got {a.shape[0]}; retrain the policy on this env")  # fmt: skip
+        if math.isnan(a[-1]):
+            raise ValueError("the action's spend entry is NaN: the policy diverged; retrain it (e.g. a lower --ppo_lr)")
+        return float(cfg.min_spend ** ((1.0 - float(np.clip(a[-1], -1.0, 1.0))) / 2.0))
+
+    def spend_budget(self, fraction: float) -> Budget:
+        """The coming round's budget cut to ``fraction`` of every cap (an uncapped round: of the parameters of
+        uniform ``r_max``)."""
+        budget = self.round_budget()
+        if fraction >= 1.0:
+            return budget
+        if not budget.caps:
+            budget = dataclasses.replace(budget, max_params=int(self._full.params))
+        return budget.scaled(fraction)
+
     def decode_action(self, action: np.ndarray) -> dict[str, int]:
         """Grid rank per module for a score action under the coming round's budget: :meth:`action_shares` rounded
-        by :func:`rankrl.ranks.rounding.allocate_by_shares` (spends the cap; off modules stay 0)."""
+        by :func:`rankrl.ranks.rounding.allocate_by_shares` (spends the cap, or the part of it the spend entry asks
+        for; off modules stay 0)."""
         shares = self.action_shares(action)
-        return allocate_by_shares(self.targets, shares, self.round_budget(), self.grid, r_max=self.config.run.r_max)
+        budget = self.spend_budget(self.spend_fraction(action))
+        return allocate_by_shares(self.targets, shares, budget, self.grid, r_max=self.config.run.r_max)
 
     def project(self, desired: Mapping[str, int]) -> dict[str, int]:
         """The feasible allocation of the coming round for a request (see :func:`rankrl.ranks.rounding.project`)."""
         return project(self.targets, desired, self.round_budget(), self.grid, r_max=self.config.run.r_max)
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
-        return self.step_allocation(self.decode_action(action))
+        return self.step_allocation(self.decode_action(action), spend=self.spend_fraction(action))
 
-    def step_allocation(self, desired: Mapping[str, int]) -> tuple[dict, float, bool, bool, dict]:
-        """One decision with an explicit ``{module: rank}`` request (projected onto the round's budget)."""
+    def step_allocation(self, desired: Mapping[str, int], *, spend: float = 1.0) -> tuple[dict, float, bool, bool,
+                                                                                             dict]:  # fmt: skip
+        """One decision with an explicit ``{module: rank}`` request (projected onto the round's budget); ``spend``
+        is only reported (``budget/spend``: the fraction of the budget a score action asked to spend)."""
         if self.run is None or self._done:
             raise RuntimeError("the episode is over (or never started); call reset() first")
         cfg, budget = self.config, self.round_budget()
@@ -469,6 +513,7 @@ class LoRARankEnv(gym.Env):
             "budget/projected": float(ranks != {t.name: int(desired[t.name]) for t in self.targets}),
             "budget/mean_rank": self.budget_spec.rank or math.nan,
             "budget/fraction": self.budget_fraction(),
+            "budget/spend": float(spend),
             **{k_: v for k_, v in train.items() if k_.startswith("train/")},
             **ev,
             "decision": self._decision,

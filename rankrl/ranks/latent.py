@@ -49,12 +49,15 @@ HEATMAP_COLUMNS = 24
 
 class LatentRefinerEnv(gym.Wrapper):
     """The rank env seen by the coarse PPO: the action is the latent; the refiner makes it every module's score, the
-    inner env steps on that, and (state, latent, scores, reward) goes to the replay buffer."""
+    inner env steps on that, and (state, latent, scores, reward) goes to the replay buffer. The inner env's global
+    actions (``--env.spend_action``: the fraction of the budget to spend) are PPO's too: they follow the latent in
+    the coarse action and go to the inner env as they are (the refiner neither sees nor makes them)."""
 
     def __init__(self, env: gym.Env, refiner: RankDiffusion, buffer: ReplayBuffer, seed: int = 0) -> None:
         super().__init__(env)
         self.refiner, self.buffer, self.draws = refiner, buffer, seed
-        self.action_space = spaces.Box(-1.0, 1.0, (refiner.latent_dim,), dtype=np.float32)
+        self.n_global = env.action_space.shape[0] - env.observation_space["mask"].shape[0]
+        self.action_space = spaces.Box(-1.0, 1.0, (refiner.latent_dim + self.n_global,), dtype=np.float32)
         self._obs: Any = None
         self._running: list[dict] = []
         #: :func:`rankrl.ranks.episodes.episode_summary` of every episode finished since the last :meth:`pop_finished`
@@ -70,10 +73,11 @@ class LatentRefinerEnv(gym.Wrapper):
         return self._obs, info
 
     def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
-        latent = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+        action = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+        latent, extra = action[: self.refiner.latent_dim], action[self.refiner.latent_dim :]
         self.draws += 1  # the sampler's seed: saved in checkpoints, so a resumed run draws on
         scores, x0 = self.refiner.sample(self._obs, latent, seed=self.draws, explore=True)
-        obs, reward, terminated, truncated, info = self.env.step(scores.astype(np.float32))
+        obs, reward, terminated, truncated, info = self.env.step(np.concatenate([scores, extra]).astype(np.float32))
         self.buffer.add(self._obs, latent, x0, float(reward))
         self._obs = obs
         self._running.append(info)

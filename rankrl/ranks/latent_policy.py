@@ -25,8 +25,10 @@ class LatentRefinerPolicy:
         self.observation_space = coarse.observation_space
 
     def predict(self, obs: dict[str, np.ndarray], deterministic: bool = True) -> tuple[np.ndarray, None]:
-        latent, _ = self.coarse.predict(obs, deterministic=True)
-        return self.refiner.predict_action(obs, latent, seed=0), None
+        action, _ = self.coarse.predict(obs, deterministic=True)
+        k = self.refiner.latent_dim  # then the env's global actions (the spend), passed through
+        scores = self.refiner.predict_action(obs, action[:k], seed=0)
+        return np.concatenate([scores, action[k:]]).astype(np.float32), None
 
     def set_training_mode(self, mode: bool) -> None:
         self.coarse.set_training_mode(mode)

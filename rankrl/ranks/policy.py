@@ -226,7 +226,8 @@ def widen_policy(policy: Any, rows: int) -> Any:
                              "mask": spaces.Box(0.0, 1.0, (rows,), dtype=np.float32), "globals": old["globals"]})
     params = policy._get_constructor_parameters()  # what SB3 itself rebuilds a saved policy from
     params.pop("observation_space"), params.pop("action_space")
-    wide = type(policy)(obs_space, spaces.Box(-1.0, 1.0, (rows,), dtype=np.float32), **params)
+    extra = policy.action_space.shape[0] - have  # global actions (the spend) stay last
+    wide = type(policy)(obs_space, spaces.Box(-1.0, 1.0, (rows + extra,), dtype=np.float32), **params)
     wide.load_state_dict(policy.state_dict())
     wide.set_training_mode(False)
     return wide
@@ -255,6 +256,8 @@ class Allocation:
     channel: dict[str, float] = field(default_factory=dict)
     shares: dict[str, float] = field(default_factory=dict)
     """each module's share of the budget (the policy's action; 0 = off)"""
+    spend: float = 1.0
+    """the fraction of the budget the policy chose to spend (1 unless it was trained with ``--env.spend_action``)"""
 
 
 def allocate(loaded: LoadedPolicy, targets: tuple, static: np.ndarray, budget: BudgetSpec, *,
@@ -291,4 +294,5 @@ def allocate(loaded: LoadedPolicy, targets: tuple, static: np.ndarray, budget: B
     cost = allocation_cost(env.targets, ranks, precision_bits=run.precision_bits)
     metrics = {**cost.as_metrics(), **budget_metrics(env.targets, ranks, budget)}
     same = uniform(env.targets, budget, env.grid, r_max=run.r_max)
-    return Allocation(ranks, desired, budget, metrics, same, tuple(env.targets), channel, shares)
+    return Allocation(ranks, desired, budget, metrics, same, tuple(env.targets), channel, shares,
+                      env.spend_fraction(action))

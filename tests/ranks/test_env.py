@@ -95,6 +95,38 @@ def test_share_actions_spend_the_cap_and_off_modules_stay_off(mean_rank):
     assert info["ranks"] == ranks and info["budget/violation"] == 0.0 and info["budget/projected"] == 0.0
 
 
+def test_the_spend_entry_decides_how_much_of_the_cap_is_used():
+    env = LoRARankEnv("sim", calibration=SimCalibration.synthetic(num_layers=4, r_max=8), r_max=8, steps=40,
+                      budget_rank=4.0, spend_action=True)  # fmt: skip
+    assert env.action_space.shape == (65,)  # 64 module rows, then the spend
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gym_check_env(env)
+    env.reset(seed=0)
+    cap = env.round_budget().max_params
+    width = np.array([t.in_features + t.out_features for t in env.targets])
+
+    def used(a: float) -> float:
+        action = np.zeros(env.action_space.shape, np.float32)
+        action[-1] = a
+        return float(width @ np.array(list(env.decode_action(action).values()))) / cap
+
+    spent = {a: used(a) for a in (1.0, 0.5, 0.0, -0.5, -1.0)}
+    assert spent[1.0] >= 0.95 and all(x <= 1.0 for x in spent.values()), spent
+    assert list(spent.values()) == sorted(spent.values(), reverse=True), spent  # less asked, less spent
+    assert 0.8 * 0.25 <= spent[0.0] <= 0.25 and spent[-1.0] <= 1 / 16, spent  # 1/16 ** ((1 - a) / 2)
+    action = np.zeros(env.action_space.shape, np.float32)
+    _, _, _, _, info = env.step(action)
+    assert info["budget/spend"] == pytest.approx(0.25) and info["budget/used_params"] == pytest.approx(spent[0.0])
+    assert info["budget/violation"] == 0.0 and info["budget/projected"] == 0.0
+    with pytest.raises(ValueError, match=r"max_modules \+ 1 = 65 entries"):
+        env.decode_action(np.zeros(64, np.float32))
+    plain = _sim_env(budget_rank=4.0)
+    assert plain.action_space.shape == (64,) and plain.spend_fraction(np.full(64, -1.0)) == 1.0
+    with pytest.raises(ValueError, match="min_spend"):
+        LoRARankConfig(spend_action=True, min_spend=0.0)
+
+
 def test_the_observation_states_the_budget_and_each_episode_draws_one():
     env = _sim_env(budget_rank=2.0)
     obs, _ = env.reset(seed=0)
