@@ -204,6 +204,61 @@ def test_an_even_constant_request_does_not_reproduce_the_trained_allocation(lear
     assert differs >= 2
 
 
+@pytest.fixture(scope="module")
+def learned_spend(tmp_path_factory):
+    """The ``learned`` run with ``spend_action`` and the parameter cost on (``w_params`` 0.3 x params / cap): the
+    policy also decides how much of each drawn budget to spend. At this weight the best constant spend differs by
+    budget on this sim (equal shares: 1/8 of the cap at mean rank 0.5, 1/16 at 1, 1/4 at 2, 1/2 at 4 and 8; at 0.1
+    all of it is best everywhere, so the spend would not need to depend on the budget)."""
+    out = tmp_path_factory.mktemp("learned-spend") / "run"
+    run = FineTuneConfig(model="tiny-bert", steps=40, batch_size=8, max_eval=16, max_train=128, threads=1)
+    env = LoRARankConfig(run=run, decisions=1, max_modules=16, budget_rank_range=(0.5, 8.0), w_params=0.3,
+                         w_tx=0.0, spend_action=True)  # fmt: skip
+    config = TrainPolicyConfig(env=env, timesteps=2048, n_steps=128, ppo_batch_size=64, n_epochs=5, out=str(out),
+                               wandb=False, progress=False, checkpoint_every=0)  # fmt: skip
+    cal = SimCalibration.synthetic(r_max=8, run_steps=40)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RANKRL_CACHE", str(tmp_path_factory.mktemp("cache")))
+        result = train_policy(config, calibration=cal)
+    return result, load_policy(out), cal, config
+
+
+def test_a_spend_policy_decides_its_spend_by_budget_and_beats_its_untrained_self_and_constant_spends(learned_spend):
+    from rankrl.ranks.train import sim_budget_table
+
+    result, loaded, cal, config = learned_spend
+    allocs = {r: allocate(loaded, cal.targets, cal.static, BudgetSpec(rank=r)) for r in (0.5, 2.0, 8.0)}
+    spends = {r: a.spend for r, a in allocs.items()}
+    assert max(spends.values()) - min(spends.values()) > 0.05, spends  # the spend follows the observed budget
+    top_step = 8 * max(t.in_features + t.out_features for t in cal.targets)  # one module at r_max
+    for a in allocs.values():  # the rounding spends what the policy asked for (up to a grid step), never more
+        used = a.metrics["budget/used_params"]
+        assert used <= a.spend + 1e-9 and a.metrics["budget/violation"] == 0.0
+        if a.spend * a.budget.max_params >= top_step:  # an ask below one grid step may round to nothing
+            assert used >= 0.9 * a.spend, (a.spend, used)
+    assert sum(a.spend * a.budget.max_params >= top_step for a in allocs.values()) >= 1
+    table = result.sim_budgets
+    mean = {k: np.mean([row[k]["reward"] for row in table.values()]) for k in ("policy", "untrained", "uniform")}
+    assert mean["policy"] > mean["untrained"] + 1e-3 and mean["policy"] > mean["uniform"], mean
+
+    def constant(a: float):  # equal shares, one spend entry for every budget
+        def act(obs, env):
+            action = np.zeros(env.action_space.shape, np.float32)
+            action[-1] = a
+            return action
+
+        return act
+
+    def policy(obs, _env):
+        return loaded.policy.predict(obs, deterministic=True)[0]
+
+    # other episode seeds than training's evaluation; the constant is picked with hindsight on these episodes
+    rules = {"policy": policy, **{f"spend{a}": constant(a) for a in (1.0, 0.5, 0.0, -0.5, -1.0)}}
+    held = sim_budget_table(config, cal, rules, seeds=(11, 12, 13))
+    means = {k: np.mean([row[k]["reward"] for row in held.values()]) for k in rules}
+    assert means["policy"] > max(v for k, v in means.items() if k != "policy"), means
+
+
 def test_no_live_check_skips_the_live_evaluation(tmp_path, monkeypatch, capsys):
     """--no_live_check: trained and evaluated on the sim only; no live env is ever made (a live run would fail)."""
     import rankrl.ranks.train as train_module
