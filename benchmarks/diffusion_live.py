@@ -5,11 +5,15 @@ training seed (0, 1, 2: the run seed of the fine-tune too) and episode seed (1, 
 gets the same episode, so the comparison is paired (6 pairs; paired t-test on eval loss and accuracy).
 
 Allocators: the trained policies left in ``/tmp/dvp-smollm2-bandwidth-binds-<algo>-<seed>`` (``ppo``,
-``coarse-linear``, ``diffusion-linear``; run ``diffusion_vs_ppo.py --model smollm2`` first) and equal scores (every
-module the same share of the cap: the untrained linear policy).
+``coarse-linear``, ``diffusion-linear``, and the ``-spend`` variants that also choose how much of the budget to
+spend, run on the same env with ``spend_action``; run ``diffusion_vs_ppo.py --model smollm2`` first) and equal scores
+(every module the same share of the cap: the untrained linear policy without the spend entry, and what equal scores
+with the spend entry at 1 allocate).
 
-Run: ``.venv/bin/python benchmarks/diffusion_live.py`` (~35 s per episode, 24 episodes, on 2 CPU threads; writes
-``benchmarks/results/diffusion_live.json`` + ``.png``; ``--plot-only`` redraws the PNG from the JSON).
+Run: ``.venv/bin/python benchmarks/diffusion_live.py [--algos ppo-spend coarse-linear-spend]`` (~35 s per episode, 6
+per allocator, on 2 CPU threads; writes ``benchmarks/results/diffusion_live.json`` + ``.png``; with ``--algos`` only
+those policies run and the JSON's rows of the others are kept (same seeds, so still paired); ``--plot-only`` redraws
+the PNG from the JSON).
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ from benchmarks.rank_policy_trec import header  # noqa: E402
 from rankrl.atomic import atomic_write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ALGOS = ("ppo", "coarse-linear", "diffusion-linear")
+ALGOS = ("ppo", "coarse-linear", "diffusion-linear", "ppo-spend", "coarse-linear-spend")
+PAIRS = (("coarse-linear", "ppo"), ("diffusion-linear", "ppo"), ("diffusion-linear", "coarse-linear"),
+         ("coarse-linear", "equal-scores"), ("ppo", "equal-scores"), ("coarse-linear-spend", "ppo-spend"),
+         ("coarse-linear-spend", "equal-scores"), ("coarse-linear-spend", "coarse-linear"),
+         ("ppo-spend", "equal-scores"))  # fmt: skip
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -44,11 +52,11 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, key in zip(axes, ("eval_loss", "accuracy"), strict=True):
         by = {n: {(r["training_seed"], r["episode_seed"]): r[key] for r in rows if r["allocator"] == n} for n in names}
-        ax.bar(names, [np.mean(list(by[n].values())) for n in names], color=["C2", "C3", "C4", "C1"][: len(names)])
+        ax.bar(names, [np.mean(list(by[n].values())) for n in names], color=[f"C{i}" for i in range(len(names))])
         for e in episodes:
             ax.plot(names, [by[n][e] for n in names], color="k", alpha=0.25, marker=".")
         ax.set_ylim(min(r[key] for r in rows) - 0.02, max(r[key] for r in rows) + 0.01)
-        ax.set_title(f"live {key.replace('_', ' ')} (SmolLM2, bandwidth binds, equal bits)", fontsize=9)
+        ax.set_title(f"live {key.replace('_', ' ')} (SmolLM2, bandwidth binds)", fontsize=9)
         ax.tick_params(axis="x", rotation=20)
     fig.tight_layout()
     save_fig(fig, path, dpi=100)
@@ -59,18 +67,25 @@ def main() -> None:
     if "--plot-only" in sys.argv:  # redraw the PNG from the committed JSON
         plot(json.loads(out.read_text())["rows"], out.with_suffix(".png"))
         return
+    import argparse
+    from dataclasses import replace
+
     from scipy.stats import ttest_rel
 
     from rankrl.ranks.episodes import episode_summary, rollout_episode
     from rankrl.ranks.policy import load_policy
     from rankrl.ranks.train import fixed_budget, make_env
 
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--algos", nargs="+", default=[*ALGOS, "equal-scores"], choices=[*ALGOS, "equal-scores"])
+    ap.add_argument("--plot-only", action="store_true")
+    a = ap.parse_args()
     t0 = time.time()
     regime = "bandwidth-binds"
-    rows = []
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["allocator"] not in a.algos] if out.exists() else []
     for seed in (0, 1, 2):
         acts = {}
-        for algo in ALGOS:
+        for algo in [x for x in ALGOS if x in a.algos]:
             folder = Path(f"/tmp/dvp-smollm2-{regime}-{algo}-{seed}")
             if not (folder / "policy.json").exists():
                 sys.exit(f"{folder}: not there; run benchmarks/diffusion_vs_ppo.py --model smollm2 first")
@@ -80,30 +95,32 @@ def main() -> None:
                 return policy.predict(obs, deterministic=True)[0]
 
             acts[algo] = act
-        acts["equal-scores"] = lambda obs, _env: np.zeros_like(obs["mask"])
+        if "equal-scores" in a.algos:
+            acts["equal-scores"] = lambda obs, _env: np.zeros_like(obs["mask"])
         max_modules = load_policy(f"/tmp/dvp-smollm2-{regime}-ppo-{seed}").meta["env_config"]["max_modules"]
         cfg = config_for(regime, "ppo", seed, 1024, 0.5, "smollm2", True, max_modules)
-        env = make_env(cfg, "live", None, fixed_budget(cfg))
+        envs = {spend: make_env(replace(cfg, env=replace(cfg.env, spend_action=spend)), "live", None, fixed_budget(cfg))
+                for spend in {name.endswith("-spend") for name in acts}}  # fmt: skip
         for episode_seed in (1, 2):
             for name, act in acts.items():
                 t = time.time()
-                s = episode_summary(rollout_episode(env, act, episode_seed))
+                s = episode_summary(rollout_episode(envs[name.endswith("-spend")], act, episode_seed))
                 rows.append({"allocator": name, "training_seed": seed, "episode_seed": episode_seed,
                              **{k: s[k] for k in ("reward", "accuracy", "eval_loss", "bits", "params", "lost_rounds")},
                              "seconds": time.time() - t})  # fmt: skip
                 print(f"seed {seed}/{episode_seed} {name:<18} reward {s['reward']:.4f}  accuracy {s['accuracy']:.3f}  "
                       f"eval loss {s['eval_loss']:.4f}  bits/update {s['bits']:.4g}  lost rounds {s['lost_rounds']}  "
                       f"{time.time() - t:.0f}s", flush=True)  # fmt: skip
-    names = [*ALGOS, "equal-scores"]
+    names = [n for n in (*ALGOS, "equal-scores") if any(r["allocator"] == n for r in rows)]
+    rows.sort(key=lambda r: (r["training_seed"], r["episode_seed"], names.index(r["allocator"])))
     summary = {n: {k: float(np.mean([r[k] for r in rows if r["allocator"] == n]))
                    for k in ("reward", "accuracy", "eval_loss", "bits", "lost_rounds")} for n in names}  # fmt: skip
     paired = {}
-    for a, b in (("coarse-linear", "ppo"), ("diffusion-linear", "ppo"), ("diffusion-linear", "coarse-linear"),
-                 ("coarse-linear", "equal-scores"), ("ppo", "equal-scores")):  # fmt: skip
+    for x_name, y_name in [(x, y) for x, y in PAIRS if x in names and y in names]:
         for k in ("eval_loss", "accuracy"):
-            x, y = ([r[k] for r in rows if r["allocator"] == n] for n in (a, b))
+            x, y = ([r[k] for r in rows if r["allocator"] == n] for n in (x_name, y_name))
             d = np.array(x) - np.array(y)
-            paired[f"{a} - {b} {k}"] = {"mean_diff": float(d.mean()), "wins": int((d > 0).sum()),
+            paired[f"{x_name} - {y_name} {k}"] = {"mean_diff": float(d.mean()), "wins": int((d > 0).sum()),
                                         "losses": int((d < 0).sum()), "n": len(d),
                                         "ttest_p": float(ttest_rel(x, y).pvalue) if np.any(d != 0) else None}
     print("\nmean over 6 paired episodes:")
