@@ -177,3 +177,25 @@ def test_linear_decoding_trains_saves_and_applies_with_one_latent_weight_per_row
     assert sum(allocs[1.0].ranks.values()) < sum(allocs[4.0].ranks.values())  # the rounding spends each cap ...
     lo, hi = (allocs[r].shares for r in (1.0, 4.0))  # ... and the policy's own shares move with the budget it sees
     assert max(abs(lo[n] - hi[n]) for n in lo) > 1e-6
+
+
+def test_with_the_spend_entry_the_coarse_ppo_also_chooses_how_much_of_the_budget_to_spend(tmp_path):
+    from dataclasses import replace
+
+    from rankrl.ranks.features import FEATURE_NAMES
+
+    cfg = _config(tmp_path / "spend", timesteps=64)
+    cfg = replace(cfg, env=replace(cfg.env, spend_action=True, w_params=0.3),
+                  diffusion=replace(cfg.diffusion, decoding="linear", init_noise=0.0))  # fmt: skip
+    cal = SimCalibration.synthetic(r_max=8, run_steps=40)
+    train_diffusion_policy(cfg, calibration=cal)
+    meta = json.loads((tmp_path / "spend" / "policy.json").read_text())
+    n = len(FEATURE_NAMES)
+    assert meta["diffusion"]["coarse"]["action_space"]["shape"] == [n + 1]  # the latent, then the spend
+    assert load_file(str(tmp_path / "spend" / CHECKPOINT_BUFFER))["latent"].shape == (64, n)  # the refiner's part
+    loaded = load_policy(tmp_path / "spend")
+    allocs = {r: allocate(loaded, cal.targets, cal.static, BudgetSpec(rank=r)) for r in (1.0, 4.0)}
+    for a in allocs.values():
+        assert 1 / 16 <= a.spend <= 1.0 and a.metrics["budget/violation"] == 0.0
+        assert a.metrics["budget/used_params"] <= a.spend + 1e-9  # never more than the policy asked for
+    assert abs(allocs[1.0].spend - allocs[4.0].spend) > 1e-6  # PPO's spend reads the budget it sees
