@@ -27,8 +27,9 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-__all__ = ["MaskedDiagGaussian", "PolicySpecError", "RowHead", "SetActorCriticPolicy", "SetEncoder", "SetLatentNet",
-           "build_policy", "load_policy_weights", "masked_mean", "policy_spec", "save_policy_weights"]
+__all__ = ["MaskedDiagGaussian", "PolicySpecError", "PooledSetEncoder", "RowHead", "SetActorCriticPolicy",
+           "SetEncoder", "SetLatentNet", "build_policy", "load_policy_weights", "masked_mean", "policy_spec",
+           "save_policy_weights"]
 
 
 def masked_mean(x: th.Tensor, mask: th.Tensor) -> th.Tensor:
@@ -90,6 +91,19 @@ class SetEncoder(BaseFeaturesExtractor):
             ctx, _ = self.attn(h, h, h, key_padding_mask=pad, need_weights=False)
         z = self.mix(th.cat([h, ctx], dim=-1)) * mask.unsqueeze(-1)
         return th.cat([z.flatten(1), mask, masked_mean(z, mask), glob], dim=1)
+
+
+class PooledSetEncoder(SetEncoder):
+    """Features extractor for a plain SB3 policy over a set: :class:`SetEncoder`'s masked mean of the row encodings
+    and the globals, ``[pooled z (H), globals (G)]``, so the policy's input width does not depend on the number of
+    rows (a model with more modules reads the same weights) and the globals are not a sliver of ``R x F`` inputs."""
+
+    def __init__(self, observation_space: spaces.Dict, hidden: int = 64, context: str = "mean", n_heads: int = 4):
+        super().__init__(observation_space, hidden, context, n_heads)
+        self._features_dim = hidden + self.n_globals
+
+    def forward(self, obs: dict[str, th.Tensor]) -> th.Tensor:
+        return super().forward(obs)[:, -(self.hidden + self.n_globals) :]
 
 
 class SetLatentNet(nn.Module):

@@ -53,6 +53,7 @@ __all__ = ["DECODINGS", "WEIGHTINGS", "DiffusionConfig", "RankDiffusion", "Repla
 WEIGHTINGS = ("reward", "advantage")
 #: what PPO's latent is: AirLLM's free condition of the DDIM, or the weights of a linear per-module decoding (docstring)
 DECODINGS = ("none", "linear")
+COARSE_INPUTS = ("flatten", "set")
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,10 @@ class DiffusionConfig:
     standardised row features into a base score per module; the DDIM refines the residual; module docstring)"""
     explore_noise: float = 0.0
     """std of Gaussian noise added to the refined vector in training rollouts (never when the policy is applied)"""
+    coarse_input: str = "flatten"
+    """what the coarse PPO reads: 'flatten' (SB3's MultiInputPolicy: every row's features and the globals as one
+    vector, so its width is fixed by max_modules) or 'set' (the masked mean of shared per-row encodings and the
+    globals: any number of modules, and the budget is not one input among thousands)"""
     buffer_size: int = 10_000
     """replay buffer capacity (oldest entries are overwritten)"""
     lr: float = 1e-3
@@ -107,6 +112,8 @@ class DiffusionConfig:
             raise ValueError(f"--weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
         if not (math.isfinite(self.init_noise) and self.init_noise >= 0):
             raise ValueError(f"--init_noise must be finite and >= 0, got {self.init_noise}")
+        if self.coarse_input not in COARSE_INPUTS:
+            raise ValueError(f"--coarse_input must be one of {', '.join(COARSE_INPUTS)}, got {self.coarse_input!r}")
         if self.decoding not in DECODINGS:
             raise ValueError(f"--decoding must be one of {', '.join(DECODINGS)}, got {self.decoding!r}")
         if not (math.isfinite(self.explore_noise) and self.explore_noise >= 0):

@@ -32,7 +32,7 @@ from gymnasium import spaces
 
 from rankrl.ranks.diffusion import RankDiffusion, ReplayBuffer
 from rankrl.ranks.episodes import episode_summary, plot_rank_heatmap, rollout_metrics
-from rankrl.ranks.latent_policy import REFINER_FILE, LatentRefinerPolicy, coarse_spec
+from rankrl.ranks.latent_policy import REFINER_FILE, LatentRefinerPolicy, coarse_policy_kwargs, coarse_spec
 from rankrl.ranks.policy import POLICY_FILE, POLICY_META, policy_meta, save_json
 from rankrl.ranks.train import TrainPolicyConfig, check_resumable, load_checkpoint, make_env, save_checkpoint
 
@@ -157,7 +157,8 @@ def _train(config: TrainPolicyConfig, calibration: Any, stop: Any) -> dict[str, 
     env = LatentRefinerEnv(base, refiner, buffer, seed=config.run.seed)
     vec = DummyVecEnv([lambda: env])
     vec.seed(config.run.seed)
-    model = PPO("MultiInputPolicy", vec, n_steps=config.n_steps, batch_size=min(config.ppo_batch_size, config.n_steps),
+    model = PPO("MultiInputPolicy", vec, policy_kwargs=coarse_policy_kwargs(dc.coarse_input),
+                n_steps=config.n_steps, batch_size=min(config.ppo_batch_size, config.n_steps),
                 n_epochs=config.n_epochs, learning_rate=config.ppo_lr, gamma=0.95, gae_lambda=0.95, clip_range=0.2,
                 ent_coef=config.ent_coef, seed=config.run.seed, device="cpu", verbose=0)  # fmt: skip
     network = {"coarse": coarse_spec(model.policy), "refiner": asdict(dc), "n_features": int(n_features),

@@ -186,7 +186,7 @@ def test_with_the_spend_entry_the_coarse_ppo_also_chooses_how_much_of_the_budget
 
     cfg = _config(tmp_path / "spend", timesteps=64)
     cfg = replace(cfg, env=replace(cfg.env, spend_action=True, w_params=0.3),
-                  diffusion=replace(cfg.diffusion, decoding="linear", init_noise=0.0))  # fmt: skip
+                  diffusion=replace(cfg.diffusion, decoding="linear", init_noise=0.0, coarse_input="set"))  # fmt: skip
     cal = SimCalibration.synthetic(r_max=8, run_steps=40)
     train_diffusion_policy(cfg, calibration=cal)
     meta = json.loads((tmp_path / "spend" / "policy.json").read_text())
@@ -199,3 +199,16 @@ def test_with_the_spend_entry_the_coarse_ppo_also_chooses_how_much_of_the_budget
         assert 1 / 16 <= a.spend <= 1.0 and a.metrics["budget/violation"] == 0.0
         assert a.metrics["budget/used_params"] <= a.spend + 1e-9  # never more than the policy asked for
     assert abs(allocs[1.0].spend - allocs[4.0].spend) > 1e-6  # PPO's spend reads the budget it sees
+    # --diffusion.coarse_input set: the coarse PPO reads pooled rows, so a model with more modules than it trained on
+    # (24 > max_modules 16) gets the same weights, where a flattened-input policy is refused
+    assert meta["diffusion"]["coarse"]["input"] == "set"
+    big = SimCalibration.synthetic(num_layers=4, r_max=8, run_steps=40)
+    wide = allocate(loaded, big.targets, big.static, BudgetSpec(rank=2.0))
+    assert len(wide.ranks) == 24 and wide.metrics["budget/violation"] == 0.0 and 1 / 16 <= wide.spend <= 1.0
+    obs = {"rows": np.zeros((16, n), np.float32), "mask": np.ones(16, np.float32), "globals": np.full(6, 0.5, np.float32)}
+    obs["rows"][:, 0] = np.arange(16) % 3
+    same = loaded.policy.predict(obs)[0]
+    pad = {"rows": np.concatenate([obs["rows"], np.zeros((8, n), np.float32)]), "mask": np.r_[obs["mask"], np.zeros(8)],
+           "globals": obs["globals"]}  # fmt: skip
+    widened = widen_policy(loaded.policy, 24).predict(pad)[0]
+    assert np.allclose(widened[:16], same[:16], atol=1e-5) and widened[-1] == pytest.approx(same[-1], abs=1e-5)
