@@ -205,7 +205,8 @@ def test_with_the_spend_entry_the_coarse_ppo_also_chooses_how_much_of_the_budget
     big = SimCalibration.synthetic(num_layers=4, r_max=8, run_steps=40)
     wide = allocate(loaded, big.targets, big.static, BudgetSpec(rank=2.0))
     assert len(wide.ranks) == 24 and wide.metrics["budget/violation"] == 0.0 and 1 / 16 <= wide.spend <= 1.0
-    obs = {"rows": np.zeros((16, n), np.float32), "mask": np.ones(16, np.float32), "globals": np.full(6, 0.5, np.float32)}
+    obs = {"rows": np.zeros((16, n), np.float32), "mask": np.ones(16, np.float32),
+           "globals": np.full(6, 0.5, np.float32)}  # fmt: skip
     obs["rows"][:, 0] = np.arange(16) % 3
     same = loaded.policy.predict(obs)[0]
     pad = {"rows": np.concatenate([obs["rows"], np.zeros((8, n), np.float32)]), "mask": np.r_[obs["mask"], np.zeros(8)],
