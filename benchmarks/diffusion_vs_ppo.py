@@ -21,7 +21,11 @@ starting noise moving the output 12-27x more than the latent); ``coarse-linear``
 PPO's latent is one weight per module-row feature and each module's score is ``tanh(standardised row . latent)``; the
 refiner is never refit, so it adds nothing: PPO acting in a coarse space whose size does not grow with the model) and
 ``diffusion-linear`` (the same decoding with the residual DDIM refit by advantage weighting; training rollouts add
-Gaussian noise of std 0.1 to the vector so the refiner sees residuals it did not make; fixed before running).
+Gaussian noise of std 0.1 to the vector so the refiner sees residuals it did not make; fixed before running);
+``coarse-set`` / ``diffusion-set``: the same two with the coarse PPO reading the pooled set encodings and the globals
+(``--diffusion.coarse_input set``); ``<algo>-spend``: any of ``ppo``, ``coarse-linear``, ``diffusion-linear``,
+``coarse-set``, ``diffusion-set`` with the env's spend entry (``--env.spend_action``: the policy also chooses how much
+of the budget to spend), scored next to equal scores at constant spend entries (1, 1/2, 1/4, 1/8, 1/16 of the cap).
 Rows of algorithms not in ``--algos`` are kept from the JSON when its run settings (timesteps, seeds, transmit
 deadline) match, so a new algorithm can be added without rerunning the others.
 
@@ -65,7 +69,12 @@ ALGOS = {"ppo": ("ppo", {}, {}), "diffusion": ("diffusion", {}, {}),
 #: the same algorithms with the env's spend entry (``--env.spend_action``): the policy also decides how much of the
 #: budget to spend
 SPEND = "-spend"
-ALGOS.update({name + SPEND: ALGOS[name] for name in ("ppo", "coarse-linear", "diffusion-linear")})
+#: coarse-set / diffusion-set: coarse-linear / diffusion-linear whose coarse PPO reads the pooled set encodings and the
+#: globals (``--diffusion.coarse_input set``) instead of the flattened rows
+ALGOS.update({name.replace("linear", "set"): (a, {**r, "coarse_input": "set"}, x)
+              for name, (a, r, x) in list(ALGOS.items()) if name in ("coarse-linear", "diffusion-linear")})  # fmt: skip
+ALGOS.update({name + SPEND: ALGOS[name] for name in ("ppo", "coarse-linear", "diffusion-linear", "coarse-set",
+                                                     "diffusion-set")})  # fmt: skip
 
 
 def constant_spend(a: float):
