@@ -159,17 +159,22 @@ def test_config_validation():
 def learned(tmp_path_factory):
     """2,048 PPO steps on a synthetic 12-module sim, one-shot allocations, each episode's budget drawn from mean
     rank 0.5..8; quality is the whole reward (no cost terms), so the reward measures the allocation alone."""
-    out = tmp_path_factory.mktemp("learned") / "run"
+    return _learn(tmp_path_factory, "learned", w_params=0.0)[:3]
+
+
+def _learn(tmp_path_factory, name: str, **env_kw) -> tuple:
+    """2,048 PPO steps on the synthetic 12-module sim (one decision, budgets drawn from mean rank 0.5..8, no transmit
+    cost, ``env_kw`` on top): ``(result, loaded policy, calibration, config)``."""
+    out = tmp_path_factory.mktemp(name) / "run"
     run = FineTuneConfig(model="tiny-bert", steps=40, batch_size=8, max_eval=16, max_train=128, threads=1)
-    env = LoRARankConfig(run=run, decisions=1, max_modules=16, budget_rank_range=(0.5, 8.0), w_params=0.0,
-                         w_tx=0.0)  # fmt: skip
+    env = LoRARankConfig(run=run, decisions=1, max_modules=16, budget_rank_range=(0.5, 8.0), w_tx=0.0, **env_kw)
     config = TrainPolicyConfig(env=env, timesteps=2048, n_steps=128, ppo_batch_size=64, n_epochs=5, out=str(out),
                                wandb=False, progress=False, checkpoint_every=0)  # fmt: skip
     cal = SimCalibration.synthetic(r_max=8, run_steps=40)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RANKRL_CACHE", str(tmp_path_factory.mktemp("cache")))
         result = train_policy(config, calibration=cal)
-    return result, load_policy(out), cal
+    return result, load_policy(out), cal, config
 
 
 def test_ppo_beats_its_untrained_self_on_the_sim_at_the_same_seeds(learned):
@@ -210,17 +215,7 @@ def learned_spend(tmp_path_factory):
     policy also decides how much of each drawn budget to spend. At this weight the best constant spend differs by
     budget on this sim (equal shares: 1/8 of the cap at mean rank 0.5, 1/16 at 1, 1/4 at 2, 1/2 at 4 and 8; at 0.1
     all of it is best everywhere, so the spend would not need to depend on the budget)."""
-    out = tmp_path_factory.mktemp("learned-spend") / "run"
-    run = FineTuneConfig(model="tiny-bert", steps=40, batch_size=8, max_eval=16, max_train=128, threads=1)
-    env = LoRARankConfig(run=run, decisions=1, max_modules=16, budget_rank_range=(0.5, 8.0), w_params=0.3,
-                         w_tx=0.0, spend_action=True)  # fmt: skip
-    config = TrainPolicyConfig(env=env, timesteps=2048, n_steps=128, ppo_batch_size=64, n_epochs=5, out=str(out),
-                               wandb=False, progress=False, checkpoint_every=0)  # fmt: skip
-    cal = SimCalibration.synthetic(r_max=8, run_steps=40)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RANKRL_CACHE", str(tmp_path_factory.mktemp("cache")))
-        result = train_policy(config, calibration=cal)
-    return result, load_policy(out), cal, config
+    return _learn(tmp_path_factory, "learned-spend", w_params=0.3, spend_action=True)
 
 
 def test_a_spend_policy_decides_its_spend_by_budget_and_beats_its_untrained_self_and_constant_spends(learned_spend):
