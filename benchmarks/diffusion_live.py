@@ -5,8 +5,9 @@ training seed (0, 1, 2: the run seed of the fine-tune too) and episode seed (1, 
 gets the same episode, so the comparison is paired (6 pairs; paired t-test on eval loss and accuracy).
 
 Allocators: the trained policies left in ``/tmp/dvp-smollm2-bandwidth-binds-<algo>-<seed>`` (``ppo``,
-``coarse-linear``, ``diffusion-linear``, and the ``-spend`` variants that also choose how much of the budget to
-spend, run on the same env with ``spend_action``; run ``diffusion_vs_ppo.py --model smollm2`` first) and equal scores
+``coarse-linear``, ``diffusion-linear``, and the ``-spend`` variants, also ``coarse-set-spend`` and
+``diffusion-set-spend``, that also choose how much of the budget to spend, run on the same env with
+``spend_action``; run ``diffusion_vs_ppo.py --model smollm2`` first) and equal scores
 (every module the same share of the cap: the untrained linear policy without the spend entry, and what equal scores
 with the spend entry at 1 allocate).
 
@@ -34,11 +35,14 @@ from benchmarks.rank_policy_trec import header  # noqa: E402
 from rankrl.atomic import atomic_write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ALGOS = ("ppo", "coarse-linear", "diffusion-linear", "ppo-spend", "coarse-linear-spend")
+ALGOS = ("ppo", "coarse-linear", "diffusion-linear", "ppo-spend", "coarse-linear-spend", "coarse-set-spend",
+         "diffusion-set-spend")  # fmt: skip
 PAIRS = (("coarse-linear", "ppo"), ("diffusion-linear", "ppo"), ("diffusion-linear", "coarse-linear"),
          ("coarse-linear", "equal-scores"), ("ppo", "equal-scores"), ("coarse-linear-spend", "ppo-spend"),
          ("coarse-linear-spend", "equal-scores"), ("coarse-linear-spend", "coarse-linear"),
-         ("ppo-spend", "equal-scores"))  # fmt: skip
+         ("ppo-spend", "equal-scores"), ("coarse-set-spend", "ppo-spend"), ("diffusion-set-spend", "ppo-spend"),
+         ("diffusion-set-spend", "coarse-set-spend"), ("coarse-set-spend", "equal-scores"),
+         ("diffusion-set-spend", "equal-scores"), ("diffusion-set-spend", "ppo"))  # fmt: skip
 
 
 def plot(rows: list[dict], path: Path) -> None:
