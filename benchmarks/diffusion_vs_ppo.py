@@ -256,24 +256,24 @@ def main() -> None:
 
 
 def plot(summary: dict, png: Path, title: str = "") -> None:
-    import matplotlib
+    """One panel per regime: each algorithm's mean sim reward (horizontal bars, seed std) and uniform's (dots)."""
+    from rankrl.plots import pyplot, save_fig
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rankrl.plots import save_fig
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    keys = list(summary)
-    ax.bar(range(len(keys)), [summary[k]["reward_mean"] for k in keys],
-           yerr=[summary[k]["reward_std"] for k in keys],
-           color=[f"C{list(ALGOS).index(k.split('/')[1])}" for k in keys])  # fmt: skip
-    ax.scatter(range(len(keys)), [summary[k]["uniform_reward"] for k in keys], color="k", zorder=3, label="uniform")
-    ax.set_xticks(range(len(keys)), keys, rotation=15, fontsize=7)
-    ax.set_ylabel("mean sim reward over budgets 0.5-4")
-    ax.legend()
-    if title:
-        ax.set_title(title, fontsize=9)
+    plt = pyplot()
+    regimes = list(dict.fromkeys(k.split("/")[0] for k in summary))
+    algos = [a for a in ALGOS if any(k.split("/")[1] == a for k in summary)]
+    fig, axes = plt.subplots(1, len(regimes), figsize=(5.2 * len(regimes), 0.32 * len(algos) + 1.4), squeeze=False)
+    for ax, regime in zip(axes[0], regimes, strict=True):
+        keys = [f"{regime}/{a}" for a in algos if f"{regime}/{a}" in summary]
+        y = np.arange(len(keys))
+        ax.barh(y, [summary[k]["reward_mean"] for k in keys], xerr=[summary[k]["reward_std"] for k in keys],
+                color=[f"C{list(ALGOS).index(k.split('/')[1]) % 10}" for k in keys])  # fmt: skip
+        ax.scatter([summary[k]["uniform_reward"] for k in keys], y, color="k", zorder=3, s=12, label="uniform")
+        ax.set_yticks(y, [k.split("/")[1] for k in keys], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("mean sim reward over budgets 0.5-4", fontsize=8)
+        ax.set_title(f"{title}, {regime}" if title else regime, fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     save_fig(fig, png)
 
