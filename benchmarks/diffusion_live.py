@@ -53,7 +53,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     names = list(dict.fromkeys(r["allocator"] for r in rows))
     episodes = sorted({(r["training_seed"], r["episode_seed"]) for r in rows})
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for ax, key in zip(axes, ("eval_loss", "accuracy"), strict=True):
         by = {n: {(r["training_seed"], r["episode_seed"]): r[key] for r in rows if r["allocator"] == n} for n in names}
         ax.bar(names, [np.mean(list(by[n].values())) for n in names], color=[f"C{i}" for i in range(len(names))])
@@ -61,7 +61,9 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.plot(names, [by[n][e] for n in names], color="k", alpha=0.25, marker=".")
         ax.set_ylim(min(r[key] for r in rows) - 0.02, max(r[key] for r in rows) + 0.01)
         ax.set_title(f"live {key.replace('_', ' ')} (SmolLM2, bandwidth binds)", fontsize=9)
-        ax.tick_params(axis="x", rotation=20)
+        ax.tick_params(axis="x", rotation=30, labelsize=8)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
     fig.tight_layout()
     save_fig(fig, path, dpi=100)
 
