@@ -79,6 +79,11 @@ class SetEncoder(BaseFeaturesExtractor):
         self.mix = _mlp([2 * hidden, hidden], nn.Tanh)
 
     def forward(self, obs: dict[str, th.Tensor]) -> th.Tensor:
+        z, mask, glob = self.encode(obs)
+        return th.cat([z.flatten(1), mask, masked_mean(z, mask), glob], dim=1)
+
+    def encode(self, obs: dict[str, th.Tensor]) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """``(z (B,R,H), mask (B,R) as 0/1, globals (B,G))``: the row encodings in their set context."""
         rows, mask, glob = obs["rows"], obs["mask"], obs["globals"]
         mask = (mask > 0.5).to(rows.dtype)
         glob_b = glob.unsqueeze(1).expand(-1, self.rows, -1)
@@ -90,7 +95,7 @@ class SetEncoder(BaseFeaturesExtractor):
             pad = pad & ~pad.all(dim=1, keepdim=True)  # a sample with no real row would give NaN
             ctx, _ = self.attn(h, h, h, key_padding_mask=pad, need_weights=False)
         z = self.mix(th.cat([h, ctx], dim=-1)) * mask.unsqueeze(-1)
-        return th.cat([z.flatten(1), mask, masked_mean(z, mask), glob], dim=1)
+        return z, mask, glob
 
 
 class PooledSetEncoder(SetEncoder):
@@ -103,7 +108,8 @@ class PooledSetEncoder(SetEncoder):
         self._features_dim = hidden + self.n_globals
 
     def forward(self, obs: dict[str, th.Tensor]) -> th.Tensor:
-        return super().forward(obs)[:, -(self.hidden + self.n_globals) :]
+        z, mask, glob = self.encode(obs)
+        return th.cat([masked_mean(z, mask), glob], dim=1)
 
 
 class SetLatentNet(nn.Module):
