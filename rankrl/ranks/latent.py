@@ -145,7 +145,7 @@ def _train(config: TrainPolicyConfig, calibration: Any, stop: Any) -> dict[str, 
     state = check_resumable(config, out) if config.resume else None
     if config.backend == "sim" and calibration is None:
         calibration = calibrate(config.env, config.probes, config.probe_steps or config.run.steps,
-                                probe_evals=config.probe_evals)  # fmt: skip
+                                probe_evals=config.probe_evals, capacity=config.sim_capacity)  # fmt: skip
     torch.manual_seed(config.run.seed)
     base = make_env(config, calibration=calibration)
     obs_space = base.observation_space

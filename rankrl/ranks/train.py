@@ -102,6 +102,9 @@ class TrainPolicyConfig:
     """sim calibration: fine-tuning steps per probe (None: the whole episode)"""
     probe_evals: int = 2
     """sim calibration: evaluations per probe"""
+    sim_capacity: str = "linear"
+    """sim calibration: 'linear' (capacity grows with how many modules are on) or 'concave' (one more live probe, 1
+    module in 16 at the lowest rank, fits how fast capacity saturates: for budgets far below uniform rank 1)"""
     timesteps: int = 4096
     """PPO env steps (decisions) in total, over all runs of this --out"""
     n_steps: int = 128
@@ -156,6 +159,11 @@ class TrainPolicyConfig:
             raise ValueError(f"--checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if not (self.ppo_lr > 0 and 0 < self.gamma <= 1 and self.ent_coef >= 0):
             raise ValueError("need --ppo_lr > 0, 0 < --gamma <= 1 and --ent_coef >= 0")
+        if self.sim_capacity not in ("linear", "concave"):
+            raise ValueError(f"--sim_capacity must be 'linear' or 'concave', got {self.sim_capacity!r}")
+        if self.sim_capacity == "concave" and self.probes < 3:
+            raise ValueError(f"--sim_capacity concave needs --probes >= 3 (its third probe is the sparse one), "
+                             f"got --probes {self.probes}")  # fmt: skip
         if self.context not in ("mean", "attention"):
             raise ValueError(f"--context must be 'mean' or 'attention', got {self.context!r}")
         steps = self.env.run.steps
@@ -395,9 +403,11 @@ def _train_policy(config: TrainPolicyConfig, calibration: Any, stop: Any) -> Tra
               f"{probe_steps} steps (cached per model, task and settings) ...", flush=True)  # fmt: skip
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
-        calibration = calibrate(config.env, config.probes, probe_steps, probe_evals=config.probe_evals)
+        calibration = calibrate(config.env, config.probes, probe_steps, probe_evals=config.probe_evals,
+                                capacity=config.sim_capacity)  # fmt: skip
         print(f"  done in {time.time() - t0:.1f}s: loss0 {calibration.loss0:.3f}, floor {calibration.loss_inf:.3f}, "
-              f"rate0 {calibration.rate0:.4f}, rate1 {calibration.rate1:.4f}", flush=True)  # fmt: skip
+              f"rate0 {calibration.rate0:.4f}, rate1 {calibration.rate1:.4f}, "
+              f"capacity power {calibration.capacity_power:.3f}", flush=True)  # fmt: skip
     if state is not None and (cut := truncate_metrics(out, int(state["timesteps_done"]))):
         print(f"metrics.jsonl: dropped {cut} rows logged after the checkpoint (step {state['timesteps_done']})")
     tracker = Tracker(out, config=asdict(config) | {"job": "train-policy"}, use_wandb=config.wandb,

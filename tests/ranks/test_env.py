@@ -247,8 +247,9 @@ def test_calibration_from_live_probes_is_cached_and_fits_them(tmp_path, monkeypa
     assert env.observation_space.contains(obs) and math.isfinite(reward)
 
 
-def _known_probes(monkeypatch, truth_numbers=None, steps=(0, 2, 4)):
-    """Replace the live probes by the eval curve of a known surrogate on the same (tiny-bert) targets."""
+def _known_probes(monkeypatch, truth_numbers=None, steps=(0, 2, 4), diverge=False):
+    """Replace the live probes by the eval curve of a known surrogate on the same (tiny-bert) targets (``diverge``:
+    every eval after step 0 is NaN)."""
     made = {}
 
     def probe(run, probe_steps, probe_evals):
@@ -259,7 +260,7 @@ def _known_probes(monkeypatch, truth_numbers=None, steps=(0, 2, 4)):
                                            **(truth_numbers or dict(loss0=0.7, loss_inf=0.35, rate0=0.01, rate1=0.3,
                                                                     floor_decay=0.5)))  # fmt: skip
         truth, ranks = made["truth"], tuple(run.ranks[t.name] for t in run.targets)
-        losses = tuple(truth.predict_loss(ranks, s) if s == 0 or truth_numbers is None else math.nan for s in steps)
+        losses = tuple(truth.predict_loss(ranks, s) if s == 0 or not diverge else math.nan for s in steps)
         return lora_rank_sim.ProbeResult(ranks, steps, losses, tuple(0.5 for _ in steps))
 
     monkeypatch.setattr(lora_rank_sim, "_probe", probe)
@@ -281,8 +282,35 @@ def test_calibration_recovers_a_known_surrogate_and_its_ordering(tmp_path, monke
     assert sim_vs_live_rank_correlation(cal, held_out, live, step=4) > 0.8  # ... and it orders unseen allocations
 
 
+def test_a_concave_calibration_learns_that_a_few_modules_give_most_of_the_gain(tmp_path, monkeypatch):
+    # the truth: capacity saturates (power 0.3), as measured live on SmolLM2, where uniform rank 1 beats rank 8
+    made = _known_probes(monkeypatch, dict(loss0=0.7, loss_inf=0.35, rate0=0.01, rate1=0.3, floor_decay=0.5,
+                                           capacity_power=0.3))  # fmt: skip
+    config = LoRARankConfig(run=FineTuneConfig(**TINY_RUN, steps=40), decisions=2)
+    linear = calibrate(config, n_probes=4, probe_steps=4, probe_evals=2, cache_dir=tmp_path)
+    concave = calibrate(config, n_probes=4, probe_steps=4, probe_evals=2, cache_dir=tmp_path, capacity="concave")
+    truth, n = made["truth"], len(made["truth"].targets)
+    assert len(list(tmp_path.glob("calibration-*.json"))) == 2  # cached apart
+    sparse = concave.probes[2].ranks  # the extra probe: 1 module in 16 at the lowest rank
+    assert sorted(set(sparse)) == [0, 1] and sum(sparse) == len(range(0, n, lora_rank_sim.SPARSE_STRIDE))
+    assert linear.capacity_power == 1.0 and concave.capacity_power == pytest.approx(0.3, abs=0.1)
+    rng = np.random.default_rng(3)  # held-out small updates: 1-3 modules on, ranks 1-4
+    held_out = []
+    for _ in range(8):
+        ranks = np.zeros(n, int)
+        on = rng.choice(n, rng.integers(1, 4), replace=False)
+        ranks[on] = rng.choice([1, 2, 4], len(on))
+        held_out.append(tuple(int(r) for r in ranks))
+
+    def error(cal):
+        return max(abs(cal.predict_loss(a, 4) - truth.predict_loss(a, 4)) for a in held_out)
+
+    gain = min(truth.loss0 - truth.predict_loss(a, 4) for a in held_out)
+    assert error(concave) < 0.25 * gain < error(linear)  # the linear fit misses most of what a few modules earn
+
+
 def test_calibration_without_a_finite_probe_point_is_an_error(tmp_path, monkeypatch):
-    _known_probes(monkeypatch, truth_numbers=dict(loss0=0.7, loss_inf=0.35, rate0=0.01, rate1=0.3))
+    _known_probes(monkeypatch, truth_numbers=dict(loss0=0.7, loss_inf=0.35, rate0=0.01, rate1=0.3), diverge=True)
     config = LoRARankConfig(run=FineTuneConfig(**TINY_RUN, steps=40), decisions=2)
     with pytest.raises(RuntimeError, match="no calibration probe has a finite eval loss.*lower --env.run.lr"):
         calibrate(config, n_probes=2, probe_steps=4, probe_evals=2, cache_dir=tmp_path)  # before: start values
