@@ -7,7 +7,8 @@ gets the same episode, so the comparison is paired (6 pairs; paired t-test on ev
 Allocators: the trained policies left in ``/tmp/dvp-smollm2-bandwidth-binds-<algo>-<seed>`` (``ppo``,
 ``coarse-linear``, ``diffusion-linear``, and the ``-spend`` variants, also ``coarse-set-spend`` and
 ``diffusion-set-spend``, that also choose how much of the budget to spend, run on the same env with
-``spend_action``; run ``diffusion_vs_ppo.py --model smollm2`` first) and equal scores
+``spend_action``; run ``diffusion_vs_ppo.py --model smollm2`` first; ``concave:<algo>``: the same trained on the
+concave sim, ``diffusion_vs_ppo.py --model smollm2 --sim-capacity concave``) and equal scores
 (every module the same share of the cap: the untrained linear policy without the spend entry, and what equal scores
 with the spend entry at 1 allocate).
 
@@ -29,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diffusion_vs_ppo import config_for  # noqa: E402
+from diffusion_vs_ppo import config_for, policy_dir  # noqa: E402
 
 from benchmarks.rank_policy_trec import header  # noqa: E402
 from rankrl.atomic import atomic_write_json  # noqa: E402
@@ -43,6 +44,10 @@ PAIRS = (("coarse-linear", "ppo"), ("diffusion-linear", "ppo"), ("diffusion-line
          ("ppo-spend", "equal-scores"), ("coarse-set-spend", "ppo-spend"), ("diffusion-set-spend", "ppo-spend"),
          ("diffusion-set-spend", "coarse-set-spend"), ("coarse-set-spend", "equal-scores"),
          ("diffusion-set-spend", "equal-scores"), ("diffusion-set-spend", "ppo"))  # fmt: skip
+#: policies trained on the concave sim (``--sim-capacity concave``) are rows named ``concave:<algo>``
+CONCAVE = "concave:"
+PAIRS += tuple((CONCAVE + x, CONCAVE + y) for x, y in PAIRS if x.endswith("-spend") and y.endswith("-spend"))
+PAIRS += tuple((CONCAVE + x, y) for x in ALGOS if x.endswith("-spend") for y in ("equal-scores", x, "ppo-spend"))
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -68,6 +73,31 @@ def plot(rows: list[dict], path: Path) -> None:
     save_fig(fig, path, dpi=100)
 
 
+def allocators(seed: int, algos: list[str], regime: str = "bandwidth-binds") -> tuple[dict, object]:
+    """``({name: act(obs, env)}, the episode's TrainPolicyConfig)`` of training seed ``seed``: the trained policies
+    of ``algos`` left by ``diffusion_vs_ppo.py --model smollm2 [--sim-capacity concave]`` (deterministic actions;
+    ``concave:<algo>`` names the concave sim's) and, if asked, ``equal-scores``."""
+    from rankrl.ranks.policy import load_policy
+
+    acts = {}
+    for algo in [x for x in (*ALGOS, *(CONCAVE + a for a in ALGOS)) if x in algos]:
+        capacity = "concave" if algo.startswith(CONCAVE) else "linear"
+        folder = Path(policy_dir("smollm2", regime, algo.removeprefix(CONCAVE), seed, capacity))
+        if not (folder / "policy.json").exists():
+            flag = " --sim-capacity concave" if capacity == "concave" else ""
+            sys.exit(f"{folder}: not there; run benchmarks/diffusion_vs_ppo.py --model smollm2{flag} first")
+        policy = load_policy(folder).policy
+
+        def act(obs, _env, policy=policy):
+            return policy.predict(obs, deterministic=True)[0]
+
+        acts[algo] = act
+    if "equal-scores" in algos:
+        acts["equal-scores"] = lambda obs, _env: np.zeros_like(obs["mask"])
+    max_modules = load_policy(f"/tmp/dvp-smollm2-{regime}-ppo-{seed}").meta["env_config"]["max_modules"]
+    return acts, config_for(regime, "ppo", seed, 1024, 0.5, "smollm2", True, max_modules)
+
+
 def main() -> None:
     out = ROOT / "benchmarks" / "results" / "diffusion_live.json"
     if "--plot-only" in sys.argv:  # redraw the PNG from the committed JSON
@@ -79,32 +109,19 @@ def main() -> None:
     from scipy.stats import ttest_rel
 
     from rankrl.ranks.episodes import episode_summary, rollout_episode
-    from rankrl.ranks.policy import load_policy
     from rankrl.ranks.train import fixed_budget, make_env
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--algos", nargs="+", default=[*ALGOS, "equal-scores"], choices=[*ALGOS, "equal-scores"])
+    names = [*ALGOS, *(CONCAVE + x for x in ALGOS if x.endswith("-spend")), "equal-scores"]
+    ap.add_argument("--algos", nargs="+", default=[*ALGOS, "equal-scores"], choices=names,
+                    help="allocators to run now (concave:<algo>: trained on the concave sim); others' rows are kept")
     ap.add_argument("--plot-only", action="store_true")
     a = ap.parse_args()
     t0 = time.time()
     regime = "bandwidth-binds"
     rows = [r for r in json.loads(out.read_text())["rows"] if r["allocator"] not in a.algos] if out.exists() else []
     for seed in (0, 1, 2):
-        acts = {}
-        for algo in [x for x in ALGOS if x in a.algos]:
-            folder = Path(f"/tmp/dvp-smollm2-{regime}-{algo}-{seed}")
-            if not (folder / "policy.json").exists():
-                sys.exit(f"{folder}: not there; run benchmarks/diffusion_vs_ppo.py --model smollm2 first")
-            policy = load_policy(folder).policy
-
-            def act(obs, _env, policy=policy):
-                return policy.predict(obs, deterministic=True)[0]
-
-            acts[algo] = act
-        if "equal-scores" in a.algos:
-            acts["equal-scores"] = lambda obs, _env: np.zeros_like(obs["mask"])
-        max_modules = load_policy(f"/tmp/dvp-smollm2-{regime}-ppo-{seed}").meta["env_config"]["max_modules"]
-        cfg = config_for(regime, "ppo", seed, 1024, 0.5, "smollm2", True, max_modules)
+        acts, cfg = allocators(seed, a.algos)
         envs = {spend: make_env(replace(cfg, env=replace(cfg.env, spend_action=spend)), "live", None, fixed_budget(cfg))
                 for spend in {name.endswith("-spend") for name in acts}}  # fmt: skip
         for episode_seed in (1, 2):
@@ -117,7 +134,7 @@ def main() -> None:
                 print(f"seed {seed}/{episode_seed} {name:<18} reward {s['reward']:.4f}  accuracy {s['accuracy']:.3f}  "
                       f"eval loss {s['eval_loss']:.4f}  bits/update {s['bits']:.4g}  lost rounds {s['lost_rounds']}  "
                       f"{time.time() - t:.0f}s", flush=True)  # fmt: skip
-    names = [n for n in (*ALGOS, "equal-scores") if any(r["allocator"] == n for r in rows)]
+    names = [n for n in names if any(r["allocator"] == n for r in rows)]
     rows.sort(key=lambda r: (r["training_seed"], r["episode_seed"], names.index(r["allocator"])))
     summary = {n: {k: float(np.mean([r[k] for r in rows if r["allocator"] == n]))
                    for k in ("reward", "accuracy", "eval_loss", "bits", "lost_rounds")} for n in names}  # fmt: skip

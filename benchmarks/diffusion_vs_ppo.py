@@ -77,6 +77,21 @@ ALGOS.update({name + SPEND: ALGOS[name] for name in ("ppo", "coarse-linear", "di
                                                      "diffusion-set")})  # fmt: skip
 
 
+#: --sim-capacity -> calibration probes (concave: uniform r8, uniform r1, sparse, q only)
+CAPACITY_PROBES = {"linear": 3, "concave": 4}
+
+
+def policy_dir(model: str, regime: str, algo: str, seed: int, sim_capacity: str = "linear") -> str:
+    """Where a trained policy of this benchmark is left (other benchmarks read it from there).
+
+    >>> policy_dir("smollm2", "bandwidth-binds", "ppo", 0)
+    '/tmp/dvp-smollm2-bandwidth-binds-ppo-0'
+    >>> policy_dir("smollm2", "bandwidth-binds", "ppo", 0, "concave")
+    '/tmp/dvp-smollm2-concave-bandwidth-binds-ppo-0'
+    """
+    return f"/tmp/dvp-{model}{'' if sim_capacity == 'linear' else '-' + sim_capacity}-{regime}-{algo}-{seed}"
+
+
 def constant_spend(a: float):
     """Equal scores (every module the same share) and spend entry ``a``: with ``a = 0`` what every untrained
     policy here does (set policy: scores and spend near 0; linear decoding of the latent 0: scores 0)."""
@@ -94,8 +109,11 @@ CONSTANT_SPENDS = {f"equal-spend{a:+.1f}": constant_spend(a) for a in (1.0, 0.5,
 
 
 def config_for(regime: str, algo: str, seed: int, timesteps: int, tx_cap: float | None, model: str = "minilm",
-               live_check: bool = True, max_modules: int | None = None) -> TrainPolicyConfig:  # fmt: skip
-    base = TrainPolicyConfig()
+               live_check: bool = True, max_modules: int | None = None,
+               sim_capacity: str = "linear") -> TrainPolicyConfig:  # fmt: skip
+    """The benchmark's training config; ``sim_capacity="concave"``: 4 probes (the third sparse) and a fitted capacity
+    power, policies left in ``/tmp/dvp-<model>-concave-...`` (the linear ones stay where they were)."""
+    base = TrainPolicyConfig(sim_capacity=sim_capacity, probes=CAPACITY_PROBES[sim_capacity])
     name, (algo, refiner, extra) = algo, ALGOS[algo]
     base = replace(base, diffusion=replace(base.diffusion, **refiner), **extra)
     env = replace(base.env, run=replace(base.run, model=model, seed=seed, threads=2), **REGIMES[regime],
@@ -105,7 +123,8 @@ def config_for(regime: str, algo: str, seed: int, timesteps: int, tx_cap: float 
     if regime == "bandwidth-binds":
         env = replace(env, budget=BudgetSpec(rank=4.0, tx_seconds=tx_cap))
     return replace(base, env=env, algo=algo, timesteps=timesteps, n_steps=128, wandb=False, progress=False,
-                   out=f"/tmp/dvp-{model}-{regime}-{name}-{seed}" + ("" if timesteps == 1024 else f"-{timesteps}"),
+                   out=policy_dir(model, regime, name, seed, sim_capacity)
+                   + ("" if timesteps == 1024 else f"-{timesteps}"),
                    checkpoint_every=0,
                    live_check=live_check)  # fmt: skip
 
@@ -126,7 +145,8 @@ def kept_rows(path: Path, a: argparse.Namespace) -> list[dict]:
         return []
     old = model_entry(json.loads(path.read_text()), a.model)
     cfg = old.get("config", {})
-    if (cfg.get("timesteps"), cfg.get("seeds"), cfg.get("tx_cap")) != (a.timesteps, a.seeds, a.tx_cap):
+    if (cfg.get("timesteps"), cfg.get("seeds"), cfg.get("tx_cap"), cfg.get("sim_capacity", "linear")) != (
+            a.timesteps, a.seeds, a.tx_cap, a.sim_capacity):  # fmt: skip
         print(f"note: {path} ran other settings ({cfg.get('timesteps')} steps, seeds {cfg.get('seeds')}, deadline "
               f"{cfg.get('tx_cap')}): its rows are not kept", flush=True)  # fmt: skip
         return []
@@ -164,17 +184,24 @@ def main() -> None:
                     help="algorithms to run now; the others' rows are kept from --out when their settings match")
     ap.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES),
                     help="channel regimes to run (a partial run is best written to its own --out)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "diffusion_vs_ppo.json"))
+    ap.add_argument("--sim-capacity", default="linear", choices=list(CAPACITY_PROBES),
+                    help="the sim's calibration (train-policy --sim_capacity); concave: default --out "
+                         "diffusion_vs_ppo_concave.json")  # fmt: skip
+    ap.add_argument("--out", default=None, help="default benchmarks/results/diffusion_vs_ppo[_concave].json")
     a = ap.parse_args()
+    name = "diffusion_vs_ppo" + ("" if a.sim_capacity == "linear" else "_" + a.sim_capacity)
+    a.out = a.out or str(ROOT / "benchmarks" / "results" / f"{name}.json")
     if a.live_check is None:
         a.live_check = a.model == "minilm"
     from rankrl.ranks.train import train_policy
 
     t_start, rows = time.time(), kept_rows(Path(a.out), a)
-    first = config_for("bandwidth-free", "ppo", a.seeds[0], a.timesteps, a.tx_cap, a.model, a.live_check)
+    first = config_for("bandwidth-free", "ppo", a.seeds[0], a.timesteps, a.tx_cap, a.model, a.live_check,
+                       sim_capacity=a.sim_capacity)  # fmt: skip
     t0 = time.time()
     # the same calibration for every run (it depends on the run config, the same in all of them but the seed)
-    cal = calibrate(first.env, first.probes, first.probe_steps or first.run.steps, probe_evals=first.probe_evals)
+    cal = calibrate(first.env, first.probes, first.probe_steps or first.run.steps, probe_evals=first.probe_evals,
+                    capacity=a.sim_capacity)  # fmt: skip
     n_modules = len(cal.targets)
     max_modules = max(first.env.max_modules, n_modules)
     print(f"calibration of {a.model}/{first.run.task}: {n_modules} modules, {time.time() - t0:.0f}s; "
@@ -182,7 +209,8 @@ def main() -> None:
     for regime in a.regimes:
         for seed in a.seeds:
             for algo in a.algos:
-                cfg = config_for(regime, algo, seed, a.timesteps, a.tx_cap, a.model, a.live_check, max_modules)
+                cfg = config_for(regime, algo, seed, a.timesteps, a.tx_cap, a.model, a.live_check, max_modules,
+                                 a.sim_capacity)  # fmt: skip
                 t0 = time.time()
                 if ALGOS[algo][0] == "ppo":
                     train_policy(replace(cfg, env_id="rankrl/LoRARank-Sim-v1"), calibration=cal)

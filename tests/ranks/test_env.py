@@ -4,6 +4,7 @@ cached and orders allocations by capacity as the probes did."""
 
 from __future__ import annotations
 
+import doctest
 import math
 import warnings
 
@@ -307,6 +308,9 @@ def test_a_concave_calibration_learns_that_a_few_modules_give_most_of_the_gain(t
 
     gain = min(truth.loss0 - truth.predict_loss(a, 4) for a in held_out)
     assert error(concave) < 0.25 * gain < error(linear)  # the linear fit misses most of what a few modules earn
+    assert doctest.testmod(lora_rank_sim).failed == 0  # capacity's worked example
+    with pytest.raises(ValueError, match="--sim_capacity concave needs --probes >= 3"):
+        calibrate(config, n_probes=2, probe_steps=4, cache_dir=tmp_path, capacity="concave")
 
 
 def test_calibration_without_a_finite_probe_point_is_an_error(tmp_path, monkeypatch):
