@@ -10,7 +10,7 @@ over the 8 allocators' means, mean absolute error of accuracy, and each allocato
 Run: ``.venv/bin/python benchmarks/sim_vs_live.py`` (needs the policies left in ``/tmp/dvp-smollm2-bandwidth-binds-*``
 by ``diffusion_vs_ppo.py --model smollm2`` and ``benchmarks/results/diffusion_live.json``; the concave calibration
 costs 4 live 40-step SmolLM2 probes the first time, ~3 min, then it is cached). Writes
-``benchmarks/results/sim_vs_live.json`` + ``.png``.
+``benchmarks/results/sim_vs_live.json`` + ``.png`` (``--plot-only`` redraws the PNG from the JSON).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from benchmarks.rank_policy_trec import header  # noqa: E402
 from rankrl.atomic import atomic_write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-#: calibration name -> (probes, --sim_capacity)
-CALIBRATIONS = {"linear": (3, "linear"), "concave": (4, "concave")}
+#: calibration name -> (probes, --sim_capacity, sparse probe stride)
+CALIBRATIONS = {"linear": (3, "linear", 16), "concave": (4, "concave", 16), "concave-64": (4, "concave", 64)}
 
 
 def agreement(sim: list[float], live: list[float]) -> dict[str, float]:
@@ -50,6 +50,10 @@ def agreement(sim: list[float], live: list[float]) -> dict[str, float]:
 
 
 def main() -> None:
+    out = ROOT / "benchmarks" / "results" / "sim_vs_live.json"
+    if "--plot-only" in sys.argv:  # redraw the PNG from the committed JSON
+        plot(json.loads(out.read_text()), out.with_suffix(".png"))
+        return
     from rankrl.ranks.episodes import episode_summary, rollout_episode
     from rankrl.ranks.sim import calibrate
     from rankrl.ranks.train import fixed_budget, make_env
@@ -60,9 +64,10 @@ def main() -> None:
     policies = {seed: allocators(seed, names) for seed in (0, 1, 2)}
     base = policies[0][1]  # every seed's episodes on the seed-0 calibration, as diffusion_vs_ppo.py trains them
     result: dict = {"calibrations": {}, "rows": []}
-    for cal_name, (probes, capacity) in CALIBRATIONS.items():
+    for cal_name, (probes, capacity, stride) in CALIBRATIONS.items():
         t = time.time()
-        cal = calibrate(base.env, probes, base.run.steps, probe_evals=base.probe_evals, capacity=capacity)
+        cal = calibrate(base.env, probes, base.run.steps, probe_evals=base.probe_evals, capacity=capacity,
+                        sparse_stride=stride)  # fmt: skip
         print(f"{cal_name} calibration ({time.time() - t:.0f}s): rate1 {cal.rate1:.3f}, floor decay "
               f"{cal.floor_decay:.3f}, capacity power {cal.capacity_power:.3f}", flush=True)  # fmt: skip
         result["calibrations"][cal_name] = {
@@ -107,7 +112,6 @@ def main() -> None:
         print(f"{n:<22} {live['live_accuracy']:>9.3f} "
               + " ".join(f"{summary[c]['by_allocator'][n]['sim_accuracy']:>12.3f}" for c in CALIBRATIONS)
               + f" {live['live_bits']:>10.4g}")  # fmt: skip
-    out = ROOT / "benchmarks" / "results" / "sim_vs_live.json"
     atomic_write_json(out, result)
     plot(result, out.with_suffix(".png"))
     print(f"-> {out}, {out.with_suffix('.png')}")
@@ -126,7 +130,11 @@ def plot(result: dict, path: Path) -> None:
             rows = [r for r in result["rows"] if r["calibration"] == c and r["allocator"] == n]
             ax.scatter([r["live_accuracy"] for r in rows], [r["sim_accuracy"] for r in rows], s=16, color=f"C{i}",
                        label=n)  # fmt: skip
-        ax.plot([0, 1], [0, 1], color="k", lw=0.6)
+        acc = [r[k] for r in result["rows"] for k in ("live_accuracy", "sim_accuracy")]
+        lims = (min(acc) - 0.02, max(acc) + 0.02)
+        ax.plot(lims, lims, color="k", lw=0.6)
+        ax.set_xlim(lims)
+        ax.set_ylim(lims)
         s = result["summary"][c]["episodes_accuracy"]
         ax.set_title(f"{c} sim: Spearman {s['spearman']:.2f}, MAE {s['mae']:.3f}", fontsize=9)
         ax.set_xlabel("live final accuracy", fontsize=8)

@@ -353,15 +353,15 @@ CAPACITIES = ("linear", "concave")
 
 
 def probe_allocations(targets: Sequence[TargetModule], grid: Sequence[int], n: int, rng: np.random.Generator, *,
-                      sparse: bool = False) -> list[dict[str, int]]:  # fmt: skip
-    """The probe plan: uniform at the grid's top rank, uniform at its lowest non-zero rank, (``sparse``: one module
-    in :data:`SPARSE_STRIDE` at that lowest rank, the rest off), each kind alone at the top rank, then random grid
+                      sparse: int = 0) -> list[dict[str, int]]:  # fmt: skip
+    """The probe plan: uniform at the grid's top rank, uniform at its lowest non-zero rank, (``sparse`` > 0: one
+    module in ``sparse`` at that lowest rank, the rest off), each kind alone at the top rank, then random grid
     allocations; the first ``n``."""
     levels = sorted(grid)
     top, low = levels[-1], next((g for g in levels if g > 0), levels[-1])
     plan = [{t.name: top for t in targets}, {t.name: low for t in targets}]
     if sparse:
-        plan.append({t.name: (low if i % SPARSE_STRIDE == 0 else levels[0]) for i, t in enumerate(targets)})
+        plan.append({t.name: (low if i % sparse == 0 else levels[0]) for i, t in enumerate(targets)})
     for kind in [k for k in KINDS if any(t.kind == k for t in targets)]:
         plan.append({t.name: (top if t.kind == kind else levels[0]) for t in targets})
     while len(plan) < n:
@@ -370,11 +370,11 @@ def probe_allocations(targets: Sequence[TargetModule], grid: Sequence[int], n: i
 
 
 def calibration_key(run_config: Any, n_probes: int, probe_steps: int, probe_evals: int, grid: Sequence[int],
-                    capacity: str = "linear") -> str:  # fmt: skip
+                    capacity: str = "linear", sparse_stride: int = SPARSE_STRIDE) -> str:  # fmt: skip
     """Cache key: model, task, every run setting that changes the curve, and the probe plan (a linear calibration's
     key has no ``capacity`` entry, so the files cached before the concave option still match)."""
     run = {k: v for k, v in asdict(run_config).items() if k not in ("threads", "eval_every")}
-    extra = {} if capacity == "linear" else {"capacity": capacity}
+    extra = {} if capacity == "linear" else {"capacity": capacity, "sparse_stride": sparse_stride}
     return json.dumps({"version": SIM_VERSION, "run": run, "n_probes": n_probes, "probe_steps": probe_steps,
                        "probe_evals": probe_evals, "grid": list(grid), **extra},
                       sort_keys=True, default=str)  # fmt: skip
@@ -382,7 +382,8 @@ def calibration_key(run_config: Any, n_probes: int, probe_steps: int, probe_eval
 
 def calibrate(config: Any, n_probes: int = 4, probe_steps: int = 8, *, probe_evals: int = 2,
               grid: Sequence[int] | None = None, cache_dir: str | os.PathLike | None = None,
-              refresh: bool = False, cache_only: bool = False, capacity: str = "linear") -> SimCalibration:  # fmt: skip
+              refresh: bool = False, cache_only: bool = False, capacity: str = "linear",
+              sparse_stride: int = SPARSE_STRIDE) -> SimCalibration:  # fmt: skip
     """Fit the surrogate of ``config``'s (model, task) from ``n_probes`` short live runs, or load it from cache.
 
     Args:
@@ -397,6 +398,7 @@ def calibrate(config: Any, n_probes: int = 4, probe_steps: int = 8, *, probe_eva
             a calibration made earlier without paying for new live runs).
         capacity: ``"linear"`` (capacity power 1) or ``"concave"`` (the third probe is the sparse one and the power
             is fitted; needs ``n_probes >= 3``).
+        sparse_stride: the sparse probe turns on one module in this many (concave only).
     """
     from rankrl.models import cache_dir as default_cache
     from rankrl.ranks.finetune import new_live_run
@@ -411,7 +413,9 @@ def calibrate(config: Any, n_probes: int = 4, probe_steps: int = 8, *, probe_eva
     if capacity == "concave" and n_probes < 3:
         raise ValueError(f"--sim_capacity concave needs --probes >= 3 (uniform top, uniform low, sparse), "
                          f"got {n_probes}")  # fmt: skip
-    key = calibration_key(run_cfg, n_probes, probe_steps, probe_evals, grid, capacity)
+    if sparse_stride < 1:
+        raise ValueError(f"sparse_stride must be >= 1, got {sparse_stride}")
+    key = calibration_key(run_cfg, n_probes, probe_steps, probe_evals, grid, capacity, sparse_stride)
     folder = Path(cache_dir) if cache_dir is not None else default_cache() / "lora_rank_sim"
     path = folder / f"calibration-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
     if not refresh and path.exists():
@@ -429,7 +433,8 @@ def calibrate(config: Any, n_probes: int = 4, probe_steps: int = 8, *, probe_eva
     targets = tuple(first.targets)
     check_grid(targets, grid, run_cfg.r_max)
     static = first.features().static
-    plan = probe_allocations(targets, grid, n_probes, np.random.default_rng(run_cfg.seed), sparse=capacity == "concave")
+    plan = probe_allocations(targets, grid, n_probes, np.random.default_rng(run_cfg.seed),
+                             sparse=sparse_stride if capacity == "concave" else 0)  # fmt: skip
     first.set_ranks(plan[0])
     probes = [_probe(first, probe_steps, probe_evals)]
     probes += [_probe(new_live_run(run_cfg, a, task=task), probe_steps, probe_evals) for a in plan[1:]]
