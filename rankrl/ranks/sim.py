@@ -352,6 +352,16 @@ SPARSE_STRIDE = 16
 CAPACITIES = ("linear", "concave")
 
 
+def check_capacity(capacity: str, n_probes: int) -> None:
+    """``ValueError`` naming the flags when ``capacity`` is not one of :data:`CAPACITIES` or a concave calibration
+    has fewer than 3 probes (uniform top, uniform low, sparse)."""
+    if capacity not in CAPACITIES:
+        raise ValueError(f"--sim_capacity must be one of {', '.join(CAPACITIES)}, got {capacity!r}")
+    if capacity == "concave" and n_probes < 3:
+        raise ValueError(f"--sim_capacity concave needs --probes >= 3 (uniform top, uniform low, sparse), "
+                         f"got --probes {n_probes}")  # fmt: skip
+
+
 def probe_allocations(targets: Sequence[TargetModule], grid: Sequence[int], n: int, rng: np.random.Generator, *,
                       sparse: int = 0) -> list[dict[str, int]]:  # fmt: skip
     """The probe plan: uniform at the grid's top rank, uniform at its lowest non-zero rank, (``sparse`` > 0: one
@@ -408,11 +418,7 @@ def calibrate(config: Any, n_probes: int = 4, probe_steps: int = 8, *, probe_eva
     grid = tuple(grid if grid is not None else getattr(config, "grid", None) or pow2_grid(run_cfg.r_max))
     if n_probes < 1 or probe_evals < 1 or not 1 <= probe_steps <= run_cfg.steps:
         raise ValueError(f"need n_probes >= 1, probe_evals >= 1 and 1 <= probe_steps <= steps ({run_cfg.steps})")
-    if capacity not in CAPACITIES:
-        raise ValueError(f"--sim_capacity must be one of {CAPACITIES}, got {capacity!r}")
-    if capacity == "concave" and n_probes < 3:
-        raise ValueError(f"--sim_capacity concave needs --probes >= 3 (uniform top, uniform low, sparse), "
-                         f"got {n_probes}")  # fmt: skip
+    check_capacity(capacity, n_probes)
     if sparse_stride < 1:
         raise ValueError(f"sparse_stride must be >= 1, got {sparse_stride}")
     key = calibration_key(run_cfg, n_probes, probe_steps, probe_evals, grid, capacity, sparse_stride)

@@ -48,6 +48,7 @@ from rankrl.ranks.episodes import (
 )
 from rankrl.ranks.finetune import FineTuneConfig
 from rankrl.ranks.policy import POLICY_FILE, POLICY_META, legacy_message, save_json, save_policy
+from rankrl.ranks.sim import check_capacity
 from rankrl.resume import check_same_settings, truncate_metrics
 
 __all__ = [
@@ -159,11 +160,7 @@ class TrainPolicyConfig:
             raise ValueError(f"--checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if not (self.ppo_lr > 0 and 0 < self.gamma <= 1 and self.ent_coef >= 0):
             raise ValueError("need --ppo_lr > 0, 0 < --gamma <= 1 and --ent_coef >= 0")
-        if self.sim_capacity not in ("linear", "concave"):
-            raise ValueError(f"--sim_capacity must be 'linear' or 'concave', got {self.sim_capacity!r}")
-        if self.sim_capacity == "concave" and self.probes < 3:
-            raise ValueError(f"--sim_capacity concave needs --probes >= 3 (its third probe is the sparse one), "
-                             f"got --probes {self.probes}")  # fmt: skip
+        check_capacity(self.sim_capacity, self.probes)  # before any probe or resume
         if self.context not in ("mean", "attention"):
             raise ValueError(f"--context must be 'mean' or 'attention', got {self.context!r}")
         steps = self.env.run.steps
